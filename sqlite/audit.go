@@ -1,0 +1,49 @@
+package sqlite
+
+import (
+	"context"
+
+	"github.com/iothub/iothub"
+)
+
+// Listing bounds of AuditEvents.
+const (
+	DefaultAuditLimit = 100
+	MaxAuditLimit     = 1000
+)
+
+// Audit records e; a zero Time is set to now. Ids grow by one per event.
+func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
+	if e.Kind == "" {
+		return invalid("audit event needs a kind")
+	}
+	_, err := db.stAudit.ExecContext(ctx, ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason)
+	return wrap("audit", err)
+}
+
+// AuditEvents returns an org's newest events first ("" lists every org);
+// limit defaults to DefaultAuditLimit and is capped at MaxAuditLimit.
+func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothub.AuditEvent, error) {
+	limit = clampLimit(limit, DefaultAuditLimit, MaxAuditLimit)
+	const cols = `SELECT id, time_ms, org_id, kind, product_key, device_key, remote, reason FROM audit_events`
+	q, args := cols+` ORDER BY id DESC LIMIT ?`, []any{limit}
+	if orgID != "" {
+		q, args = cols+` WHERE org_id = ? ORDER BY id DESC LIMIT ?`, []any{orgID, limit}
+	}
+	rows, err := db.read.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, wrap("audit events", err)
+	}
+	defer rows.Close()
+	out := []iothub.AuditEvent{}
+	for rows.Next() {
+		var e iothub.AuditEvent
+		var t int64
+		if err := rows.Scan(&e.ID, &t, &e.OrgID, &e.Kind, &e.ProductKey, &e.DeviceKey, &e.Remote, &e.Reason); err != nil {
+			return nil, wrap("audit events", err)
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	return out, wrap("audit events", rows.Err())
+}

@@ -1,0 +1,316 @@
+// Package sqlite is the hub's embedded store: it implements iothub.Store on
+// a SQLite file through modernc.org/sqlite (pure Go, no cgo).
+//
+// The file runs in WAL mode. All writes go through one connection, so they
+// serialize in the pool instead of fighting over SQLite's lock; reads use a
+// separate pool of query-only connections and proceed in parallel with the
+// writer. The schema is versioned with goose (migrations/*.sql, embedded)
+// and written in SQL that PostgreSQL accepts too. Product and device
+// secrets are sealed with a seal.Sealer before they reach the file.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"runtime"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/seal"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+var _ iothub.Store = (*DB)(nil)
+
+// busyTimeout is how long a connection waits for a lock held by another
+// connection (a checkpoint, another process) before it reports SQLITE_BUSY.
+const busyTimeout = 10 * time.Second
+
+// DB is the SQLite store. It is safe for concurrent use.
+type DB struct {
+	write  *sql.DB // exactly one connection: every write goes through it
+	read   *sql.DB // query-only pool
+	sealer *seal.Sealer
+	now    func() time.Time
+
+	// Prepared statements on hot paths (logins, lookups, liveness, telemetry).
+	stDevice       *sql.Stmt // read
+	stProduct      *sql.Stmt // read
+	stTouch        *sql.Stmt // write
+	stSetState     *sql.Stmt // write
+	stAudit        *sql.Stmt // write
+	stDeviceExists *sql.Stmt // write (used inside write transactions)
+	stLastSeq      *sql.Stmt // write
+	stInsertSample *sql.Stmt // write
+	stTrimSamples  *sql.Stmt // write
+	stUpsertPoint  *sql.Stmt // write
+}
+
+// Open opens (creating if needed) the database file at path, applies any
+// pending migrations and makes sure the default org exists. Secrets are
+// sealed and opened with s.
+func Open(path string, s *seal.Sealer) (*DB, error) {
+	if s == nil {
+		return nil, errors.New("sqlite: a sealer is required")
+	}
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	db := &DB{sealer: s, now: time.Now}
+	var err error
+	db.write, err = sql.Open("sqlite", dsn(path, false))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open: %w", err)
+	}
+	db.write.SetMaxOpenConns(1)
+	db.write.SetMaxIdleConns(1)
+	db.write.SetConnMaxLifetime(0)
+	db.write.SetConnMaxIdleTime(0)
+	if err := db.init(); err != nil {
+		db.write.Close()
+		return nil, err
+	}
+	// The read pool opens after the writer has switched the file to WAL.
+	db.read, err = sql.Open("sqlite", dsn(path, true))
+	if err != nil {
+		db.write.Close()
+		return nil, fmt.Errorf("sqlite: open: %w", err)
+	}
+	n := max(4, 2*runtime.GOMAXPROCS(0))
+	db.read.SetMaxOpenConns(n)
+	db.read.SetMaxIdleConns(n)
+	db.read.SetConnMaxLifetime(0)
+	db.read.SetConnMaxIdleTime(0)
+	if err := db.prepare(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// dsn builds the connection string. Writers begin transactions IMMEDIATE so
+// a transaction that reads before it writes never has to upgrade its lock.
+func dsn(path string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "cache_size(-16000)") // 16 MB page cache per connection
+	if readOnly {
+		q.Add("_pragma", "query_only(1)")
+	} else {
+		q.Set("_txlock", "immediate")
+	}
+	u := url.URL{Scheme: "file", Opaque: path, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// init migrates the schema and seeds the default org on the writer.
+func (db *DB) init() error {
+	ctx := context.Background()
+	if err := db.write.PingContext(ctx); err != nil {
+		return fmt.Errorf("sqlite: open: %w", err)
+	}
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return fmt.Errorf("sqlite: migrations: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, db.write, sub, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("sqlite: migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	_, err = db.write.ExecContext(ctx,
+		`INSERT INTO orgs (id, name, created_at) VALUES (?, 'default', ?) ON CONFLICT (id) DO NOTHING`,
+		iothub.DefaultOrgID, ms(db.now()))
+	if err != nil {
+		return fmt.Errorf("sqlite: default org: %w", err)
+	}
+	return nil
+}
+
+func (db *DB) prepare() error {
+	stmts := []struct {
+		dst  **sql.Stmt
+		pool *sql.DB
+		q    string
+	}{
+		{&db.stDevice, db.read, `SELECT ` + deviceCols + ` FROM devices WHERE product_key = ? AND device_key = ?`},
+		{&db.stProduct, db.read, `SELECT ` + productCols + ` FROM products WHERE product_key = ?`},
+		{&db.stTouch, db.write, `UPDATE devices SET last_seen_at = ?
+			WHERE product_key = ? AND device_key = ? AND (last_seen_at IS NULL OR last_seen_at < ?)`},
+		{&db.stSetState, db.write, `UPDATE devices SET state = ?,
+			activated_at = CASE WHEN ? AND activated_at IS NULL THEN ? ELSE activated_at END,
+			last_seen_at = CASE WHEN ? AND (last_seen_at IS NULL OR last_seen_at < ?) THEN ? ELSE last_seen_at END
+			WHERE product_key = ? AND device_key = ?`},
+		{&db.stAudit, db.write, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
+			SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM audit_events`},
+		{&db.stDeviceExists, db.write, `SELECT 1 FROM devices WHERE product_key = ? AND device_key = ?`},
+		{&db.stLastSeq, db.write, `SELECT seq FROM telemetry_samples
+			WHERE product_key = ? AND device_key = ? ORDER BY seq DESC LIMIT 1`},
+		{&db.stInsertSample, db.write, `INSERT INTO telemetry_samples (product_key, device_key, seq, time_ms, measurepoints)
+			VALUES (?, ?, ?, ?, ?)`},
+		{&db.stTrimSamples, db.write, `DELETE FROM telemetry_samples WHERE product_key = ? AND device_key = ? AND seq <= ?`},
+		{&db.stUpsertPoint, db.write, `INSERT INTO telemetry_points (product_key, device_key, name, value, time_ms)
+			VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (product_key, device_key, name) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms
+			WHERE excluded.time_ms >= telemetry_points.time_ms`},
+	}
+	for _, s := range stmts {
+		st, err := s.pool.Prepare(s.q)
+		if err != nil {
+			return fmt.Errorf("sqlite: prepare: %w", err)
+		}
+		*s.dst = st
+	}
+	return nil
+}
+
+// Close closes both pools. The DB must not be used afterwards.
+func (db *DB) Close() error {
+	for _, st := range []*sql.Stmt{db.stDevice, db.stProduct, db.stTouch, db.stSetState, db.stAudit,
+		db.stDeviceExists, db.stLastSeq, db.stInsertSample, db.stTrimSamples, db.stUpsertPoint} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	var errs []error
+	if db.read != nil {
+		errs = append(errs, db.read.Close())
+	}
+	if db.write != nil {
+		// Let SQLite refresh its planner statistics cheaply before leaving.
+		_, _ = db.write.Exec(`PRAGMA optimize`)
+		errs = append(errs, db.write.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+// tx runs fn in a write transaction, committing if fn returns nil.
+func (db *DB) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := db.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+// constraint classifies a constraint violation: "unique" (also primary
+// key), "foreign" or "" for anything else. detail is SQLite's message, which
+// names the table and column(s).
+func constraint(err error) (kind, detail string) {
+	var e *sqlite.Error
+	if !errors.As(err, &e) {
+		return "", ""
+	}
+	switch e.Code() {
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return "unique", e.Error()
+	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+		return "foreign", e.Error()
+	}
+	return "", ""
+}
+
+// wrap turns an unexpected driver error into an internal error naming op.
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie *iothub.Error
+	if errors.As(err, &ie) {
+		return err
+	}
+	return fmt.Errorf("sqlite: %s: %w", op, err)
+}
+
+// ms converts a time to unix milliseconds.
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+// fromMS converts unix milliseconds to a UTC time.
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+// nullMS converts an optional time to a nullable column value.
+func nullMS(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+// timePtr converts a nullable column to an optional time.
+func timePtr(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMS(v.Int64)
+	return &t
+}
+
+// nowMS is the store's clock truncated to what it keeps: milliseconds.
+func (db *DB) nowMS() time.Time { return fromMS(ms(db.now())) }
+
+// truncMS returns t cut to millisecond precision in UTC, or the store's
+// clock if t is zero.
+func (db *DB) truncMS(t time.Time) time.Time {
+	if t.IsZero() {
+		return db.nowMS()
+	}
+	return fromMS(ms(t))
+}
+
+// bool01 stores a boolean as INTEGER 0/1.
+func bool01(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// clampLimit applies a listing's default and maximum.
+func clampLimit(n, def, maxN int) int {
+	switch {
+	case n <= 0:
+		return def
+	case n > maxN:
+		return maxN
+	}
+	return n
+}
+
+// notFound is the ENOTFOUND error for a missing row.
+func notFound(format string, args ...any) error {
+	return iothub.Errorf(iothub.ENOTFOUND, format, args...)
+}
+
+func conflict(format string, args ...any) error {
+	return iothub.Errorf(iothub.ECONFLICT, format, args...)
+}
+
+func invalid(format string, args ...any) error {
+	return iothub.Errorf(iothub.EINVALID, format, args...)
+}
