@@ -1,0 +1,275 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/sign"
+)
+
+// refusal is a refused login: the MQTT 5 reason code (3.1.1 clients get
+// CONNACK 5 whatever it is) and the reason written to the audit log.
+type refusal struct {
+	code   packets.Code
+	reason string
+	orgID  string
+	failed bool // a credential failure: drains the failed-login buckets
+}
+
+// Reason codes of refused logins (PROTOCOL.md).
+var (
+	codeBadCredentials = packets.ErrBadUsernameOrPassword // 0x86
+	codeNotAuthorized  = packets.ErrNotAuthorized         // 0x87
+	codeBusy           = packets.ErrServerBusy            // 0x89
+	codeBanned         = packets.ErrBanned                // 0x8A
+	codeUnavailable    = packets.ErrServerUnavailable     // 0x88
+)
+
+// dummySecret is verified against when the device or product is unknown,
+// so that an unknown key costs the same as a wrong signature.
+var dummySecret = iothub.RandomString(iothub.SecretLen)
+
+// loginTimeout bounds the store work of one login.
+const loginTimeout = 5 * time.Second
+
+// connect decides a CONNECT. It returns nil to accept, or the code it
+// refused with after writing the CONNACK.
+func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
+	now := s.now()
+	remote := cl.Net.Remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		remote = h
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	defer cancel()
+
+	l, err := sign.ParseLogin(pk.Connect.ClientIdentifier, string(pk.Connect.Username))
+	var ss *session
+	var ref *refusal
+	switch {
+	case err != nil:
+		ref = &refusal{code: codeBadCredentials, reason: "malformed login: " + err.Error(), failed: true}
+	case l.SecureMode == sign.ModeStatic:
+		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
+	case l.SecureMode == sign.ModeDynamic:
+		ss, ref = s.loginActivation(ctx, l, string(pk.Connect.Password), remote, now)
+	default:
+		ref = &refusal{code: codeNotAuthorized, reason: "securemode not supported"}
+	}
+	if ref != nil {
+		if ref.failed && err == nil {
+			s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
+		}
+		if ref.failed {
+			s.limits.failAddr.take(remote, now)
+		}
+		s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
+		s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
+			ProductKey: l.ProductKey, DeviceKey: l.DeviceKey, Remote: remote, Reason: ref.reason})
+		s.writeConnackRefusal(cl, ref.code)
+		return ref.code
+	}
+
+	ss.cl = cl
+	ss.remote = remote
+	ss.touch(now)
+	// mochi takes over sessions by client id: naming the client after the
+	// device makes a second login of the same device replace the first
+	// (a device could otherwise pick another device's clientId to take its
+	// session over, since the cid part is free text).
+	if ss.activation {
+		cl.ID = "a|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
+	} else {
+		cl.ID = "d|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
+	}
+	if cl.Properties.Will.Flag == 1 && !ss.allow(cl.Properties.Will.TopicName, true) {
+		cl.Properties.Will = mochi.Will{} // a will may not reach another device's topics
+	}
+	s.register(ss)
+	s.startTimer(ss, now)
+
+	kind := "login.ok"
+	if ss.activation {
+		kind = "activation.ok"
+	} else {
+		if err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOnline, now); err != nil {
+			s.log.Error("mqtt: set device online", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
+		}
+		if ss.serial != "" && s.cfg.Certs != nil {
+			s.cfg.Certs.NoteUsed(ctx, ss.serial)
+		}
+	}
+	s.met.logins.WithLabelValues("ok").Inc()
+	reason := "securemode 2"
+	if ss.activation {
+		reason = "securemode 3"
+	}
+	if ss.serial != "" {
+		reason += ", certificate " + ss.serial
+	}
+	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ss.orgID, Kind: kind,
+		ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Remote: remote, Reason: reason})
+	return nil
+}
+
+// loginStatic checks a securemode 2 login.
+func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
+	if s.limits.failDevice.blocked(l.ProductKey+"/"+l.DeviceKey, now) || s.limits.failAddr.blocked(remote, now) {
+		return nil, &refusal{code: codeBusy, reason: "throttled after failed logins"}
+	}
+	p, err := s.cfg.Store.Product(ctx, l.ProductKey)
+	if err != nil {
+		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
+			return nil, &refusal{code: codeUnavailable, reason: "store: " + err.Error()}
+		}
+		l.Verify(dummySecret, password)
+		return nil, &refusal{code: codeBadCredentials, reason: "unknown product", failed: true}
+	}
+	var serial string
+	var notAfter time.Time
+	if p.AuthMode == iothub.AuthCertificate {
+		// Checked before the device is looked up, so the answer does not
+		// depend on whether the device exists.
+		tc, ok := cl.Net.Conn.(*tls.Conn)
+		if !ok {
+			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: certificate product must log in over TLS"}
+		}
+		peer := tc.ConnectionState().PeerCertificates
+		if len(peer) == 0 {
+			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: no client certificate"}
+		}
+		if s.cfg.Certs == nil {
+			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: no certificate service"}
+		}
+		serial, err = s.cfg.Certs.AuthorizeClient(p, l.DeviceKey, peer, now)
+		if err != nil {
+			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: certificate refused: " + iothub.ErrorMessage(err)}
+		}
+		notAfter = peer[0].NotAfter
+	}
+	d, err := s.cfg.Store.Device(ctx, l.ProductKey, l.DeviceKey)
+	if err != nil {
+		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
+			return nil, &refusal{code: codeUnavailable, orgID: p.OrgID, reason: "store: " + err.Error()}
+		}
+		l.Verify(dummySecret, password)
+		return nil, &refusal{code: codeBadCredentials, orgID: p.OrgID, reason: "unknown device", failed: true}
+	}
+	if !l.Verify(d.DeviceSecret, password) {
+		return nil, &refusal{code: codeBadCredentials, orgID: p.OrgID, reason: "bad signature", failed: true}
+	}
+	if d.State == iothub.StateDisabled {
+		return nil, &refusal{code: codeBanned, orgID: p.OrgID, reason: "723: device disabled"}
+	}
+	ss := &session{
+		dev:           iothub.DeviceID{ProductKey: d.ProductKey, DeviceKey: d.DeviceKey},
+		orgID:         d.OrgID,
+		sysPrefix:     sysPrefix(d.ProductKey, d.DeviceKey),
+		extPrefix:     extPrefix(d.ProductKey, d.DeviceKey),
+		secretVersion: d.SecretVersion,
+		serial:        serial,
+		certNotAfter:  notAfter,
+	}
+	if p.OfflineTimeoutSec > 0 {
+		ss.offlineTimeout = time.Duration(p.OfflineTimeoutSec) * time.Second
+	}
+	return ss, nil
+}
+
+// writeConnackRefusal answers a refused CONNECT: MQTT 5 clients get the
+// reason code, 3.1.1 clients return code 5 (not authorized).
+func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = code.Code
+		ack.Properties.ReasonString = code.Reason
+	} else {
+		ack.ReasonCode = packets.Err3NotAuthorized.Code
+	}
+	_ = cl.WritePacket(ack)
+}
+
+func refusalLabel(c packets.Code) string {
+	switch c {
+	case codeBadCredentials:
+		return "bad_credentials"
+	case codeBanned:
+		return "disabled"
+	case codeBusy:
+		return "throttled"
+	case codeUnavailable:
+		return "unavailable"
+	default:
+		return "not_authorized"
+	}
+}
+
+// audit records an event; a failure is logged, never fatal to the login.
+func (s *Server) audit(ctx context.Context, e iothub.AuditEvent) {
+	if err := s.cfg.Store.Audit(ctx, e); err != nil {
+		s.log.Error("mqtt: audit", "kind", e.Kind, "error", err)
+	}
+}
+
+// startTimer arms the session's deadline: the certificate's NotAfter, or
+// the end of the activation window.
+func (s *Server) startTimer(ss *session, now time.Time) {
+	var d time.Duration
+	reason := ""
+	switch {
+	case ss.activation:
+		d, reason = activationSession, "activation_done"
+	case !ss.certNotAfter.IsZero():
+		d, reason = ss.certNotAfter.Sub(now), "cert_expired"
+	default:
+		return
+	}
+	if d < 0 {
+		d = 0
+	}
+	ss.timer = time.AfterFunc(d, func() { s.kick(ss, codeNotAuthorized, reason) })
+}
+
+// kick closes a session from the hub's side.
+func (s *Server) kick(ss *session, code packets.Code, reason string) {
+	s.met.kicks.WithLabelValues(reason).Inc()
+	if ss.cl.Properties.ProtocolVersion == 5 {
+		_ = s.broker.DisconnectClient(ss.cl, code)
+		return
+	}
+	ss.cl.Stop(code) // MQTT 3.1.1 has no server DISCONNECT
+}
+
+// endSession forgets a closed session and records the device offline
+// unless a newer session took over or the hub closed it on a state change.
+func (s *Server) endSession(ss *session) {
+	current, found := s.unregister(ss)
+	if !found {
+		return
+	}
+	if ss.timer != nil {
+		ss.timer.Stop()
+	}
+	if ss.activation || !current {
+		return
+	}
+	s.queueTouch(ss)
+	if ss.quiet.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	defer cancel()
+	d, err := s.cfg.Store.Device(ctx, ss.dev.ProductKey, ss.dev.DeviceKey)
+	if err != nil || d.State != iothub.StateOnline {
+		return // deleted, disabled meanwhile, or already offline
+	}
+	if err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOffline, s.now()); err != nil {
+		s.log.Error("mqtt: set device offline", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
+	}
+}

@@ -1,0 +1,101 @@
+package mqtt
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strconv"
+
+	"github.com/iothub/iothub"
+)
+
+// pendingCall is a downstream request waiting for its reply.
+type pendingCall struct {
+	dev   iothub.DeviceID
+	topic string // relative to /sys/{pk}/{dk}/
+	ch    chan *iothub.Reply
+}
+
+// Call writes a request with a fresh id on /sys/{pk}/{dk}/{topic} straight
+// to the device's connection and waits for the reply on {topic}_reply. It
+// fails with EOFFLINE when the device has no session here and ETIMEOUT
+// when ctx ends first.
+func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method string, params json.RawMessage) (*iothub.Reply, error) {
+	if topic == "" || topic[0] == '/' || bytes.ContainsAny([]byte(topic), "+#") || method == "" {
+		return nil, iothub.Errorf(iothub.EINVALID, "bad downstream topic or method")
+	}
+	if len(params) == 0 {
+		params = json.RawMessage(`{}`)
+	} else if !json.Valid(params) {
+		return nil, iothub.Errorf(iothub.EINVALID, "params are not valid JSON")
+	}
+	dev := iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}
+	ss := s.deviceSession(dev)
+	if ss == nil || ss.cl.Closed() {
+		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+	}
+	id := s.callTag + "-" + strconv.FormatUint(s.callSeq.Add(1), 10)
+	payload, err := json.Marshal(struct {
+		ID      string          `json:"id"`
+		Version string          `json:"version"`
+		Method  string          `json:"method"`
+		Params  json.RawMessage `json:"params"`
+	}{id, "1.0", method, params})
+	if err != nil {
+		return nil, iothub.Errorf(iothub.EINVALID, "params are not valid JSON")
+	}
+	if len(payload) > s.maxPay {
+		return nil, iothub.Errorf(iothub.ETOOLARGE, "request is larger than %d bytes", s.maxPay)
+	}
+	pc := &pendingCall{dev: dev, topic: topic, ch: make(chan *iothub.Reply, 1)}
+	s.pmu.Lock()
+	s.pending[id] = pc
+	s.pmu.Unlock()
+	defer func() {
+		s.pmu.Lock()
+		delete(s.pending, id)
+		s.pmu.Unlock()
+	}()
+	if err := s.writePublish(ss.cl, ss.sysPrefix+topic, payload); err != nil {
+		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+	}
+	select {
+	case r := <-pc.ch:
+		return r, nil
+	case <-ctx.Done():
+		return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
+	}
+}
+
+// deliverReply hands a device's reply on {topic}_reply to the Call that
+// waits for it. Only the device that was called can answer a call.
+func (s *Server) deliverReply(ss *session, topic string, payload []byte) bool {
+	var r struct {
+		ID      json.RawMessage `json:"id"`
+		Code    int             `json:"code"`
+		Data    json.RawMessage `json:"data"`
+		Message string          `json:"message"`
+	}
+	if len(payload) > s.maxPay || json.Unmarshal(payload, &r) != nil || len(r.ID) == 0 {
+		return true
+	}
+	id := string(r.ID)
+	if r.ID[0] == '"' {
+		if json.Unmarshal(r.ID, &id) != nil {
+			return true
+		}
+	}
+	s.pmu.Lock()
+	pc := s.pending[id]
+	if pc != nil && (pc.dev != ss.dev || pc.topic != topic) {
+		pc = nil
+	}
+	if pc != nil {
+		delete(s.pending, id)
+	}
+	s.pmu.Unlock()
+	if pc != nil {
+		pc.ch <- &iothub.Reply{ID: id, Code: r.Code, Data: r.Data, Message: r.Message}
+	}
+	return true
+}

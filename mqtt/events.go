@@ -1,0 +1,181 @@
+package mqtt
+
+import (
+	"context"
+	"time"
+
+	"github.com/iothub/iothub"
+)
+
+// onEvent makes live sessions feel changes made elsewhere. It returns at
+// once (bus subscribers must not block); the checks run in a goroutine.
+func (s *Server) onEvent(e iothub.Event) {
+	switch e.Kind {
+	case iothub.EventDeviceChanged:
+		go s.recheckDevice(iothub.DeviceID{ProductKey: e.ProductKey, DeviceKey: e.DeviceKey})
+	case iothub.EventCertRevoked:
+		s.mu.RLock()
+		var hit []*session
+		for ss := range s.bySerial[e.Serial] {
+			hit = append(hit, ss)
+		}
+		s.mu.RUnlock()
+		for _, ss := range hit {
+			s.kick(ss, codeNotAuthorized, "cert_revoked")
+		}
+	case iothub.EventProductChanged:
+		go s.recheckProduct(e.ProductKey)
+	}
+}
+
+// sessionsOf lists the sessions (static and activation) of a device.
+func (s *Server) sessionsOf(match func(iothub.DeviceID) bool) []*session {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*session
+	for _, ss := range s.byClient {
+		if match(ss.dev) {
+			out = append(out, ss)
+		}
+	}
+	return out
+}
+
+// recheckDevice closes the device's sessions if it was disabled, deleted
+// or had its secret reset since they logged in.
+func (s *Server) recheckDevice(dev iothub.DeviceID) {
+	ss := s.deviceSession(dev)
+	var list []*session
+	if ss != nil {
+		list = append(list, ss)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := s.cfg.Store.Device(ctx, dev.ProductKey, dev.DeviceKey)
+	if err != nil && iothub.ErrorCode(err) != iothub.ENOTFOUND {
+		s.log.Error("mqtt: re-reading device", "productKey", dev.ProductKey, "deviceKey", dev.DeviceKey, "error", err)
+		return
+	}
+	if err == nil && d.State == iothub.StateInactive {
+		// A reset device: any activation session is stale too.
+		list = append(list, s.sessionsOf(func(id iothub.DeviceID) bool { return id == dev })...)
+	}
+	for _, ss := range list {
+		switch {
+		case err != nil:
+			ss.quiet.Store(true)
+			s.kick(ss, codeNotAuthorized, "device_deleted")
+		case d.State == iothub.StateDisabled:
+			ss.quiet.Store(true)
+			s.kick(ss, codeBanned, "device_disabled")
+		case d.SecretVersion != ss.secretVersion || (!ss.activation && d.State == iothub.StateInactive):
+			ss.quiet.Store(true)
+			s.kick(ss, codeNotAuthorized, "secret_reset")
+		}
+	}
+}
+
+// recheckProduct closes the sessions a product change invalidates: the
+// product is gone, it now requires certificates, or (for activation
+// sessions) activation was switched off or the ProductSecret rotated.
+func (s *Server) recheckProduct(pk string) {
+	list := s.sessionsOf(func(id iothub.DeviceID) bool { return id.ProductKey == pk })
+	if len(list) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := s.cfg.Store.Product(ctx, pk)
+	if err != nil && iothub.ErrorCode(err) != iothub.ENOTFOUND {
+		return
+	}
+	for _, ss := range list {
+		switch {
+		case err != nil:
+			s.kick(ss, codeNotAuthorized, "product_deleted")
+		case ss.activation:
+			s.kick(ss, codeNotAuthorized, "product_changed")
+		case p.AuthMode == iothub.AuthCertificate && ss.serial == "":
+			s.kick(ss, codeNotAuthorized, "certificate_required")
+		}
+	}
+}
+
+// sweep runs the periodic work: closing silent sessions, flushing
+// last-seen times, forgetting sessions whose connection died before
+// mochi reported it, pruning rate-limit buckets.
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastTouch := time.Now()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-tick.C:
+			s.mu.RLock()
+			all := make([]*session, 0, len(s.byClient))
+			for _, ss := range s.byClient {
+				all = append(all, ss)
+			}
+			s.mu.RUnlock()
+			for _, ss := range all {
+				switch {
+				case ss.cl.Closed() && ss.cl.StopTime() > 0 && now.Unix()-ss.cl.StopTime() > 5:
+					s.endSession(ss) // CONNACK write failed: mochi never calls OnDisconnect
+				case ss.offlineTimeout > 0 && now.Sub(time.Unix(0, ss.lastSeen.Load())) > ss.offlineTimeout:
+					s.kick(ss, codeNotAuthorized, "offline_timeout")
+				}
+			}
+			if now.Sub(lastTouch) >= s.touchEvery {
+				lastTouch = now
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				s.flushTouches(ctx)
+				cancel()
+				s.limits.prune(now)
+			}
+		}
+	}
+}
+
+// queueTouch keeps the last-seen time of an ended session for the next flush.
+func (s *Server) queueTouch(ss *session) {
+	if ss.lastSeen.Load() == ss.flushed.Load() {
+		return
+	}
+	s.pmu.Lock()
+	if s.ended == nil {
+		s.ended = map[iothub.DeviceID]time.Time{}
+	}
+	s.ended[ss.dev] = time.Unix(0, ss.lastSeen.Load()).UTC()
+	s.pmu.Unlock()
+}
+
+// flushTouches writes the last-seen times that changed since the last
+// flush, for every device, in one store call.
+func (s *Server) flushTouches(ctx context.Context) {
+	seen := map[iothub.DeviceID]time.Time{}
+	s.mu.RLock()
+	for dev, ss := range s.byDevice {
+		if v := ss.lastSeen.Load(); v != ss.flushed.Load() {
+			seen[dev] = time.Unix(0, v).UTC()
+			ss.flushed.Store(v)
+		}
+	}
+	s.mu.RUnlock()
+	s.pmu.Lock()
+	for dev, t := range s.ended {
+		if _, ok := seen[dev]; !ok {
+			seen[dev] = t
+		}
+	}
+	s.ended = nil
+	s.pmu.Unlock()
+	if len(seen) == 0 {
+		return
+	}
+	if err := s.cfg.Store.TouchDevices(ctx, seen); err != nil {
+		s.log.Error("mqtt: writing last-seen times", "devices", len(seen), "error", err)
+	}
+}

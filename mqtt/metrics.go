@@ -1,0 +1,45 @@
+package mqtt
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the adapter's Prometheus series.
+type metrics struct {
+	connections       prometheus.Gauge
+	logins            *prometheus.CounterVec
+	messages          *prometheus.CounterVec
+	handshakes        prometheus.Counter
+	handshakeFailures *prometheus.CounterVec
+	kicks             *prometheus.CounterVec
+}
+
+func newMetrics(r prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "iothub_mqtt_connections", Help: "Logged-in MQTT sessions.",
+		}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_mqtt_logins_total", Help: "MQTT logins by result.",
+		}, []string{"result"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_mqtt_messages_total", Help: "PUBLISH packets received (in) and written by the hub (out).",
+		}, []string{"direction"}),
+		handshakes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iothub_mqtt_tls_handshakes_total", Help: "Completed TLS handshakes on the MQTT TLS listener.",
+		}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_mqtt_tls_handshake_failures_total", Help: "Failed TLS handshakes by reason.",
+		}, []string{"reason"}),
+		kicks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_mqtt_sessions_closed_total", Help: "Sessions closed by the hub, by reason.",
+		}, []string{"reason"}),
+	}
+	if r == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks} {
+		if err := r.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

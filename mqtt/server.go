@@ -1,0 +1,332 @@
+// Package mqtt is the hub's MQTT adapter: it embeds mochi-mqtt and makes it
+// speak the EnOS device protocol (../shared/PROTOCOL.md): the signed login,
+// the per-device topic confinement, upstream request/reply, downstream calls
+// to devices that never subscribed, device states and dynamic activation.
+package mqtt
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iothub/iothub"
+)
+
+// DefaultMaxPayload caps one PUBLISH payload, as the EnOS SDKs do.
+const DefaultMaxPayload = 512 << 10
+
+// Config wires a Server to the rest of the hub.
+type Config struct {
+	Store  iothub.Store
+	Certs  iothub.CertificateService // may be nil: certificate products are then refused
+	Bus    iothub.Bus                // may be nil: no live reaction to changes
+	Logger *slog.Logger
+	// Registerer receives the Prometheus metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// TLS carries the hub's server certificates for ListenTLS. The server
+	// copies it and applies its own policy (TLS 1.2+, AEAD ECDHE suites,
+	// optional client certificate verified by Certs).
+	TLS *tls.Config
+	// MaxPayload caps a PUBLISH payload (0: DefaultMaxPayload).
+	MaxPayload int
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Server is the MQTT side of the hub. It implements iothub.DeviceGateway.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	broker  *mochi.Server
+	tlsConf *tls.Config
+	met     *metrics
+	now     func() time.Time
+	maxPay  int
+
+	mu       sync.RWMutex
+	byClient map[*mochi.Client]*session
+	byDevice map[iothub.DeviceID]*session
+	bySerial map[string]map[*session]struct{}
+
+	pmu     sync.Mutex
+	pending map[string]*pendingCall
+	ended   map[iothub.DeviceID]time.Time // last-seen of ended sessions, awaiting flush
+	callSeq atomic.Uint64
+	callTag string
+
+	limits  *limiters
+	samples *sampleWriter
+
+	touchEvery time.Duration
+	unsub      func()
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+}
+
+// Tuning of the embedded broker for many small devices.
+const (
+	maxWritesPending  = 128              // per-client outbound queue
+	maxInflight       = 64               // stored QoS 1 messages per client
+	receiveMaximum    = 64               // concurrent inbound QoS 1 per client
+	sessionExpirySec  = 15 * 60          // persistent sessions live 15 min after disconnect
+	connectTimeout    = 10 * time.Second // TLS handshake + CONNECT must arrive within this
+	activationSession = 60 * time.Second // a mode-3 session is closed after this
+)
+
+// New builds a Server. Call ListenTCP/ListenTLS, then Serve.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("mqtt: Config.Store is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = DefaultMaxPayload
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = maxWritesPending
+	caps.MaximumSessionExpiryInterval = sessionExpirySec
+	caps.MaximumInflight = maxInflight
+	caps.ReceiveMaximum = receiveMaximum
+	caps.MaximumMessageExpiryInterval = 60 * 60
+	caps.MaximumPacketSize = uint32(cfg.MaxPayload) + 64<<10 // headroom for topic and properties
+	caps.TopicAliasMaximum = 0                               // aliases would bypass the topic ACL
+	caps.SharedSubAvailable = 0
+	caps.RetainAvailable = 0
+	caps.MaximumQos = 1
+	caps.MinimumProtocolVersion = 4
+	brokerLog := cfg.Logger.With("component", "mochi")
+	b := mochi.New(&mochi.Options{
+		Capabilities:             caps,
+		Logger:                   slog.New(levelFloor{brokerLog.Handler(), slog.LevelError}),
+		ClientNetWriteBufferSize: 1024,
+		ClientNetReadBufferSize:  1024,
+		SysTopicResendInterval:   3600,
+	})
+	tag := make([]byte, 4)
+	_, _ = rand.Read(tag)
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		broker:     b,
+		met:        met,
+		now:        cfg.Now,
+		maxPay:     cfg.MaxPayload,
+		byClient:   map[*mochi.Client]*session{},
+		byDevice:   map[iothub.DeviceID]*session{},
+		bySerial:   map[string]map[*session]struct{}{},
+		pending:    map[string]*pendingCall{},
+		callTag:    hex.EncodeToString(tag),
+		limits:     newLimiters(),
+		touchEvery: 5 * time.Second,
+		stop:       make(chan struct{}),
+	}
+	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
+	if cfg.TLS != nil {
+		s.tlsConf = serverTLS(cfg.TLS)
+	}
+	if err := b.AddHook(&hook{s: s}, nil); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// serverTLS applies the hub's TLS policy to a copy of base.
+func serverTLS(base *tls.Config) *tls.Config {
+	c := base.Clone()
+	c.MinVersion = tls.VersionTLS12
+	c.CipherSuites = []uint16{ // TLS 1.2: forward-secret AEAD only (1.3 suites are fixed and all AEAD)
+		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	}
+	// The chain is verified by CertificateService.AuthorizeClient against
+	// the hub CA and the product's verified external CAs, so the handshake
+	// only asks for a certificate.
+	c.ClientAuth = tls.RequestClientCert
+	c.SessionTicketsDisabled = false
+	return c
+}
+
+// ListenTCP opens a plain MQTT listener and returns its address.
+func (s *Server) ListenTCP(addr string) (net.Addr, error) {
+	return s.listen(addr, nil)
+}
+
+// ListenTLS opens an MQTT-over-TLS listener and returns its address.
+func (s *Server) ListenTLS(addr string) (net.Addr, error) {
+	if s.tlsConf == nil {
+		return nil, errors.New("mqtt: ListenTLS needs Config.TLS")
+	}
+	return s.listen(addr, s.tlsConf)
+}
+
+func (s *Server) listen(addr string, tc *tls.Config) (net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	id := "tcp-" + ln.Addr().String()
+	if tc != nil {
+		id = "tls-" + ln.Addr().String()
+	}
+	l := &listener{id: id, ln: ln, tls: tc, met: s.met, log: s.log}
+	if err := s.broker.AddListener(l); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln.Addr(), nil
+}
+
+// Serve starts accepting connections on every listener and the background
+// loops; it returns at once.
+func (s *Server) Serve() error {
+	if s.cfg.Bus != nil {
+		s.unsub = s.cfg.Bus.Subscribe(s.onEvent)
+	}
+	s.wg.Add(1)
+	go s.sweep()
+	return s.broker.Serve()
+}
+
+// Close disconnects every client, stops the listeners and flushes the
+// accepted samples and last-seen times to the store.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		if s.unsub != nil {
+			s.unsub()
+		}
+		err = s.broker.Close()
+		close(s.stop)
+		s.wg.Wait()
+		s.samples.Close()
+		s.flushTouches(context.Background())
+	})
+	return err
+}
+
+// listener is a mochi listener that does the TLS handshake itself (so
+// failures can be counted by reason) and bounds the time to CONNECT.
+type listener struct {
+	id   string
+	ln   net.Listener
+	tls  *tls.Config
+	met  *metrics
+	log  *slog.Logger
+	once sync.Once
+	end  atomic.Bool
+}
+
+func (l *listener) ID() string              { return l.id }
+func (l *listener) Address() string         { return l.ln.Addr().String() }
+func (l *listener) Init(*slog.Logger) error { return nil }
+func (l *listener) Protocol() string        { return map[bool]string{true: "tls", false: "tcp"}[l.tls != nil] }
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.once.Do(func() {
+		l.end.Store(true)
+		l.ln.Close()
+		closeClients(l.id)
+	})
+}
+
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.end.Load() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		go l.handle(c, establish)
+	}
+}
+
+func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
+	_ = c.SetDeadline(time.Now().Add(connectTimeout)) // mochi replaces it after CONNECT
+	if l.tls != nil {
+		tc := tls.Server(c, l.tls)
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			l.met.handshakeFailures.WithLabelValues(handshakeReason(err)).Inc()
+			c.Close()
+			return
+		}
+		l.met.handshakes.Inc()
+		c = tc
+	}
+	if err := establish(l.id, c); err != nil {
+		l.log.Debug("mqtt connection ended", "remote", c.RemoteAddr().String(), "error", err)
+	}
+}
+
+// handshakeReason classifies a TLS handshake error for the metric label.
+func handshakeReason(err error) string {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, io.EOF), strings.Contains(msg, "reset by peer"):
+		return "eof"
+	case errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "timeout"):
+		return "timeout"
+	case strings.Contains(msg, "version"):
+		return "protocol_version"
+	case strings.Contains(msg, "cipher"):
+		return "cipher"
+	case strings.Contains(msg, "certificate"):
+		return "certificate"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "not_tls"
+	default:
+		return "other"
+	}
+}
+
+// levelFloor drops records below min: mochi logs every disconnect at
+// Warn/Info, which would flood the hub's log with many devices.
+type levelFloor struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h levelFloor) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+func (h levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFloor{h.Handler.WithAttrs(a), h.min}
+}
+func (h levelFloor) WithGroup(n string) slog.Handler {
+	return levelFloor{h.Handler.WithGroup(n), h.min}
+}

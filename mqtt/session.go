@@ -1,0 +1,134 @@
+package mqtt
+
+import (
+	"strings"
+	"sync/atomic"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+
+	"github.com/iothub/iothub"
+)
+
+// session is what the hub remembers about one logged-in connection. The
+// fields are fixed at login except the atomics, so the hot paths (ACL,
+// request routing) read them without locks.
+type session struct {
+	cl         *mochi.Client
+	dev        iothub.DeviceID
+	orgID      string
+	remote     string // source IP
+	activation bool   // securemode 3: may only use the activation topics
+
+	sysPrefix string // "/sys/{pk}/{dk}/"
+	extPrefix string // "/ext/session/{pk}/{dk}/"
+	actReply  string // activation: the one topic it may publish to
+
+	secretVersion  int
+	serial         string // client certificate serial, "" when none
+	certNotAfter   time.Time
+	offlineTimeout time.Duration // 0: mochi's keepalive deadline only
+	actInfo        []byte        // activation: the thing.activate.info push
+
+	lastSeen atomic.Int64 // unix nanoseconds of the last inbound packet
+	flushed  atomic.Int64 // lastSeen value last written by TouchDevices
+	quiet    atomic.Bool  // closed by the hub after a state change: leave the stored state alone
+	timer    *time.Timer  // certificate expiry or activation deadline
+}
+
+// Topic prefixes of a device.
+func sysPrefix(pk, dk string) string { return "/sys/" + pk + "/" + dk + "/" }
+func extPrefix(pk, dk string) string { return "/ext/session/" + pk + "/" + dk + "/" }
+
+// Topics of the activation push.
+const (
+	activateTopic = "thing/activate/info"
+	replySuffix   = "_reply"
+)
+
+// allow is the access rule, the only one: a device publishes and
+// subscribes only under its own /sys/{pk}/{dk}/ and /ext/session/{pk}/{dk}/.
+// Keys cannot hold '+', '#' or '/', so a filter that starts with one of the
+// prefixes cannot match another device's topic, and a wildcard before the
+// prefix's end fails the compare. An activation session may subscribe
+// under its /ext/session/ prefix and publish only the activation reply.
+// It reads memory only and allocates nothing.
+func (s *session) allow(topic string, write bool) bool {
+	if s.activation {
+		if write {
+			return topic == s.actReply
+		}
+		return strings.HasPrefix(topic, s.extPrefix)
+	}
+	return strings.HasPrefix(topic, s.sysPrefix) || strings.HasPrefix(topic, s.extPrefix)
+}
+
+// touch records inbound activity.
+func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
+
+// lookup returns the session of a mochi client.
+func (s *Server) lookup(cl *mochi.Client) *session {
+	s.mu.RLock()
+	ss := s.byClient[cl]
+	s.mu.RUnlock()
+	return ss
+}
+
+// deviceSession returns the live static-login session of a device.
+func (s *Server) deviceSession(dev iothub.DeviceID) *session {
+	s.mu.RLock()
+	ss := s.byDevice[dev]
+	s.mu.RUnlock()
+	return ss
+}
+
+// register indexes a new session.
+func (s *Server) register(ss *session) {
+	s.mu.Lock()
+	s.byClient[ss.cl] = ss
+	if !ss.activation {
+		s.byDevice[ss.dev] = ss
+	}
+	if ss.serial != "" {
+		set := s.bySerial[ss.serial]
+		if set == nil {
+			set = map[*session]struct{}{}
+			s.bySerial[ss.serial] = set
+		}
+		set[ss] = struct{}{}
+	}
+	s.mu.Unlock()
+	s.met.connections.Inc()
+}
+
+// unregister removes ss from the indexes. It reports whether ss was still
+// the device's current session (false after a takeover) and whether it
+// was registered at all.
+func (s *Server) unregister(ss *session) (current, found bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byClient[ss.cl] != ss {
+		return false, false
+	}
+	delete(s.byClient, ss.cl)
+	if s.byDevice[ss.dev] == ss {
+		delete(s.byDevice, ss.dev)
+		current = true
+	}
+	if ss.serial != "" {
+		if set := s.bySerial[ss.serial]; set != nil {
+			delete(set, ss)
+			if len(set) == 0 {
+				delete(s.bySerial, ss.serial)
+			}
+		}
+	}
+	s.met.connections.Dec()
+	return current, true
+}
+
+// Online reports whether the device has a live session on this node.
+func (s *Server) Online(productKey, deviceKey string) bool {
+	ss := s.deviceSession(iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey})
+	return ss != nil && !ss.cl.Closed()
+}
