@@ -1,0 +1,53 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/iothub/iothub/hub"
+	"github.com/spf13/cobra"
+)
+
+func newServeCmd() *cobra.Command {
+	var cfg hub.Config
+	var hostnames, logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the hub: MQTT, MQTT over TLS, the REST API and the CA",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return err
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			for _, h := range strings.Split(hostnames, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					cfg.Hostnames = append(cfg.Hostnames, h)
+				}
+			}
+			h, err := hub.Open(cfg)
+			if err != nil {
+				return err
+			}
+			stop := make(chan os.Signal, 1)
+			signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+			sig := <-stop
+			cfg.Logger.Info("shutting down", "signal", sig.String())
+			return h.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", "./data", "data directory (database, CA, keys)")
+	f.StringVar(&cfg.MQTTAddr, "mqtt", hub.DefaultMQTTAddr, "plain MQTT listen address (empty: off)")
+	f.StringVar(&cfg.MQTTSAddr, "mqtts", hub.DefaultMQTTSAddr, "MQTT over TLS listen address (empty: off)")
+	f.StringVar(&cfg.HTTPAddr, "http", hub.DefaultHTTPAddr, "REST API listen address (empty: off)")
+	f.StringVar(&cfg.HTTPSAddr, "https", hub.DefaultHTTPSAddr, "REST API over TLS listen address (empty: off)")
+	f.StringVar(&hostnames, "hostname", "localhost,127.0.0.1", "DNS names and IPs in the hub's server certificate")
+	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL put in certificates for CRL, CA and OCSP (default: the https listener)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildCLI compiles cmd/iothub once per test binary.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "iothub")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/iothub").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// serveBinary runs `iothub serve` on dir, waits for its ready line and
+// returns the HTTP API URL it reports.
+func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--data", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	deadline := time.After(60 * time.Second)
+	re := regexp.MustCompile(`http=(http://[0-9.:]+)`)
+	for httpURL == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("iothub serve exited before its ready line")
+			}
+			if strings.Contains(l, "ready") {
+				m := re.FindStringSubmatch(l)
+				if m == nil {
+					t.Fatalf("ready line names no http address: %s", l)
+				}
+				httpURL = m[1]
+			}
+		case <-deadline:
+			cmd.Process.Kill()
+			t.Fatal("no ready line within 60 s")
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	return httpURL, func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
+		}
+	}
+}
+
+func TestCLIServeAndAdminCommands(t *testing.T) {
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	url, stop := serveBinary(t, bin, dir)
+	cli := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append(args, "--server", url, "--data-dir", dir)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("iothub %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var prod struct{ ProductKey, ProductSecret string }
+	json.Unmarshal([]byte(cli("product", "create", "--name", "meter", "--dynamic-activation", "-o", "json")), &prod)
+	if prod.ProductKey == "" || prod.ProductSecret == "" {
+		t.Fatal("product create -o json gave no key and secret")
+	}
+	table := cli("device", "create", "-p", prod.ProductKey, "--device-key", "SN42")
+	if !strings.Contains(table, "DEVICEKEY") || !strings.Contains(table, "SN42") || !strings.Contains(table, "inactive") {
+		t.Fatalf("device create table:\n%s", table)
+	}
+	if out := cli("device", "disable", "-p", prod.ProductKey, "SN42"); !strings.Contains(out, "disabled") {
+		t.Fatalf("device disable:\n%s", out)
+	}
+	if out := cli("device", "list", "-p", prod.ProductKey, "--state", "disabled"); !strings.Contains(out, "SN42") {
+		t.Fatalf("device list --state disabled:\n%s", out)
+	}
+	if out := cli("product", "get", prod.ProductKey, "-o", "json"); strings.Contains(out, prod.ProductSecret) {
+		t.Fatal("product get shows the secret again")
+	}
+	stop()
+
+	// A second start on the same dir reuses keys and rows.
+	url, stop = serveBinary(t, bin, dir)
+	defer stop()
+	if out := cli("device", "get", "-p", prod.ProductKey, "SN42"); !strings.Contains(out, "disabled") {
+		t.Fatalf("device after restart:\n%s", out)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "admin.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.key: %v %v", err, fi)
+	}
+}

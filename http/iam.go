@@ -1,0 +1,141 @@
+package http
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/iothub/iothub"
+)
+
+func (s *Server) registerIAM() {
+	s.api("POST", "/api/v1/orgs", iothub.RoleAdmin, s.createOrg)
+	s.api("GET", "/api/v1/orgs", iothub.RoleViewer, s.listOrgs)
+	s.api("POST", "/api/v1/orgs/{orgId}/apikeys", iothub.RoleAdmin, s.createAPIKey)
+	s.api("GET", "/api/v1/orgs/{orgId}/apikeys", iothub.RoleAdmin, s.listAPIKeys)
+	s.api("DELETE", "/api/v1/orgs/{orgId}/apikeys/{id}", iothub.RoleAdmin, s.revokeAPIKey)
+	s.api("GET", "/api/v1/audit", iothub.RoleAdmin, s.listAudit)
+}
+
+func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	if !p.Bootstrap {
+		return iothub.Errorf(iothub.EFORBIDDEN, "only the bootstrap key creates organisations")
+	}
+	var req struct {
+		ID   string `json:"id"`
+		Name string `json:"name"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	req.Name = strings.TrimSpace(req.Name)
+	if req.Name == "" || len(req.Name) > 200 {
+		return iothub.Errorf(iothub.EINVALID, "name is required (at most 200 bytes)")
+	}
+	if req.ID == "" {
+		req.ID = "org_" + randomToken(9)
+	} else if err := iothub.ValidateKey("id", req.ID); err != nil {
+		return err
+	}
+	o := &iothub.Org{ID: req.ID, Name: req.Name, CreatedAt: s.Now()}
+	if err := s.Store.CreateOrg(r.Context(), o); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, o)
+	return nil
+}
+
+func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	orgs, err := s.Store.Orgs(r.Context())
+	if err != nil {
+		return err
+	}
+	visible := orgs[:0]
+	for _, o := range orgs {
+		if p.CanSee(o.ID) {
+			visible = append(visible, o)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"orgs": visible})
+	return nil
+}
+
+// org resolves the {orgId} path value for p: 404 when absent or not p's.
+func (s *Server) org(r *http.Request, p iothub.Principal) (*iothub.Org, error) {
+	id := r.PathValue("orgId")
+	if !p.CanSee(id) {
+		return nil, iothub.Errorf(iothub.ENOTFOUND, "organisation %q not found", id)
+	}
+	return s.Store.Org(r.Context(), id)
+}
+
+func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	o, err := s.org(r, p)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Name string      `json:"name"`
+		Role iothub.Role `json:"role"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !req.Role.Valid() {
+		return iothub.Errorf(iothub.EINVALID, "role must be admin, operator or viewer")
+	}
+	key := NewAPIKey()
+	k := &iothub.APIKey{ID: "key_" + randomToken(9), OrgID: o.ID, Name: req.Name, Role: req.Role, Hash: HashAPIKey(key), CreatedAt: s.Now()}
+	if err := s.Store.CreateAPIKey(r.Context(), k); err != nil {
+		return err
+	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: o.ID, Kind: "apikey.created", Reason: k.ID + " " + string(k.Role), Remote: remoteIP(r)})
+	writeJSON(w, http.StatusCreated, map[string]any{"id": k.ID, "key": key, "name": k.Name, "role": k.Role, "orgId": k.OrgID})
+	return nil
+}
+
+func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	o, err := s.org(r, p)
+	if err != nil {
+		return err
+	}
+	keys, err := s.Store.APIKeys(r.Context(), o.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"apikeys": keys})
+	return nil
+}
+
+func (s *Server) revokeAPIKey(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	o, err := s.org(r, p)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if id == p.KeyID && p.Bootstrap {
+		return iothub.Errorf(iothub.ECONFLICT, "the bootstrap key cannot revoke itself")
+	}
+	if err := s.Store.RevokeAPIKey(r.Context(), o.ID, id); err != nil {
+		return err
+	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: o.ID, Kind: "apikey.revoked", Reason: id, Remote: remoteIP(r)})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	org := p.OrgID
+	if p.Bootstrap {
+		org = r.URL.Query().Get("orgId") // empty: every org
+	}
+	limit, err := queryInt(r, "limit", 100, 1000)
+	if err != nil {
+		return err
+	}
+	events, err := s.Store.AuditEvents(r.Context(), org, limit)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"events": events})
+	return nil
+}

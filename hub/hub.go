@@ -1,0 +1,310 @@
+// Package hub assembles one iothub node from its adapters: the SQLite
+// registry, the CA and certificate service, the MQTT broker, the HTTP API
+// and the in-process bus. cmd/iothub and the end-to-end tests both start a
+// hub through Open, so tests run exactly what users run.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/iothub/iothub"
+	hubhttp "github.com/iothub/iothub/http"
+	"github.com/iothub/iothub/inmem"
+	"github.com/iothub/iothub/mqtt"
+	"github.com/iothub/iothub/pki"
+	"github.com/iothub/iothub/seal"
+	"github.com/iothub/iothub/sqlite"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config is how a node starts. An empty address turns that listener off.
+type Config struct {
+	DataDir   string
+	MQTTAddr  string // plain MQTT, default :11883
+	MQTTSAddr string // MQTT over TLS, default :18883
+	HTTPAddr  string // management API, default 127.0.0.1:8080
+	HTTPSAddr string // the same routes over TLS, default :8443
+	// Hostnames go into the hub's server certificate (DNS names or IPs).
+	Hostnames []string
+	// PublicURL is the base put in certificates' CRL and AIA URLs; default
+	// https://{first hostname}:{https port}.
+	PublicURL string
+	Logger    *slog.Logger
+}
+
+// Default addresses, as API.md fixes them.
+const (
+	DefaultMQTTAddr  = ":11883"
+	DefaultMQTTSAddr = ":18883"
+	DefaultHTTPAddr  = "127.0.0.1:8080"
+	DefaultHTTPSAddr = ":8443"
+)
+
+// Hub is a running node.
+type Hub struct {
+	cfg      Config
+	log      *slog.Logger
+	db       *sqlite.DB
+	auth     *pki.Authority
+	certs    *pki.Service
+	broker   *mqtt.Server
+	servers  []*http.Server
+	adminKey string
+
+	mqttAddr, mqttsAddr, httpURL, httpsURL string
+}
+
+// Open creates what is missing under cfg.DataDir (data key, database, CA,
+// server certificates, bootstrap API key), starts every listener and
+// returns once they all accept connections.
+func Open(cfg Config) (h *Hub, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if len(cfg.Hostnames) == 0 {
+		cfg.Hostnames = []string{"localhost", "127.0.0.1"}
+	}
+	h = &Hub{cfg: cfg, log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	key, err := seal.LoadOrCreateKey(filepath.Join(cfg.DataDir, "data.key"))
+	if err != nil {
+		return nil, err
+	}
+	sealer, err := seal.New(key)
+	if err != nil {
+		return nil, err
+	}
+	if h.db, err = sqlite.Open(filepath.Join(cfg.DataDir, "iothub.db"), sealer); err != nil {
+		return nil, err
+	}
+	if err := h.ensureAdminKey(); err != nil {
+		return nil, err
+	}
+
+	// Listen first, so the public URL can name the real HTTPS port.
+	httpLn, err := listen(cfg.HTTPAddr)
+	if err != nil {
+		return nil, err
+	}
+	httpsLn, err := listen(cfg.HTTPSAddr)
+	if err != nil {
+		closeAll(httpLn)
+		return nil, err
+	}
+	if httpLn != nil {
+		h.httpURL = "http://" + httpLn.Addr().String()
+	}
+	if httpsLn != nil {
+		h.httpsURL = "https://" + net.JoinHostPort(cfg.Hostnames[0], portOf(httpsLn.Addr()))
+	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = h.httpsURL
+		if publicURL == "" {
+			publicURL = h.httpURL
+		}
+	}
+
+	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	bus := inmem.NewBus()
+	if h.certs, err = pki.NewService(h.auth, h.db, bus, h.log); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if h.broker, err = mqtt.New(mqtt.Config{
+		Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, Registerer: reg,
+		TLS: h.tlsConfig(),
+	}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	if cfg.MQTTAddr != "" {
+		a, err := h.broker.ListenTCP(cfg.MQTTAddr)
+		if err != nil {
+			closeAll(httpLn, httpsLn)
+			return nil, err
+		}
+		h.mqttAddr = a.String()
+	}
+	if cfg.MQTTSAddr != "" {
+		a, err := h.broker.ListenTLS(cfg.MQTTSAddr)
+		if err != nil {
+			closeAll(httpLn, httpsLn)
+			return nil, err
+		}
+		h.mqttsAddr = a.String()
+	}
+	go func() {
+		if err := h.broker.Serve(); err != nil {
+			h.log.Error("mqtt broker stopped", "err", err)
+		}
+	}()
+
+	api := hubhttp.NewServer(hubhttp.Config{
+		Store: h.db, Certs: h.certs, Gateway: h.broker, Bus: bus, Logger: h.log,
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	})
+	if httpLn != nil {
+		h.serve(httpLn, api)
+	}
+	if httpsLn != nil {
+		h.serve(tls.NewListener(httpsLn, h.tlsConfig()), api)
+	}
+	h.log.Info("iothub ready", "data", cfg.DataDir, "http", h.httpURL, "https", h.httpsURL, "mqtt", h.mqttAddr, "mqtts", h.mqttsAddr)
+	return h, nil
+}
+
+// TLS policy for every listener: TLS 1.2 or 1.3 only, and for 1.2 only
+// ECDHE key exchange with AEAD ciphers (forward secrecy, no CBC).
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// tlsConfig is the server side of every TLS listener. A client certificate
+// is asked for but not verified here: which CA a device may use depends on
+// its product, so the certificate service decides at login.
+func (h *Hub) tlsConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: tls12Suites,
+		Certificates: h.auth.ServerCertificates(),
+		ClientAuth:   tls.RequestClientCert,
+	}
+}
+
+func (h *Hub) serve(ln net.Listener, handler http.Handler) {
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      90 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	h.servers = append(h.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+}
+
+// ensureAdminKey creates the bootstrap key and DataDir/admin.key on first
+// start; later starts read the file and make sure the key is known.
+func (h *Hub) ensureAdminKey() error {
+	path := filepath.Join(h.cfg.DataDir, "admin.key")
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		h.adminKey = strings.TrimSpace(string(b))
+		_, err := h.db.APIKeyByHash(context.Background(), hubhttp.HashAPIKey(h.adminKey))
+		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
+			return err
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	default:
+		h.adminKey = hubhttp.NewAPIKey()
+	}
+	k := &iothub.APIKey{ID: "key_bootstrap", OrgID: iothub.DefaultOrgID, Name: "bootstrap", Role: iothub.RoleAdmin, Bootstrap: true, Hash: hubhttp.HashAPIKey(h.adminKey), CreatedAt: time.Now()}
+	if err := h.db.CreateAPIKey(context.Background(), k); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(h.adminKey+"\n"), 0o600); err != nil {
+		return err
+	}
+	h.log.Info("bootstrap admin API key created; it is shown once and kept in "+path, "key", h.adminKey)
+	return nil
+}
+
+func listen(addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	return net.Listen("tcp", addr)
+}
+
+func closeAll(lns ...net.Listener) {
+	for _, ln := range lns {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+func portOf(a net.Addr) string {
+	_, port, _ := net.SplitHostPort(a.String())
+	return port
+}
+
+// AdminKey is the bootstrap API key.
+func (h *Hub) AdminKey() string { return h.adminKey }
+
+// HTTPURL is the base URL of the plain HTTP listener ("" when off).
+func (h *Hub) HTTPURL() string { return h.httpURL }
+
+// HTTPSURL is the base URL of the HTTPS listener ("" when off).
+func (h *Hub) HTTPSURL() string { return h.httpsURL }
+
+// MQTTAddr is the plain MQTT listener's address ("" when off).
+func (h *Hub) MQTTAddr() string { return h.mqttAddr }
+
+// MQTTSAddr is the MQTT-over-TLS listener's address ("" when off).
+func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
+
+// ChainPEM is the CA chain devices trust.
+func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }
+
+// Store is the node's registry.
+func (h *Hub) Store() iothub.Store { return h.db }
+
+// Close stops the listeners, flushes pending writes and closes the database.
+func (h *Hub) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var errs []error
+	for _, s := range h.servers {
+		errs = append(errs, s.Shutdown(ctx))
+	}
+	if h.broker != nil {
+		errs = append(errs, h.broker.Close())
+	}
+	if h.certs != nil {
+		h.certs.Close()
+	}
+	if h.db != nil {
+		errs = append(errs, h.db.Close())
+	}
+	return errors.Join(errs...)
+}
