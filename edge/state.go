@@ -14,19 +14,20 @@ import (
 // State is the agent's state directory: what the device learns (its
 // DeviceSecret, certificate and CA chain) and its factory ProductSecret
 // until the DeviceSecret is known. The directory has mode 0700, every file
-// in it 0600.
+// in it 0600. The factory ProductSecret is never stored: once the
+// DeviceSecret is known it is not needed again.
 type State struct {
 	Dir string
 }
 
 // Names of the files in a state directory.
 const (
-	FileDeviceSecret  = "device.secret"
-	FileProductSecret = "product.secret"
-	FileCert          = "cert.pem"
-	FileCAChain       = "ca-chain.pem"
-	FileBuffer        = "buffer.jsonl"
-	FileReboot        = "reboot.request"
+	FileDeviceSecret = "device.secret"
+	FileCert         = "cert.pem"
+	FileCAChain      = "ca-chain.pem"
+	FileSerial       = "serial"
+	FileBuffer       = "buffer.jsonl"
+	FileReboot       = "reboot.request"
 )
 
 // OpenState creates dir with mode 0700 if needed and checks that it is not
@@ -93,8 +94,13 @@ func (s *State) Certificate() (*x509.Certificate, error) {
 // key store.
 func (s *State) Wipe() error {
 	var errs []error
-	for _, n := range []string{FileDeviceSecret, FileProductSecret, FileCert, FileCAChain, FileBuffer, FileReboot} {
+	for _, n := range []string{FileDeviceSecret, FileCert, FileCAChain, FileSerial, FileBuffer, FileReboot} {
 		errs = append(errs, s.Remove(n))
+	}
+	// Temporary files of an interrupted atomic write.
+	tmps, _ := filepath.Glob(filepath.Join(s.Dir, ".*.tmp*"))
+	for _, t := range tmps {
+		errs = append(errs, shred(t))
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,923 @@
+// Package edge is the device side of iothub: a library a device maker's
+// program embeds, and the core of the iotedge agent. An Agent does,
+// unattended, the whole device flow of the hub's security model:
+// dynamic activation with the factory ProductSecret (securemode 3) to learn
+// the DeviceSecret; for a certificate product, a key pair made in the key
+// store (files or a TPM), a CSR and enrollment over HTTPS; a mutual-TLS
+// MQTT session verified against the pinned CA with a securemode-2 login;
+// periodic measurepoints (buffered on disk while offline and resumed),
+// service calls and measurepoint set; certificate renewal at two thirds of
+// its life; and a reset that revokes the certificate and wipes the keys.
+//
+//	a, err := edge.New(edge.Config{StateDir: "/var/lib/iotedge", CAFile: "ca.pem",
+//		Broker: "ssl://hub:18883", API: "https://hub:8443",
+//		ProductKey: pk, ProductSecret: ps, DeviceKey: serial})
+//	if err != nil { … }
+//	defer a.Close()
+//	err = a.Run(ctx)
+package edge
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iothub/iothub/sign"
+)
+
+// Errors that stop Run for good: retrying would not help.
+var (
+	// ErrRevoked: the hub refuses the device's certificate and would not
+	// issue another one.
+	ErrRevoked = errors.New("edge: the hub refuses this device's certificate (revoked?) and refused a new enrollment")
+	// ErrRefused: the hub refuses the device's login or activation.
+	ErrRefused = errors.New("edge: the hub refuses this device")
+)
+
+// errReconnect ends a session on purpose (reboot request, renewed certificate).
+var errReconnect = errors.New("edge: reconnect requested")
+
+// Slot names in the key store.
+const (
+	slotCurrent = "current"
+	slotNext    = "next"
+)
+
+// Agent runs the device flow. Create it with New.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	state    *State
+	ks       KeyStore
+	ownKS    bool
+	caPEM    []byte
+	roots    *x509.CertPool
+	broker   string
+	brokerTL bool
+	buf      *Buffer
+
+	mu        sync.Mutex
+	secret    string
+	setPoints map[string]any
+	pending   map[string]chan reply
+	nextID    atomic.Uint64
+	reconnect chan struct{}
+}
+
+type reply struct {
+	Code    int             `json:"code"`
+	Data    json.RawMessage `json:"data"`
+	Message string          `json:"message"`
+}
+
+// New checks cfg, opens the state directory and the key store. Nothing
+// is sent to the hub before Run.
+func New(cfg Config) (*Agent, error) {
+	cfg, err := cfg.check()
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:       cfg,
+		log:       cfg.Logger.With("productKey", cfg.ProductKey, "deviceKey", cfg.DeviceKey),
+		setPoints: map[string]any{},
+		pending:   map[string]chan reply{},
+		reconnect: make(chan struct{}, 1),
+	}
+	a.broker, a.brokerTL, _ = brokerURL(cfg.Broker)
+	if cfg.CAFile != "" {
+		a.caPEM, err = os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("edge: pinned CA: %w", err)
+		}
+		a.roots = x509.NewCertPool()
+		if !a.roots.AppendCertsFromPEM(a.caPEM) {
+			return nil, fmt.Errorf("edge: pinned CA file %s holds no certificate", cfg.CAFile)
+		}
+	}
+	if a.state, err = OpenState(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	a.ks = cfg.KeyStore
+	if a.ks == nil {
+		a.ks = &FileKeyStore{Dir: cfg.StateDir, Passphrase: cfg.Passphrase}
+		a.ownKS = true
+	}
+	a.buf = &Buffer{Path: a.state.path(FileBuffer), MaxBytes: cfg.BufferBytes}
+	return a, nil
+}
+
+// Close releases the key store if the agent opened it.
+func (a *Agent) Close() error {
+	if a.ownKS {
+		return a.ks.Close()
+	}
+	return nil
+}
+
+// Buffered reports how many measurepoint posts wait on disk.
+func (a *Agent) Buffered() int { return a.buf.Len() }
+
+func (a *Agent) emit(state string) {
+	if a.cfg.OnState != nil {
+		a.cfg.OnState(state)
+	}
+}
+
+func (a *Agent) deviceClient(secret string) *DeviceClient {
+	return &DeviceClient{
+		API: a.cfg.API, ProductKey: a.cfg.ProductKey, DeviceKey: a.cfg.DeviceKey,
+		DeviceSecret: secret, HTTP: NewHTTPClient(a.roots),
+	}
+}
+
+func (a *Agent) checkClock() error { return CheckClock(time.Now(), a.caPEM) }
+
+// sleep waits d or until ctx ends; it reports whether to go on.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Run runs the device flow until ctx ends (then it returns nil) or the
+// hub refuses the device for good (ErrRefused, ErrRevoked) or the clock
+// guard trips (ErrClock).
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.emit("stopped")
+	if err := a.checkClock(); err != nil {
+		return err
+	}
+	if err := a.ensureSecret(ctx); err != nil {
+		return err
+	}
+	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	retriedEnroll := false
+	for ctx.Err() == nil {
+		if err := a.checkClock(); err != nil {
+			return err
+		}
+		if a.cfg.Auth == AuthCertificate {
+			if err := a.ensureCert(ctx, false); err != nil {
+				var he *HubError
+				if errors.As(err, &he) && he.Refused() {
+					return fmt.Errorf("%w: enrollment refused: %v", ErrRefused, err)
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				a.log.Warn("enrollment failed, will retry", "err", err)
+				sleep(ctx, bo.Next())
+				continue
+			}
+		}
+		connected, err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected {
+			bo.Reset()
+			retriedEnroll = false
+			if errors.Is(err, errReconnect) {
+				continue
+			}
+			a.log.Warn("disconnected", "err", err)
+			sleep(ctx, bo.Next())
+			continue
+		}
+		if !refused(err) {
+			d := bo.Next()
+			a.log.Warn("connect failed, will retry", "err", err, "in", d.Round(time.Millisecond))
+			sleep(ctx, d)
+			continue
+		}
+		if a.cfg.Auth != AuthCertificate {
+			return fmt.Errorf("%w: login refused (%v); check the DeviceSecret in %s and that the device is enabled", ErrRefused, err, a.state.Dir)
+		}
+		if retriedEnroll {
+			return fmt.Errorf("%w: %v", ErrRevoked, err)
+		}
+		retriedEnroll = true
+		a.log.Warn("the hub refused our certificate or login, perhaps revoked: enrolling once more", "err", err)
+		if err := a.ensureCert(ctx, true); err != nil {
+			var he *HubError
+			if errors.As(err, &he) && he.Refused() {
+				return fmt.Errorf("%w: %v", ErrRevoked, err)
+			}
+			retriedEnroll = false
+			a.log.Warn("enrollment failed, will retry", "err", err)
+			sleep(ctx, bo.Next())
+		}
+	}
+	return nil
+}
+
+// refused reports whether a connect error is the hub saying no (as opposed
+// to a network failure): CONNACK 4 or 5, or a TLS alert about our certificate.
+func refused(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re *refusal
+	if errors.As(err, &re) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	for _, m := range []string{"bad certificate", "certificate revoked", "revoked certificate", "unknown certificate", "certificate required", "expired certificate", "unsupported certificate"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// refusal is a CONNACK refusal.
+type refusal struct {
+	code byte
+	err  error
+}
+
+func (r *refusal) Error() string { return fmt.Sprintf("CONNACK refused (%d %v)", r.code, r.err) }
+
+// connect opens an MQTT session with the given credentials.
+func (a *Agent) connect(ctx context.Context, mode int, secret string, withCert bool, onMsg mqtt.MessageHandler, lost chan<- error) (mqtt.Client, error) {
+	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	cid, user, pass, err := sign.Credentials(a.cfg.DeviceKey, a.cfg.ProductKey, a.cfg.DeviceKey, secret, mode, sign.SHA256, ts)
+	if err != nil {
+		return nil, err
+	}
+	opts := mqtt.NewClientOptions().AddBroker(a.broker).
+		SetClientID(cid).SetUsername(user).SetPassword(pass).
+		SetProtocolVersion(4).SetCleanSession(true).
+		SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false).
+		SetKeepAlive(30 * time.Second).SetPingTimeout(10 * time.Second).
+		SetConnectTimeout(15 * time.Second).SetWriteTimeout(15 * time.Second).
+		SetDefaultPublishHandler(onMsg)
+	if lost != nil {
+		opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		})
+	}
+	if a.brokerTL {
+		tc := &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12}
+		if withCert {
+			cert, err := a.tlsCertificate()
+			if err != nil {
+				return nil, err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		opts.SetTLSConfig(tc)
+	}
+	c := mqtt.NewClient(opts)
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		c.Disconnect(0)
+		return nil, ctx.Err()
+	case <-time.After(30 * time.Second):
+		c.Disconnect(0)
+		return nil, errors.New("edge: connect timed out")
+	}
+	if err := tok.Error(); err != nil {
+		if ct, ok := tok.(*mqtt.ConnectToken); ok {
+			if rc := ct.ReturnCode(); rc == 4 || rc == 5 {
+				return nil, &refusal{code: rc, err: err}
+			}
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// tlsCertificate is the client certificate with its chain (without the
+// self-signed root) and the key store's signer.
+func (a *Agent) tlsCertificate() (tls.Certificate, error) {
+	key, err := a.ks.Open(slotCurrent)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	certPEM, err := a.state.Read(FileCert)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	chainPEM, err := a.state.Read(FileCAChain)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	var out tls.Certificate
+	for rest := []byte(certPEM + "\n" + chainPEM); ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		if len(out.Certificate) > 0 && bytes.Equal(c.RawIssuer, c.RawSubject) {
+			continue // the hub has its root
+		}
+		if out.Leaf == nil {
+			out.Leaf = c
+		}
+		out.Certificate = append(out.Certificate, b.Bytes)
+	}
+	if out.Leaf == nil {
+		return tls.Certificate{}, errors.New("edge: no device certificate stored")
+	}
+	out.PrivateKey = key
+	return out, nil
+}
+
+// ensureSecret makes sure the DeviceSecret is known: from the config, the
+// state dir, or dynamic activation.
+func (a *Agent) ensureSecret(ctx context.Context) error {
+	s, err := a.state.Read(FileDeviceSecret)
+	if err != nil {
+		return err
+	}
+	if s == "" && a.cfg.DeviceSecret != "" {
+		s = a.cfg.DeviceSecret
+		if err := a.state.Write(FileDeviceSecret, s); err != nil {
+			return err
+		}
+	}
+	if s != "" {
+		a.setSecret(s)
+		return nil
+	}
+	if a.cfg.ProductSecret == "" {
+		return fmt.Errorf("edge: no DeviceSecret in %s and no ProductSecret to activate with", a.state.Dir)
+	}
+	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	for {
+		s, err := a.activate(ctx)
+		if err == nil {
+			if err := a.state.Write(FileDeviceSecret, s); err != nil {
+				return err
+			}
+			a.setSecret(s)
+			a.log.Info("activated: DeviceSecret stored; the factory ProductSecret is no longer needed")
+			a.emit("activated")
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if refused(err) {
+			return fmt.Errorf("%w: dynamic activation refused (%v): the device must be registered with this serial, the product must allow dynamic activation, and a device already activated cannot activate again", ErrRefused, err)
+		}
+		d := bo.Next()
+		a.log.Warn("activation failed, will retry", "err", err, "in", d.Round(time.Millisecond))
+		if !sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (a *Agent) setSecret(s string) {
+	a.mu.Lock()
+	a.secret = s
+	a.mu.Unlock()
+}
+
+func (a *Agent) deviceSecret() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.secret
+}
+
+// activate logs in with securemode 3 and waits for the DeviceSecret the
+// hub pushes on /ext/session/{pk}/{dk}/thing/activate/info.
+func (a *Agent) activate(ctx context.Context) (string, error) {
+	topic := "/ext/session/" + a.cfg.ProductKey + "/" + a.cfg.DeviceKey + "/thing/activate/info"
+	got := make(chan string, 1)
+	onMsg := func(c mqtt.Client, m mqtt.Message) {
+		if m.Topic() != topic {
+			return
+		}
+		var req struct {
+			ID     json.RawMessage `json:"id"`
+			Params struct {
+				ProductKey   string `json:"productKey"`
+				DeviceKey    string `json:"deviceKey"`
+				DeviceSecret string `json:"deviceSecret"`
+			} `json:"params"`
+		}
+		if json.Unmarshal(m.Payload(), &req) != nil || req.Params.DeviceSecret == "" ||
+			req.Params.DeviceKey != a.cfg.DeviceKey || req.Params.ProductKey != a.cfg.ProductKey {
+			a.log.Warn("ignoring a malformed activation message")
+			return
+		}
+		b, _ := json.Marshal(map[string]any{"id": req.ID, "code": 200, "message": ""})
+		c.Publish(topic+"_reply", 1, false, b).WaitTimeout(5 * time.Second)
+		select {
+		case got <- req.Params.DeviceSecret:
+		default:
+		}
+	}
+	c, err := a.connect(ctx, sign.ModeDynamic, a.cfg.ProductSecret, false, onMsg, nil)
+	if err != nil {
+		return "", err
+	}
+	defer c.Disconnect(250)
+	select {
+	case s := <-got:
+		return s, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-time.After(30 * time.Second):
+		return "", errors.New("edge: no activation info from the hub within 30s")
+	}
+}
+
+// ensureCert makes sure a valid certificate matching the current key is
+// stored, enrolling a fresh key when there is none (or always with force).
+func (a *Agent) ensureCert(ctx context.Context, force bool) error {
+	if !force {
+		cert, err := a.state.Certificate()
+		if err != nil {
+			a.log.Warn("stored certificate unreadable, enrolling again", "err", err)
+		}
+		key, kerr := a.ks.Open(slotCurrent)
+		if kerr != nil && !errors.Is(kerr, ErrNoKey) {
+			return kerr
+		}
+		now := time.Now()
+		if cert != nil && key != nil && now.After(cert.NotBefore) && now.Before(cert.NotAfter) && samePublicKey(cert.PublicKey, key.Public()) {
+			return nil
+		}
+	}
+	key, err := a.ks.Create(slotCurrent, a.cfg.KeyType)
+	if err != nil {
+		return err
+	}
+	csr, err := NewCSR(key, a.cfg.ProductKey, a.cfg.DeviceKey)
+	if err != nil {
+		return err
+	}
+	iss, err := a.deviceClient(a.deviceSecret()).Enroll(ctx, csr)
+	if err != nil {
+		return err
+	}
+	if err := a.storeIssued(key, iss.Serial, iss.Cert, iss.CAChain); err != nil {
+		return err
+	}
+	a.log.Info("enrolled", "serial", iss.Serial, "notAfter", iss.NotAfter)
+	a.emit("enrolled")
+	return nil
+}
+
+func samePublicKey(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// storeIssued checks an issued certificate (for our key, chaining to the
+// pinned CA) and stores it with its chain and serial.
+func (a *Agent) storeIssued(key crypto.Signer, serial, certPEM, chainPEM string) error {
+	block, _ := pem.Decode([]byte(certPEM))
+	if block == nil {
+		return errors.New("edge: the hub's certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("edge: the hub's certificate: %w", err)
+	}
+	if !samePublicKey(cert.PublicKey, key.Public()) {
+		return errors.New("edge: the hub's certificate is not for our key")
+	}
+	inter := x509.NewCertPool()
+	inter.AppendCertsFromPEM([]byte(chainPEM))
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("edge: the hub's certificate does not chain to the pinned CA: %w", err)
+	}
+	if serial == "" {
+		serial = fmt.Sprintf("%x", cert.SerialNumber)
+	}
+	if err := a.state.Write(FileCert, certPEM); err != nil {
+		return err
+	}
+	if err := a.state.Write(FileCAChain, chainPEM); err != nil {
+		return err
+	}
+	return a.state.Write(FileSerial, strings.ToLower(serial))
+}
+
+func (a *Agent) topic(suffix string) string {
+	return "/sys/" + a.cfg.ProductKey + "/" + a.cfg.DeviceKey + "/" + suffix
+}
+
+// session connects, serves and posts until the connection ends. connected
+// reports whether the login succeeded.
+func (a *Agent) session(ctx context.Context) (connected bool, err error) {
+	lost := make(chan error, 1)
+	c, err := a.connect(ctx, sign.ModeStatic, a.deviceSecret(), a.cfg.Auth == AuthCertificate, a.onMessage, lost)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		c.Disconnect(250)
+		a.emit("offline")
+	}()
+	a.log.Info("online", "broker", a.broker, "auth", a.cfg.Auth)
+	a.emit("online")
+
+	var renewC <-chan time.Time
+	renewTimer := time.NewTimer(time.Hour)
+	renewTimer.Stop()
+	defer renewTimer.Stop()
+	if a.cfg.Auth == AuthCertificate {
+		if t := c.Subscribe(a.topic("thing/certificate/renew_reply"), 1, nil); t.WaitTimeout(10*time.Second) && t.Error() != nil {
+			a.log.Warn("subscribe to renew replies failed", "err", t.Error())
+		}
+		if cert, err := a.state.Certificate(); err == nil && cert != nil {
+			life := cert.NotAfter.Sub(cert.NotBefore)
+			at := cert.NotBefore.Add(time.Duration(float64(life) * a.cfg.RenewFraction))
+			renewTimer.Reset(max(time.Until(at), 0))
+			renewC = renewTimer.C
+		}
+	}
+
+	if n, err := a.buf.Drain(func(r Record) error { return a.publish(c, "thing/measurepoint/resume", "thing.measurepoint.resume", r) }); n > 0 || err != nil {
+		a.log.Info("resumed buffered measurepoints", "sent", n, "left", a.buf.Len(), "err", err)
+	}
+
+	tick := time.NewTicker(a.cfg.Interval)
+	defer tick.Stop()
+	a.postOnce(ctx, c)
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case err := <-lost:
+			return true, fmt.Errorf("connection lost: %w", err)
+		case <-a.reconnect:
+			return true, errReconnect
+		case <-tick.C:
+			a.postOnce(ctx, c)
+		case <-renewC:
+			if err := a.renew(ctx, c); err != nil {
+				a.log.Warn("certificate renewal failed, will retry", "err", err)
+				renewTimer.Reset(min(a.cfg.BackoffMax, time.Minute))
+				continue
+			}
+			// Reconnect so the hub sees the new certificate in use.
+			return true, errReconnect
+		}
+	}
+}
+
+func (a *Agent) collect(ctx context.Context) (map[string]any, error) {
+	var m map[string]any
+	var err error
+	if a.cfg.Metrics != nil {
+		m, err = a.cfg.Metrics(ctx)
+	} else {
+		m, err = SystemMetrics()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = map[string]any{}
+	}
+	a.mu.Lock()
+	for k, v := range a.setPoints {
+		if _, ok := m[k]; !ok {
+			m[k] = v
+		}
+	}
+	a.mu.Unlock()
+	return m, nil
+}
+
+// postOnce posts one set of measurepoints; if it cannot, it buffers them.
+func (a *Agent) postOnce(ctx context.Context, c mqtt.Client) {
+	m, err := a.collect(ctx)
+	if err != nil {
+		a.log.Warn("measurepoints", "err", err)
+		return
+	}
+	r := Record{Measurepoints: m, Time: time.Now().UnixMilli()}
+	if err := a.publish(c, "thing/measurepoint/post", "thing.measurepoint.post", r); err != nil {
+		a.log.Warn("post failed, buffering", "err", err)
+		if err := a.buf.Append(r); err != nil {
+			a.log.Error("buffer", "err", err)
+		}
+	}
+}
+
+func (a *Agent) newID() string { return strconv.FormatUint(a.nextID.Add(1), 10) }
+
+func (a *Agent) publish(c mqtt.Client, suffix, method string, params any) error {
+	b, err := json.Marshal(map[string]any{"id": a.newID(), "version": "1.0", "method": method, "params": params})
+	if err != nil {
+		return err
+	}
+	t := c.Publish(a.topic(suffix), 1, false, b)
+	if !t.WaitTimeout(10 * time.Second) {
+		return errors.New("edge: publish not acknowledged within 10s")
+	}
+	return t.Error()
+}
+
+// request publishes a request and waits for its reply on topic_reply.
+func (a *Agent) request(ctx context.Context, c mqtt.Client, suffix, method string, params any) (*reply, error) {
+	id := a.newID()
+	ch := make(chan reply, 1)
+	a.mu.Lock()
+	a.pending[id] = ch
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.pending, id)
+		a.mu.Unlock()
+	}()
+	b, err := json.Marshal(map[string]any{"id": id, "version": "1.0", "method": method, "params": params})
+	if err != nil {
+		return nil, err
+	}
+	if t := c.Publish(a.topic(suffix), 1, false, b); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("edge: publish %s: %v", method, t.Error())
+	}
+	select {
+	case r := <-ch:
+		return &r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("edge: no reply to %s within 30s", method)
+	}
+}
+
+// renew gets a successor certificate for a fresh key over MQTT.
+func (a *Agent) renew(ctx context.Context, c mqtt.Client) error {
+	if err := a.checkClock(); err != nil {
+		return err
+	}
+	key, err := a.ks.Create(slotNext, a.cfg.KeyType)
+	if err != nil {
+		return err
+	}
+	csr, err := NewCSR(key, a.cfg.ProductKey, a.cfg.DeviceKey)
+	if err != nil {
+		return err
+	}
+	r, err := a.request(ctx, c, "thing/certificate/renew", "thing.certificate.renew", map[string]string{"csr": csr})
+	if err != nil {
+		return err
+	}
+	if r.Code != 200 {
+		return fmt.Errorf("edge: renewal refused: code %d %s", r.Code, r.Message)
+	}
+	var iss Issued
+	if err := json.Unmarshal(r.Data, &iss); err != nil {
+		return fmt.Errorf("edge: renewal reply: %w", err)
+	}
+	if err := a.storeIssuedNext(key, iss); err != nil {
+		return err
+	}
+	a.log.Info("certificate renewed", "serial", iss.Serial, "notAfter", iss.NotAfter)
+	a.emit("renewed")
+	return nil
+}
+
+// storeIssuedNext promotes the "next" key once its certificate checks out.
+func (a *Agent) storeIssuedNext(key crypto.Signer, iss Issued) error {
+	// Check before touching anything: the key swap must not leave a
+	// certificate without its key.
+	block, _ := pem.Decode([]byte(iss.Cert))
+	if block == nil {
+		return errors.New("edge: renewed certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !samePublicKey(cert.PublicKey, key.Public()) {
+		return errors.New("edge: renewed certificate is not for the new key")
+	}
+	if err := a.ks.Rename(slotNext, slotCurrent); err != nil {
+		return err
+	}
+	return a.storeIssued(key, iss.Serial, iss.Cert, iss.CAChain)
+}
+
+// onMessage routes everything the hub sends: replies to our requests,
+// service calls and measurepoint set (which arrive unsubscribed).
+func (a *Agent) onMessage(c mqtt.Client, m mqtt.Message) {
+	topic := m.Topic()
+	prefix := a.topic("")
+	if !strings.HasPrefix(topic, prefix) {
+		return
+	}
+	rest := topic[len(prefix):]
+	if strings.HasSuffix(rest, "_reply") {
+		var r struct {
+			ID json.RawMessage `json:"id"`
+			reply
+		}
+		if json.Unmarshal(m.Payload(), &r) != nil {
+			return
+		}
+		id := strings.Trim(string(r.ID), `"`)
+		a.mu.Lock()
+		ch := a.pending[id]
+		a.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- r.reply:
+			default:
+			}
+		}
+		return
+	}
+	var req struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+	}
+	if err := json.Unmarshal(m.Payload(), &req); err != nil {
+		a.answer(c, topic, nil, 1220, nil, "payload is not a JSON request")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var data any
+	var err error
+	switch {
+	case rest == "thing/service/measurepoint/set":
+		data, err = a.onSet(ctx, req.Params)
+	case strings.HasPrefix(rest, "thing/service/") && !strings.Contains(rest[len("thing/service/"):], "/"):
+		data, err = a.callService(ctx, rest[len("thing/service/"):], req.Params)
+	default:
+		err = &ServiceError{Code: 1101, Message: "no handler for " + rest}
+	}
+	code, msg := 200, ""
+	if err != nil {
+		code, msg = 500, err.Error()
+		var se *ServiceError
+		if errors.As(err, &se) {
+			code, msg = se.Code, se.Message
+		}
+	}
+	a.answer(c, topic, req.ID, code, data, msg)
+}
+
+func (a *Agent) answer(c mqtt.Client, topic string, id json.RawMessage, code int, data any, msg string) {
+	if data == nil {
+		data = map[string]any{}
+	}
+	b, err := json.Marshal(map[string]any{"id": id, "code": code, "data": data, "message": msg})
+	if err != nil {
+		b, _ = json.Marshal(map[string]any{"id": id, "code": 500, "data": map[string]any{}, "message": "reply not encodable"})
+	}
+	c.Publish(topic+"_reply", 1, false, b).WaitTimeout(10 * time.Second)
+}
+
+func (a *Agent) onSet(ctx context.Context, params json.RawMessage) (any, error) {
+	var points map[string]any
+	if err := json.Unmarshal(params, &points); err != nil || points == nil {
+		return nil, &ServiceError{Code: 1220, Message: "params must be an object of measurepoints"}
+	}
+	if a.cfg.OnSet != nil {
+		if err := a.cfg.OnSet(ctx, points); err != nil {
+			return nil, err
+		}
+	}
+	a.mu.Lock()
+	for k, v := range points {
+		a.setPoints[k] = v
+	}
+	a.mu.Unlock()
+	return map[string]any{}, nil
+}
+
+func (a *Agent) callService(ctx context.Context, id string, params json.RawMessage) (any, error) {
+	if h, ok := a.cfg.Services[id]; ok {
+		return h(ctx, params)
+	}
+	switch id {
+	case "ping":
+		return map[string]any{"pong": true, "time": time.Now().UnixMilli()}, nil
+	case "echo":
+		if len(params) == 0 {
+			return map[string]any{}, nil
+		}
+		return params, nil
+	case "reboot":
+		// The agent does not reboot the machine: it records the request
+		// for the operator's tooling and starts a new session.
+		rec, _ := json.Marshal(map[string]any{"time": time.Now().UTC().Format(time.RFC3339), "params": params})
+		if err := a.state.Write(FileReboot, string(rec)); err != nil {
+			return nil, err
+		}
+		go func() {
+			time.Sleep(200 * time.Millisecond) // let the reply go out first
+			select {
+			case a.reconnect <- struct{}{}:
+			default:
+			}
+		}()
+		return map[string]any{"accepted": true}, nil
+	}
+	if len(a.cfg.ServiceCommand) > 0 {
+		return a.runServiceCommand(ctx, id, params)
+	}
+	return nil, &ServiceError{Code: 1101, Message: "no handler for service " + id}
+}
+
+func (a *Agent) runServiceCommand(ctx context.Context, id string, params json.RawMessage) (any, error) {
+	argv := append(append([]string(nil), a.cfg.ServiceCommand...), id)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = bytes.NewReader(params)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if len(msg) > 200 {
+			msg = msg[:200]
+		}
+		return nil, &ServiceError{Code: 500, Message: fmt.Sprintf("service command failed: %v %s", err, msg)}
+	}
+	out = bytes.TrimSpace(out)
+	if len(out) == 0 {
+		return map[string]any{}, nil
+	}
+	if !json.Valid(out) {
+		return nil, &ServiceError{Code: 500, Message: "service command did not print JSON"}
+	}
+	return json.RawMessage(out), nil
+}
+
+// Reset asks the hub to revoke the device's certificate (signed with the
+// DeviceSecret), then wipes the keys, secrets and certificate from the
+// state dir. If the revocation fails, nothing is wiped unless force is set:
+// a key must not be forgotten while the hub still trusts it.
+func (a *Agent) Reset(ctx context.Context, force bool) error {
+	serial, err := a.state.Read(FileSerial)
+	if err != nil {
+		return err
+	}
+	if serial == "" {
+		if cert, err := a.state.Certificate(); err == nil && cert != nil {
+			serial = fmt.Sprintf("%x", cert.SerialNumber)
+		}
+	}
+	if serial != "" {
+		secret, _ := a.state.Read(FileDeviceSecret)
+		if secret == "" {
+			secret = a.cfg.DeviceSecret
+		}
+		var rerr error
+		if secret == "" {
+			rerr = errors.New("edge: no DeviceSecret to sign the revocation with")
+		} else if a.cfg.API == "" || a.roots == nil {
+			rerr = errors.New("edge: the API URL and the pinned CA are needed to revoke the certificate")
+		} else {
+			rerr = a.deviceClient(secret).Revoke(ctx, serial)
+			var he *HubError
+			if errors.As(rerr, &he) && he.Status == 409 {
+				rerr = nil // already revoked
+			}
+		}
+		if rerr != nil {
+			if !force {
+				return fmt.Errorf("%w (nothing wiped; use force to wipe anyway)", rerr)
+			}
+			a.log.Warn("revocation failed; wiping anyway as forced", "err", rerr)
+		} else {
+			a.log.Info("certificate revoked", "serial", serial)
+		}
+	}
+	return errors.Join(a.ks.Destroy(), a.state.Wipe())
+}
