@@ -1,0 +1,229 @@
+package sqlite
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/seal"
+)
+
+func TestReopenKeepsEverything(t *testing.T) {
+	env := newEnv(t)
+	db := env.open(t)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	must(t, db.CreateOrg(ctx, &iothub.Org{ID: "acme", Name: "Acme"}))
+	h := sha256.Sum256([]byte("k"))
+	must(t, db.CreateAPIKey(ctx, &iothub.APIKey{ID: "k1", OrgID: "acme", Name: "n", Role: iothub.RoleAdmin, Hash: h[:]}))
+	p := mkProduct(t, db, "pk")
+	d := mkDevice(t, db, "pk", "d")
+	must(t, db.SetDeviceState(ctx, "pk", "d", iothub.StateOnline, now))
+	must(t, db.AppendSamples(ctx, []iothub.Sample{sample("pk", "d", now, `{"t":1}`)}))
+	must(t, db.SetAttributes(ctx, "pk", "d", map[string]json.RawMessage{"fw": json.RawMessage(`"2"`)}))
+	must(t, db.CreateCertificate(ctx, mkCert("01", "pk", "d", "key", now, 10)))
+	must(t, db.RevokeCertificate(ctx, "01", "keyCompromise", now))
+	must(t, db.CreateExternalCA(ctx, &iothub.ExternalCA{ID: "ca", ProductKey: "pk", CertPEM: "p", Fingerprint: "f"}))
+	must(t, db.Audit(ctx, iothub.AuditEvent{Kind: "login.ok", ProductKey: "pk", DeviceKey: "d"}))
+	must(t, db.Close())
+
+	db = env.open(t)
+	defer db.Close()
+	if _, err := db.Org(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := db.APIKeyByHash(ctx, h[:]); err != nil || k.ID != "k1" {
+		t.Fatalf("api key after reopen: %v %v", k, err)
+	}
+	gp, err := db.Product(ctx, "pk")
+	must(t, err)
+	if *gp != *p {
+		t.Fatalf("product after reopen %+v, want %+v", gp, p)
+	}
+	gd, err := db.Device(ctx, "pk", "d")
+	must(t, err)
+	if gd.DeviceSecret != d.DeviceSecret || gd.State != iothub.StateOnline || gd.ActivatedAt == nil || !gd.ActivatedAt.Equal(now) {
+		t.Fatalf("device after reopen %+v", gd)
+	}
+	if pts, _ := db.LatestPoints(ctx, "pk", "d"); len(pts) != 1 {
+		t.Fatalf("points after reopen: %+v", pts)
+	}
+	if s, _ := db.RecentSamples(ctx, "pk", "d", 5); len(s) != 1 {
+		t.Fatalf("samples after reopen: %+v", s)
+	}
+	if a, _ := db.Attributes(ctx, "pk", "d"); string(a["fw"]) != `"2"` {
+		t.Fatalf("attributes after reopen: %s", a)
+	}
+	if r, _ := db.RevokedCertificates(ctx); len(r) != 1 || r[0].Reason != "keyCompromise" {
+		t.Fatalf("revoked after reopen: %+v", r)
+	}
+	if _, err := db.ExternalCA(ctx, "ca"); err != nil {
+		t.Fatal(err)
+	}
+	if ev, _ := db.AuditEvents(ctx, "", 10); len(ev) != 1 {
+		t.Fatalf("audit after reopen: %+v", ev)
+	}
+	// The next audit id continues after the persisted ones.
+	must(t, db.Audit(ctx, iothub.AuditEvent{Kind: "x"}))
+	if ev, _ := db.AuditEvents(ctx, "", 1); ev[0].ID != 2 {
+		t.Fatalf("audit id %d after reopen", ev[0].ID)
+	}
+}
+
+func TestReopenWithWrongKeyCannotReadSecrets(t *testing.T) {
+	env := newEnv(t)
+	db := env.open(t)
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "d")
+	must(t, db.Close())
+	other, err := seal.New(bytes.Repeat([]byte{1}, seal.KeySize))
+	must(t, err)
+	db, err = Open(env.path, other)
+	must(t, err)
+	defer db.Close()
+	if d, err := db.Device(ctx, "pk", "d"); err == nil || iothub.ErrorCode(err) != iothub.EINTERNAL {
+		t.Fatalf("device read under the wrong key: %+v, %v", d, err)
+	}
+	if _, err := db.Product(ctx, "pk"); iothub.ErrorCode(err) != iothub.EINTERNAL {
+		t.Fatalf("product read under the wrong key: %v", err)
+	}
+}
+
+// Secrets sealed with AAD naming their row cannot be moved to another row.
+func TestSealedSecretBoundToRow(t *testing.T) {
+	db := newDB(t)
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "victim")
+	mkDevice(t, db, "pk", "attacker")
+	_, err := db.write.Exec(`UPDATE devices SET device_secret =
+		(SELECT device_secret FROM devices WHERE device_key = 'victim') WHERE device_key = 'attacker'`)
+	must(t, err)
+	if d, err := db.Device(ctx, "pk", "attacker"); err == nil {
+		t.Fatalf("swapped ciphertext opened as %q", d.DeviceSecret)
+	}
+	if _, err := db.Device(ctx, "pk", "victim"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecretsNeverInFile(t *testing.T) {
+	env := newEnv(t)
+	db := env.open(t)
+	var secrets []string
+	for i := range 20 {
+		pk := fmt.Sprintf("prod%02d", i)
+		p := &iothub.Product{OrgID: iothub.DefaultOrgID, ProductKey: pk, ProductSecret: fmt.Sprintf("PRODSECRET-%02d-zq8", i)}
+		must(t, db.CreateProduct(ctx, p))
+		secrets = append(secrets, p.ProductSecret)
+		p.ProductSecret = fmt.Sprintf("ROTATEDPS-%02d-zq8", i)
+		must(t, db.UpdateProduct(ctx, p))
+		secrets = append(secrets, p.ProductSecret)
+		for j := range 20 {
+			d := &iothub.Device{ProductKey: pk, DeviceKey: fmt.Sprintf("dev%02d", j), DeviceSecret: fmt.Sprintf("DEVSECRET-%02d-%02d-zq8", i, j)}
+			must(t, db.CreateDevice(ctx, d))
+			secrets = append(secrets, d.DeviceSecret)
+		}
+		nd, err := db.ResetDevice(ctx, pk, "dev00", fmt.Sprintf("RESETSECRET-%02d-zq8", i))
+		must(t, err)
+		secrets = append(secrets, nd.DeviceSecret)
+	}
+	check := func(when string) {
+		t.Helper()
+		var files [][]byte
+		for _, suffix := range []string{"", "-wal"} {
+			b, err := os.ReadFile(env.path + suffix)
+			if err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			files = append(files, b)
+		}
+		all := bytes.Join(files, nil)
+		// The keys are there, so these are the right bytes to look at.
+		if !bytes.Contains(all, []byte("prod07")) || !bytes.Contains(all, []byte("dev13")) {
+			t.Fatalf("%s: rows not found in the database files", when)
+		}
+		for _, s := range append(secrets, "zq8") {
+			if bytes.Contains(all, []byte(s)) {
+				t.Fatalf("%s: clear secret %q found in the database files", when, s)
+			}
+		}
+	}
+	if fi, err := os.Stat(env.path + "-wal"); err != nil || fi.Size() == 0 {
+		t.Fatalf("expected a non-empty WAL file while open: %v", err)
+	}
+	check("while open")
+	must(t, db.Close())
+	check("after close")
+}
+
+// Many writers and readers at once: no SQLITE_BUSY, no lost writes.
+func TestConcurrentWritersAndReaders(t *testing.T) {
+	env := newEnv(t)
+	db := env.open(t)
+	defer db.Close()
+	mkProduct(t, db, "pk")
+	seedDevices(t, db, "pk", 200)
+	const writers, readers, perWriter = 6, 6, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*perWriter*4+readers*1000)
+	stop := make(chan struct{})
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				dk := fmt.Sprintf("w%d-%03d", w, i)
+				if err := db.CreateDevice(ctx, &iothub.Device{ProductKey: "pk", DeviceKey: dk, DeviceSecret: "s"}); err != nil {
+					errs <- err
+				}
+				seed := fmt.Sprintf("d%07d", (w*perWriter+i)%200)
+				errs <- db.SetDeviceState(ctx, "pk", seed, iothub.StateOnline, time.Now())
+				errs <- db.AppendSamples(ctx, []iothub.Sample{sample("pk", seed, time.Now(), `{"v":1}`)})
+				errs <- db.TouchDevices(ctx, map[iothub.DeviceID]time.Time{{ProductKey: "pk", DeviceKey: seed}: time.Now()})
+			}
+		}()
+	}
+	var rg sync.WaitGroup
+	for r := range readers {
+		rg.Add(1)
+		go func() {
+			defer rg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := db.Device(ctx, "pk", fmt.Sprintf("d%07d", (r*31+i)%200)); err != nil {
+					errs <- err
+					return
+				}
+				if i%20 == 0 {
+					if _, err := db.Devices(ctx, "pk", iothub.DeviceFilter{Limit: 50}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	rg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := db.CountDevices(ctx, "pk")
+	must(t, err)
+	if n != 200+writers*perWriter {
+		t.Fatalf("%d devices, want %d", n, 200+writers*perWriter)
+	}
+}
