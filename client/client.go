@@ -52,17 +52,23 @@ func (e *StatusError) Error() string {
 // Do sends body (JSON-encoded unless nil) and decodes the answer into out
 // (unless nil). A non-2xx answer is a *StatusError.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.Send(ctx, method, path, body, out)
+	return err
+}
+
+// Send is Do that also returns the HTTP status.
+func (c *Client) Send(ctx context.Context, method, path string, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if c.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+c.APIKey)
@@ -72,12 +78,12 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct {
@@ -87,16 +93,16 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		if e.Error.Code == "" {
 			e.Error.Code, e.Error.Message = "http_error", strings.TrimSpace(string(data))
 		}
-		return &StatusError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+		return resp.StatusCode, &StatusError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
 	}
 	if out == nil || len(data) == 0 {
-		return nil
+		return resp.StatusCode, nil
 	}
 	if raw, ok := out.(*json.RawMessage); ok {
 		*raw = append((*raw)[:0], data...)
-		return nil
+		return resp.StatusCode, nil
 	}
-	return json.Unmarshal(data, out)
+	return resp.StatusCode, json.Unmarshal(data, out)
 }
 
 // CreateProduct creates a product and returns it with its secret.

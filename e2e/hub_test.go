@@ -89,8 +89,8 @@ func status(err error) int {
 // do sends a request and fails the test unless it answers wantStatus.
 func do(t testing.TB, c *client.Client, method, path string, body, out any, wantStatus int) {
 	t.Helper()
-	err := c.Do(context.Background(), method, path, body, out)
-	if got := status(err); got != wantStatus {
+	got, err := c.Send(context.Background(), method, path, body, out)
+	if got != wantStatus {
 		t.Fatalf("%s %s: status %d (%v), want %d", method, path, got, err, wantStatus)
 	}
 }
