@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -72,18 +71,6 @@ func (th *testHub) as(t testing.TB, key string) *client.Client {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// status returns the HTTP status of err (200 for nil).
-func status(err error) int {
-	var se *client.StatusError
-	if err == nil {
-		return 200
-	}
-	if errors.As(err, &se) {
-		return se.Status
-	}
-	return -1
 }
 
 // do sends a request and fails the test unless it answers wantStatus.
