@@ -35,7 +35,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.data, "data-dir", "./data", "data directory holding admin.key, used when no key is given")
 	pf.StringVar(&g.caFile, "cacert", "", "CA file to trust for an https server (default DATA/ca/chain.pem if present)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newServeCmd(), orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g))
+	root.AddCommand(newServeCmd(), newSignCmd(), orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g))
 	return root
 }
 
@@ -117,11 +117,13 @@ func render(w io.Writer, format string, raw json.RawMessage, c call) error {
 	}
 	var rows []map[string]any
 	if c.list != "" {
-		var m map[string][]map[string]any
+		var m map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return err
 		}
-		rows = m[c.list]
+		if err := json.Unmarshal(m[c.list], &rows); err != nil {
+			return fmt.Errorf("answer has no list %q: %w", c.list, err)
+		}
 	} else {
 		var m map[string]any
 		if err := json.Unmarshal(raw, &m); err != nil {
