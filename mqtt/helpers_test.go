@@ -1,0 +1,243 @@
+package mqtt
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/inmem"
+	"github.com/iothub/iothub/seal"
+	"github.com/iothub/iothub/sign"
+	"github.com/iothub/iothub/sqlite"
+)
+
+// testHub is a real hub: a SQLite file, the in-process bus and the MQTT
+// server on 127.0.0.1 with a kernel-chosen port.
+type testHub struct {
+	t       testing.TB
+	dir     string
+	db      *sqlite.DB
+	bus     *inmem.Bus
+	srv     *Server
+	addr    string
+	tlsAddr string
+}
+
+type hubOption func(*Config)
+
+func newTestHub(t testing.TB, opts ...hubOption) *testHub {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealer, err := seal.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite.Open(filepath.Join(dir, "hub.db"), sealer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &testHub{t: t, dir: dir, db: db, bus: inmem.NewBus()}
+	cfg := Config{Store: db, Bus: h.bus}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h.srv, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := h.srv.ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = a.String()
+	if cfg.TLS != nil {
+		a, err := h.srv.ListenTLS("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.tlsAddr = a.String()
+	}
+	if err := h.srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.srv.Close()
+		db.Close()
+	})
+	return h
+}
+
+func (h *testHub) product(pk string, mut func(*iothub.Product)) *iothub.Product {
+	h.t.Helper()
+	p := &iothub.Product{OrgID: iothub.DefaultOrgID, ProductKey: pk, ProductSecret: "ps-" + pk + "-0123456789abcdef",
+		Name: pk, AuthMode: iothub.AuthSecret}
+	if mut != nil {
+		mut(p)
+	}
+	if err := h.db.CreateProduct(context.Background(), p); err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+func (h *testHub) device(p *iothub.Product, dk string) *iothub.Device {
+	h.t.Helper()
+	d, err := iothub.NewDevice(p, dk, "", time.Now())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.db.CreateDevice(context.Background(), d); err != nil {
+		h.t.Fatal(err)
+	}
+	return d
+}
+
+func (h *testHub) stored(pk, dk string) *iothub.Device {
+	h.t.Helper()
+	d, err := h.db.Device(context.Background(), pk, dk)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d
+}
+
+// eventually polls cond for up to 5 s (storage is asynchronous; this is
+// not a speed assertion).
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// creds returns EnOS credentials for a device with its deviceKey as cid.
+func creds(t testing.TB, pk, dk, secret string, mode int, m sign.Method) (string, string, string) {
+	t.Helper()
+	cid, user, pass, err := sign.Credentials(dk, pk, dk, secret, mode, m, strconv.FormatInt(time.Now().UnixMilli(), 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cid, user, pass
+}
+
+type clientOpt func(*paho.ClientOptions)
+
+// connect logs in with paho (MQTT 3.1.1) and returns the client and the
+// CONNECT error.
+func connectRaw(t testing.TB, broker, cid, user, pass string, opts ...clientOpt) (paho.Client, error) {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(broker).SetClientID(cid).SetUsername(user).SetPassword(pass).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second).SetCleanSession(true)
+	for _, f := range opts {
+		f(o)
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return c, errors.New("connect timed out")
+	}
+	if tok.Error() == nil {
+		t.Cleanup(func() { c.Disconnect(0) })
+	}
+	return c, tok.Error()
+}
+
+func (h *testHub) connect(t testing.TB, pk, dk, secret string, opts ...clientOpt) paho.Client {
+	t.Helper()
+	cid, user, pass := creds(t, pk, dk, secret, sign.ModeStatic, sign.SHA256)
+	c, err := connectRaw(t, "tcp://"+h.addr, cid, user, pass, opts...)
+	if err != nil {
+		t.Fatalf("login of %s/%s: %v", pk, dk, err)
+	}
+	return c
+}
+
+// connectV5 sends an MQTT 5 CONNECT over addr (TLS when tc is set) and
+// returns the CONNACK reason code.
+func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) byte {
+	t.Helper()
+	var c net.Conn
+	var err error
+	if tc != nil {
+		c, err = tls.Dial("tcp", addr, tc)
+	} else {
+		c, err = net.Dial("tcp", addr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 5,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: cid,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass),
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		t.Fatalf("reading CONNACK: %v", err)
+	}
+	if hdr[0] != 0x20 || hdr[1] < 2 || hdr[1] > 127 {
+		t.Fatalf("not a CONNACK: % x", hdr)
+	}
+	body := make([]byte, hdr[1])
+	if _, err := io.ReadFull(c, body); err != nil {
+		t.Fatal(err)
+	}
+	return body[1]
+}
+
+// collector gathers messages a paho client receives, subscribed or not.
+type collector struct{ ch chan paho.Message }
+
+func newCollector() *collector { return &collector{ch: make(chan paho.Message, 64)} }
+
+func (c *collector) handler(_ paho.Client, m paho.Message) { c.ch <- m }
+
+func (c *collector) opt(o *paho.ClientOptions) { o.SetDefaultPublishHandler(c.handler) }
+
+func (c *collector) next(t testing.TB, within time.Duration) paho.Message {
+	t.Helper()
+	select {
+	case m := <-c.ch:
+		return m
+	case <-time.After(within):
+		t.Fatal("no message arrived")
+		return nil
+	}
+}
+
+type (
+	pahoOptions = paho.ClientOptions
+	pahoClient  = paho.Client
+)
