@@ -1,0 +1,370 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iothub/iothub"
+)
+
+// buildEdge compiles cmd/iotedge.
+func buildEdge(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "iotedge")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/iotedge").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// edgeProc is a running `iotedge` with its log kept for assertions.
+type edgeProc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	log  bytes.Buffer
+	done chan error
+}
+
+func startEdge(t *testing.T, bin string, args ...string) *edgeProc {
+	t.Helper()
+	p := &edgeProc{cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	scanned := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+		close(scanned)
+	}()
+	go func() {
+		<-scanned
+		p.done <- p.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("iotedge %s log:\n%s", args[0], p.output())
+		}
+	})
+	return p
+}
+
+func (p *edgeProc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// wait returns the exit status once the process ends, failing after d.
+func (p *edgeProc) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(d):
+		t.Fatalf("iotedge still running after %v", d)
+		return -1
+	}
+}
+
+// eventually polls cond every 100 ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// startSWTPM runs Debian's TPM 2.0 simulator on 127.0.0.1 and returns its
+// command address (the control port is the next one).
+func startSWTPM(t *testing.T) string {
+	t.Helper()
+	bin := needTool(t, "swtpm")
+	for attempt := 0; attempt < 20; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1)); err != nil {
+			continue
+		} else {
+			l2.Close()
+		}
+		cmd := exec.Command(bin, "socket", "--tpm2", "--tpmstate", "dir="+t.TempDir(),
+			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+			"--flags", "not-need-init,startup-clear")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		for i := 0; i < 200; i++ {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port+1)); err == nil {
+				c.Close()
+				return addr
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatal("swtpm did not start")
+	}
+	t.Fatal("no free port pair for swtpm")
+	return ""
+}
+
+// keyMaterial lists files in dir that hold secrets or keys.
+func keyMaterial(t *testing.T, dir string, secrets ...string) []string {
+	t.Helper()
+	var found []string
+	filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		name := filepath.Base(path)
+		switch {
+		case strings.HasPrefix(name, "key-"), strings.HasPrefix(name, "tpmkey-"), name == "device.secret":
+			found = append(found, name)
+		case bytes.Contains(b, []byte("PRIVATE KEY")):
+			found = append(found, name+" (PEM private key)")
+		default:
+			for _, s := range secrets {
+				if s != "" && bytes.Contains(b, []byte(s)) {
+					found = append(found, name+" (a secret)")
+				}
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+func TestEdgeAgentFileKeyStore(t *testing.T) {
+	edgeFlow(t, "file", "rsa2048")
+}
+
+func TestEdgeAgentTPMKeyStore(t *testing.T) {
+	edgeFlow(t, "tpm", "p256")
+}
+
+// edgeFlow runs the seeds' device flow from zero: a certificate product
+// with dynamic activation and a device pre-registered by serial; iotedge
+// with only PK, PS, SN and the CA file activates, enrolls, comes online
+// over mutual TLS, posts measurepoints and answers calls; a revoked
+// certificate is refused; reset revokes and wipes.
+func edgeFlow(t *testing.T, keystore, keyType string) {
+	var tpmArgs []string
+	if keystore == "tpm" {
+		tpmArgs = []string{"--tpm-swtpm", startSWTPM(t)}
+	}
+	bin := buildEdge(t)
+	th := startHub(t, "")
+	ctx := context.Background()
+	prod, err := th.admin.CreateProduct(ctx, map[string]any{"name": "gateway", "authMode": "certificate", "dynamicActivation": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const serialNo = "SN-0001"
+	if _, err := th.admin.CreateDevice(ctx, prod.ProductKey, serialNo); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	caFile := filepath.Join(work, "ca.pem")
+	if err := os.WriteFile(caFile, th.get(t, "/ca.pem"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(work, "state")
+	common := append([]string{
+		"--state", state, "--ca", caFile,
+		"--broker", "ssl://" + th.MQTTSAddr(), "--api", th.HTTPSURL(),
+		"--product-key", prod.ProductKey, "--product-secret", prod.ProductSecret, "--device-key", serialNo,
+		"--keystore", keystore, "--key-type", keyType,
+	}, tpmArgs...)
+	runArgs := append([]string{"run", "--interval", "300ms", "--metrics-command", `echo {"temp":21.5,"rpm":900}`}, common...)
+
+	devPath := "/api/v1/products/" + prod.ProductKey + "/devices/" + serialNo
+	deviceState := func() iothub.DeviceState {
+		d, err := th.admin.Device(ctx, prod.ProductKey, serialNo)
+		if err != nil {
+			return ""
+		}
+		return d.State
+	}
+	type certInfo struct {
+		Serial, Status, Reason string
+	}
+	certs := func() map[string]certInfo {
+		var out struct {
+			Certificates []certInfo `json:"certificates"`
+		}
+		do(t, th.admin, "GET", devPath+"/certificates", nil, &out, 200)
+		m := map[string]certInfo{}
+		for _, c := range out.Certificates {
+			m[c.Serial] = c
+		}
+		return m
+	}
+	readSerial := func() string {
+		b, _ := os.ReadFile(filepath.Join(state, "serial"))
+		return strings.TrimSpace(string(b))
+	}
+
+	agent := startEdge(t, bin, runArgs...)
+	eventually(t, 60*time.Second, "device online", func() bool { return deviceState() == iothub.StateOnline })
+	first := readSerial()
+	if c, ok := certs()[first]; !ok || c.Status != "valid" {
+		t.Fatalf("agent's serial %q is not a valid certificate of the device: %v", first, certs())
+	}
+	if !strings.Contains(agent.output(), "activated") || !strings.Contains(agent.output(), "enrolled") {
+		t.Fatalf("agent did not log activation and enrollment")
+	}
+
+	// State dir: 0700, files 0600, the factory ProductSecret not kept.
+	if fi, _ := os.Stat(state); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("state dir mode %v", fi.Mode().Perm())
+	}
+	entries, _ := os.ReadDir(state)
+	for _, e := range entries {
+		fi, _ := e.Info()
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", e.Name(), fi.Mode().Perm())
+		}
+		b, _ := os.ReadFile(filepath.Join(state, e.Name()))
+		if bytes.Contains(b, []byte(prod.ProductSecret)) {
+			t.Errorf("%s holds the ProductSecret", e.Name())
+		}
+	}
+	if keystore == "tpm" {
+		if _, err := os.Stat(filepath.Join(state, "tpmkey-current.priv")); err != nil {
+			t.Fatalf("no TPM key blob: %v", err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(state, "key-*.pem")); len(m) != 0 {
+			t.Fatalf("TPM flow wrote a file key: %v", m)
+		}
+	}
+
+	// Measurepoints are readable through the API.
+	eventually(t, 20*time.Second, "measurepoints", func() bool {
+		var mp struct {
+			Measurepoints map[string]json.RawMessage `json:"measurepoints"`
+		}
+		do(t, th.admin, "GET", devPath+"/measurepoints", nil, &mp, 200)
+		return string(mp.Measurepoints["temp"]) == "21.5" && string(mp.Measurepoints["rpm"]) == "900"
+	})
+
+	// Service calls from the API are answered.
+	type callReply struct {
+		Code    int             `json:"code"`
+		Data    json.RawMessage `json:"data"`
+		Message string          `json:"message"`
+	}
+	var rep callReply
+	do(t, th.admin, "POST", devPath+"/services/echo", map[string]any{"params": map[string]any{"x": 1}, "timeoutMs": 10000}, &rep, 200)
+	var echoed map[string]int
+	if rep.Code != 200 || json.Unmarshal(rep.Data, &echoed) != nil || echoed["x"] != 1 || len(echoed) != 1 {
+		t.Fatalf("echo reply = %+v %s", rep, rep.Data)
+	}
+	do(t, th.admin, "POST", devPath+"/services/ping", map[string]any{"params": map[string]any{}, "timeoutMs": 10000}, &rep, 200)
+	var pong map[string]any
+	if rep.Code != 200 || json.Unmarshal(rep.Data, &pong) != nil || pong["pong"] != true {
+		t.Fatalf("ping reply = %+v %s", rep, rep.Data)
+	}
+	do(t, th.admin, "POST", devPath+"/services/selfDestruct", map[string]any{"params": map[string]any{}, "timeoutMs": 10000}, &rep, 200)
+	if rep.Code != 1101 {
+		t.Fatalf("unknown service answered %+v, want code 1101", rep)
+	}
+	do(t, th.admin, "POST", devPath+"/measurepoints/set", map[string]any{"params": map[string]any{"setpoint": 42}}, &rep, 200)
+	if rep.Code != 200 {
+		t.Fatalf("measurepoint set reply = %+v", rep)
+	}
+	eventually(t, 20*time.Second, "set point posted back", func() bool {
+		var mp struct {
+			Measurepoints map[string]json.RawMessage `json:"measurepoints"`
+		}
+		do(t, th.admin, "GET", devPath+"/measurepoints", nil, &mp, 200)
+		return string(mp.Measurepoints["setpoint"]) == "42"
+	})
+
+	// Revocation: the hub drops the session and refuses that certificate.
+	// The agent enrolls once more with a fresh key (the hub allows it
+	// here); the revoked certificate never gets back in.
+	do(t, th.admin, "POST", "/api/v1/certificates/"+first+"/revoke", map[string]any{"reason": "keyCompromise"}, nil, 200)
+	eventually(t, 60*time.Second, "a new certificate after revocation", func() bool {
+		s := readSerial()
+		return s != "" && s != first
+	})
+	eventually(t, 60*time.Second, "device online again", func() bool { return deviceState() == iothub.StateOnline })
+	out := agent.output()
+	if !strings.Contains(out, "perhaps revoked") {
+		t.Fatalf("agent did not notice the refusal of its revoked certificate")
+	}
+	cs := certs()
+	if cs[first].Status != "revoked" || cs[readSerial()].Status != "valid" {
+		t.Fatalf("certificates after revocation: %v", cs)
+	}
+
+	// Stop, then reset: the current certificate is revoked and no key
+	// material is left.
+	agent.cmd.Process.Signal(syscall.SIGTERM)
+	if code := agent.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("iotedge run exited %d on SIGTERM", code)
+	}
+	second := readSerial()
+	deviceSecret, _ := os.ReadFile(filepath.Join(state, "device.secret"))
+	reset := startEdge(t, bin, append([]string{"reset"}, common...)...)
+	if code := reset.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("iotedge reset exited %d:\n%s", code, reset.output())
+	}
+	if c := certs()[second]; c.Status != "revoked" {
+		t.Fatalf("after reset certificate %s is %q, want revoked", second, c.Status)
+	}
+	if left := keyMaterial(t, state, strings.TrimSpace(string(deviceSecret)), prod.ProductSecret); len(left) != 0 {
+		t.Fatalf("key material left after reset: %v", left)
+	}
+
+	// A reset device cannot activate again with the factory secret: the
+	// agent stops with a clear message and exit status 3.
+	again := startEdge(t, bin, runArgs...)
+	if code := again.wait(t, 60*time.Second); code != 3 {
+		t.Fatalf("iotedge run after reset exited %d, want 3:\n%s", code, again.output())
+	}
+	if out := again.output(); !strings.Contains(out, "activation refused") {
+		t.Fatalf("no clear message on refused activation:\n%s", out)
+	}
+}
