@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +20,8 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/client"
+	"github.com/iothub/iothub/hub"
 )
 
 // buildEdge compiles cmd/iotedge.
@@ -366,5 +370,125 @@ func edgeFlow(t *testing.T, keystore, keyType string) {
 	}
 	if out := again.output(); !strings.Contains(out, "activation refused") {
 		t.Fatalf("no clear message on refused activation:\n%s", out)
+	}
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestEdgeAgentBuffersThroughHubOutage stops the hub under a running agent:
+// the agent keeps measuring into its disk buffer, reconnects with backoff
+// once the hub is back (same data, same ports), and resumes the buffered
+// posts with their original times. It also checks the reboot service and a
+// pluggable service command.
+func TestEdgeAgentBuffersThroughHubOutage(t *testing.T) {
+	bin := buildEdge(t)
+	dir := t.TempDir()
+	cfg := hub.Config{
+		DataDir: dir, MQTTAddr: "", MQTTSAddr: freeAddr(t), HTTPAddr: freeAddr(t), HTTPSAddr: freeAddr(t),
+		Hostnames: []string{"localhost", "127.0.0.1"},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	h, err := hub.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { h.Close() }()
+	admin, err := client.New(h.HTTPURL(), h.AdminKey(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	prod, err := admin.CreateProduct(ctx, map[string]any{"name": "meters", "authMode": "certificate", "dynamicActivation": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateDevice(ctx, prod.ProductKey, "M-7"); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	caFile := filepath.Join(work, "ca.pem")
+	os.WriteFile(caFile, h.ChainPEM(), 0o644)
+	script := filepath.Join(work, "svc.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nprintf '{\"service\":\"%s\",\"input\":%s}' \"$1\" \"$(cat)\"\n"), 0o755)
+	state := filepath.Join(work, "state")
+	agent := startEdge(t, bin, "run", "--state", state, "--ca", caFile,
+		"--broker", "ssl://"+cfg.MQTTSAddr, "--api", h.HTTPSURL(),
+		"--product-key", prod.ProductKey, "--product-secret", prod.ProductSecret, "--device-key", "M-7",
+		"--key-type", "p256", "--interval", "200ms", "--metrics-command", `date +{"t":%s%3N}`,
+		"--service-command", script)
+	devPath := "/api/v1/products/" + prod.ProductKey + "/devices/M-7"
+	online := func() bool {
+		d, err := admin.Device(ctx, prod.ProductKey, "M-7")
+		return err == nil && d.State == iothub.StateOnline
+	}
+	eventually(t, 60*time.Second, "device online", online)
+
+	var rep struct {
+		Code int             `json:"code"`
+		Data json.RawMessage `json:"data"`
+	}
+	do(t, admin, "POST", devPath+"/services/calibrate", map[string]any{"params": map[string]any{"gain": 2}, "timeoutMs": 10000}, &rep, 200)
+	var out struct {
+		Service string         `json:"service"`
+		Input   map[string]int `json:"input"`
+	}
+	if rep.Code != 200 || json.Unmarshal(rep.Data, &out) != nil || out.Service != "calibrate" || out.Input["gain"] != 2 {
+		t.Fatalf("service command reply: %d %s", rep.Code, rep.Data)
+	}
+	do(t, admin, "POST", devPath+"/services/reboot", map[string]any{"params": map[string]any{}, "timeoutMs": 10000}, &rep, 200)
+	if rep.Code != 200 {
+		t.Fatalf("reboot reply code %d", rep.Code)
+	}
+	eventually(t, 20*time.Second, "reconnect after reboot request", func() bool {
+		return strings.Count(agent.output(), "msg=online") >= 2
+	})
+	if _, err := os.Stat(filepath.Join(state, "reboot.request")); err != nil {
+		t.Fatalf("reboot request not recorded: %v", err)
+	}
+
+	// Outage.
+	h.Close()
+	down := time.Now()
+	buffer := filepath.Join(state, "buffer.jsonl")
+	eventually(t, 20*time.Second, "posts buffered on disk", func() bool {
+		b, _ := os.ReadFile(buffer)
+		return bytes.Count(b, []byte("\n")) >= 5
+	})
+	if fi, _ := os.Stat(buffer); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("buffer mode %v", fi.Mode().Perm())
+	}
+	up := time.Now()
+	if h, err = hub.Open(cfg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "device online after the outage", online)
+	eventually(t, 20*time.Second, "buffer drained", func() bool {
+		_, err := os.Stat(buffer)
+		return os.IsNotExist(err)
+	})
+	var samples struct {
+		Samples []iothub.Sample `json:"samples"`
+	}
+	eventually(t, 20*time.Second, "resumed samples stored", func() bool {
+		do(t, admin, "GET", devPath+"/telemetry?limit=1000", nil, &samples, 200)
+		n := 0
+		for _, s := range samples.Samples {
+			if !s.Time.Before(down) && s.Time.Before(up) {
+				n++
+			}
+		}
+		return n >= 5
+	})
+	if !strings.Contains(agent.output(), "resumed buffered measurepoints") {
+		t.Fatal("agent did not log the resume")
 	}
 }

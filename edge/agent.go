@@ -73,6 +73,7 @@ type Agent struct {
 	buf      *Buffer
 
 	mu        sync.Mutex
+	client    mqtt.Client // the live session, nil while offline
 	secret    string
 	setPoints map[string]any
 	pending   map[string]chan reply
@@ -172,6 +173,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.ensureSecret(ctx); err != nil {
 		return err
 	}
+	collectCtx, stopCollect := context.WithCancel(ctx)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		a.collectLoop(collectCtx)
+	}()
+	defer func() {
+		stopCollect()
+		<-collected
+	}()
 	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
 	retriedEnroll := false
 	for ctx.Err() == nil {
@@ -380,6 +391,7 @@ func (a *Agent) ensureSecret(ctx context.Context) error {
 		return fmt.Errorf("edge: no DeviceSecret in %s and no ProductSecret to activate with", a.state.Dir)
 	}
 	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
+	refusals := 0
 	for {
 		s, err := a.activate(ctx)
 		if err == nil {
@@ -394,7 +406,12 @@ func (a *Agent) ensureSecret(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		// A refusal may be throttling (MQTT 3.1.1 has one code for all),
+		// so only the third one in a row is taken as final.
 		if refused(err) {
+			refusals++
+		}
+		if refusals >= 3 {
 			return fmt.Errorf("%w: dynamic activation refused (%v): the device must be registered with this serial, the product must allow dynamic activation, and a device already activated cannot activate again", ErrRefused, err)
 		}
 		d := bo.Next()
@@ -569,13 +586,12 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		}
 	}
 
+	a.setClient(c)
+	defer a.setClient(nil)
 	if n, err := a.buf.Drain(func(r Record) error { return a.publish(c, "thing/measurepoint/resume", "thing.measurepoint.resume", r) }); n > 0 || err != nil {
 		a.log.Info("resumed buffered measurepoints", "sent", n, "left", a.buf.Len(), "err", err)
 	}
 
-	tick := time.NewTicker(a.cfg.Interval)
-	defer tick.Stop()
-	a.postOnce(ctx, c)
 	for {
 		select {
 		case <-ctx.Done():
@@ -584,8 +600,6 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			return true, fmt.Errorf("connection lost: %w", err)
 		case <-a.reconnect:
 			return true, errReconnect
-		case <-tick.C:
-			a.postOnce(ctx, c)
 		case <-renewC:
 			if err := a.renew(ctx, c); err != nil {
 				a.log.Warn("certificate renewal failed, will retry", "err", err)
@@ -622,19 +636,48 @@ func (a *Agent) collect(ctx context.Context) (map[string]any, error) {
 	return m, nil
 }
 
-// postOnce posts one set of measurepoints; if it cannot, it buffers them.
-func (a *Agent) postOnce(ctx context.Context, c mqtt.Client) {
+func (a *Agent) setClient(c mqtt.Client) {
+	a.mu.Lock()
+	a.client = c
+	a.mu.Unlock()
+}
+
+// collectLoop takes measurepoints every interval, online or not, until
+// ctx ends.
+func (a *Agent) collectLoop(ctx context.Context) {
+	tick := time.NewTicker(a.cfg.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			a.postOnce(ctx)
+		}
+	}
+}
+
+// postOnce posts one set of measurepoints, or buffers them on disk while
+// offline or when the post is not acknowledged.
+func (a *Agent) postOnce(ctx context.Context) {
 	m, err := a.collect(ctx)
 	if err != nil {
 		a.log.Warn("measurepoints", "err", err)
 		return
 	}
 	r := Record{Measurepoints: m, Time: time.Now().UnixMilli()}
-	if err := a.publish(c, "thing/measurepoint/post", "thing.measurepoint.post", r); err != nil {
-		a.log.Warn("post failed, buffering", "err", err)
-		if err := a.buf.Append(r); err != nil {
-			a.log.Error("buffer", "err", err)
+	a.mu.Lock()
+	c := a.client
+	a.mu.Unlock()
+	if c != nil {
+		err = a.publish(c, "thing/measurepoint/post", "thing.measurepoint.post", r)
+		if err == nil {
+			return
 		}
+		a.log.Warn("post failed, buffering", "err", err)
+	}
+	if err := a.buf.Append(r); err != nil {
+		a.log.Error("buffer", "err", err)
 	}
 }
 
