@@ -168,22 +168,23 @@ func wantRefusal(t testing.TB, err error, reason string) {
 }
 
 var (
-	rsaKeysOnce sync.Once
-	rsaKeys     []*rsa.PrivateKey
+	rsaKeysMu sync.Mutex
+	rsaKeys   []*rsa.PrivateKey
 )
 
-// rsaKey returns the i-th of a few RSA-2048 keys generated once per run.
+// rsaKey returns the i-th RSA-2048 key of a pool kept for the whole run
+// (generating one takes about 50 ms).
 func rsaKey(t testing.TB, i int) *rsa.PrivateKey {
 	t.Helper()
-	rsaKeysOnce.Do(func() {
-		for range 4 {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
-			if err != nil {
-				panic(err)
-			}
-			rsaKeys = append(rsaKeys, k)
+	rsaKeysMu.Lock()
+	defer rsaKeysMu.Unlock()
+	for len(rsaKeys) <= i {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
+		rsaKeys = append(rsaKeys, k)
+	}
 	return rsaKeys[i]
 }
 

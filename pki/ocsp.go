@@ -31,9 +31,7 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 		IssuerHash:   req.HashAlgorithm,
 	}
 	serial := serialHex(req.SerialNumber)
-	s.mu.RLock()
-	e, revoked := s.revoked[serial]
-	s.mu.RUnlock()
+	e, revoked := (*s.revoked.Load())[serial]
 	switch {
 	case revoked:
 		tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, e.at, e.reason

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"math/big"
 	"slices"
 	"strings"
@@ -45,8 +46,10 @@ type Service struct {
 	log   *slog.Logger
 	now   func() time.Time
 
+	// revoked maps serial → revocation of hub-issued certificates. It is
+	// copied on write (under mu) so the TLS path reads it without a lock.
+	revoked  atomic.Pointer[revokedSet]
 	mu       sync.RWMutex
-	revoked  map[string]revokedEntry   // serial → revocation, hub-issued only
 	external map[string]*x509.CertPool // productKey → its verified external CAs
 	pending  map[string]pendingRenewal // new serial → what it supersedes
 	crl      atomic.Pointer[signedCRL] // current CRL
@@ -67,6 +70,8 @@ type revokedEntry struct {
 	reason   int
 	notAfter time.Time
 }
+
+type revokedSet = map[string]revokedEntry
 
 type pendingRenewal struct {
 	productKey, deviceKey string
@@ -100,7 +105,6 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 		bus:      bus,
 		log:      logger,
 		now:      time.Now,
-		revoked:  map[string]revokedEntry{},
 		external: map[string]*x509.CertPool{},
 		pending:  map[string]pendingRenewal{},
 		seed:     maphash.MakeSeed(),
@@ -113,9 +117,8 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range revoked {
-		s.remember(c)
-	}
+	s.revoked.Store(&revokedSet{})
+	s.remember(revoked...)
 	if err := s.loadExternalCAs(ctx); err != nil {
 		return nil, err
 	}
@@ -184,20 +187,31 @@ func (s *Service) onEvent(e iothub.Event) {
 	}()
 }
 
-// remember adds a revoked certificate to the in-memory set and reports
-// whether it was new there.
-func (s *Service) remember(c *iothub.Certificate) bool {
-	n, ok := new(big.Int).SetString(c.Serial, 16)
-	if !ok || c.RevokedAt == nil {
-		return false
-	}
+// remember adds revoked certificates to the in-memory set and reports
+// whether any was new there.
+func (s *Service) remember(certs ...*iothub.Certificate) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, dup := s.revoked[c.Serial]; dup {
+	old := *s.revoked.Load()
+	var set revokedSet
+	for _, c := range certs {
+		n, ok := new(big.Int).SetString(c.Serial, 16)
+		if !ok || c.RevokedAt == nil {
+			continue
+		}
+		if _, dup := old[c.Serial]; dup {
+			continue
+		}
+		if set == nil {
+			set = maps.Clone(old)
+		}
+		set[c.Serial] = revokedEntry{serial: n, at: *c.RevokedAt, reason: reasonCodes[c.Reason], notAfter: c.NotAfter}
+		delete(s.pending, c.Serial)
+	}
+	if set == nil {
 		return false
 	}
-	s.revoked[c.Serial] = revokedEntry{serial: n, at: *c.RevokedAt, reason: reasonCodes[c.Reason], notAfter: c.NotAfter}
-	delete(s.pending, c.Serial)
+	s.revoked.Store(&set)
 	return true
 }
 
@@ -209,13 +223,21 @@ func (s *Service) signCRL() error {
 	defer s.crlSign.Unlock()
 	now := s.now()
 	s.mu.Lock()
-	entries := make([]x509.RevocationListEntry, 0, len(s.revoked))
-	for k, e := range s.revoked {
+	set := *s.revoked.Load()
+	entries := make([]x509.RevocationListEntry, 0, len(set))
+	var kept revokedSet
+	for k, e := range set {
 		if now.After(e.notAfter) {
-			delete(s.revoked, k)
+			if kept == nil {
+				kept = maps.Clone(set)
+			}
+			delete(kept, k)
 			continue
 		}
 		entries = append(entries, x509.RevocationListEntry{SerialNumber: e.serial, RevocationTime: e.at, ReasonCode: e.reason})
+	}
+	if kept != nil {
+		s.revoked.Store(&kept)
 	}
 	s.mu.Unlock()
 	slices.SortFunc(entries, func(x, y x509.RevocationListEntry) int { return x.SerialNumber.Cmp(y.SerialNumber) })
@@ -236,9 +258,7 @@ func (s *Service) ChainPEM() []byte { return s.a.ChainPEM() }
 // IsRevoked reports from memory whether the hub-issued certificate with
 // serial (lower-case hex) is revoked.
 func (s *Service) IsRevoked(serial string) bool {
-	s.mu.RLock()
-	_, ok := s.revoked[serial]
-	s.mu.RUnlock()
+	_, ok := (*s.revoked.Load())[serial]
 	return ok
 }
 
