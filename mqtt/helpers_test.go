@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/inmem"
+	"github.com/iothub/iothub/pki"
 	"github.com/iothub/iothub/seal"
 	"github.com/iothub/iothub/sign"
 	"github.com/iothub/iothub/sqlite"
@@ -32,9 +34,32 @@ type testHub struct {
 	srv     *Server
 	addr    string
 	tlsAddr string
+	cfg     Config
+	auth    *pki.Authority
+	certs   *pki.Service
 }
 
-type hubOption func(*Config)
+type hubOption func(*testHub, *Config)
+
+// withMaxPayload sets Config.MaxPayload.
+func withMaxPayload(n int) hubOption { return func(_ *testHub, c *Config) { c.MaxPayload = n } }
+
+// withPKI gives the hub a real CA in its data dir, the certificate
+// service and a TLS listener with the hub's server certificates.
+func withPKI(h *testHub, c *Config) {
+	auth, err := pki.OpenAuthority(filepath.Join(h.dir, "ca"), pki.AuthorityOptions{Hostnames: []string{"127.0.0.1", "localhost"}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	svc, err := pki.NewService(auth, h.db, h.bus, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { svc.Close() })
+	h.auth, h.certs = auth, svc
+	c.Certs = svc
+	c.TLS = &tls.Config{Certificates: auth.ServerCertificates()}
+}
 
 func newTestHub(t testing.TB, opts ...hubOption) *testHub {
 	t.Helper()
@@ -51,35 +76,40 @@ func newTestHub(t testing.TB, opts ...hubOption) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { db.Close() })
 	h := &testHub{t: t, dir: dir, db: db, bus: inmem.NewBus()}
-	cfg := Config{Store: db, Bus: h.bus}
+	h.cfg = Config{Store: db, Bus: h.bus}
 	for _, o := range opts {
-		o(&cfg)
+		o(h, &h.cfg)
 	}
-	h.srv, err = New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := h.srv.ListenTCP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.addr = a.String()
-	if cfg.TLS != nil {
-		a, err := h.srv.ListenTLS("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.tlsAddr = a.String()
-	}
-	if err := h.srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		h.srv.Close()
-		db.Close()
-	})
+	h.srv, h.addr, h.tlsAddr = h.start(h.cfg)
 	return h
+}
+
+// start runs a Server with cfg on 127.0.0.1 and returns its addresses.
+func (h *testHub) start(cfg Config) (*Server, string, string) {
+	h.t.Helper()
+	srv, err := New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a, err := srv.ListenTCP("127.0.0.1:0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var tlsAddr string
+	if cfg.TLS != nil {
+		ta, err := srv.ListenTLS("127.0.0.1:0")
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		tlsAddr = ta.String()
+	}
+	if err := srv.Serve(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { srv.Close() })
+	return srv, a.String(), tlsAddr
 }
 
 func (h *testHub) product(pk string, mut func(*iothub.Product)) *iothub.Product {

@@ -103,7 +103,7 @@ func ask(t *testing.T, c paho.Client, topic, payload string) map[string]any {
 }
 
 func TestUpstreamRequests(t *testing.T) {
-	h := newTestHub(t, func(c *Config) { c.MaxPayload = 4096 })
+	h := newTestHub(t, withMaxPayload(4096))
 	p := h.product("pku", nil)
 	d := h.device(p, "dev")
 	h.device(p, "other")
