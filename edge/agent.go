@@ -473,8 +473,8 @@ func (a *Agent) activate(ctx context.Context) (string, error) {
 		return s, nil
 	case <-ctx.Done():
 		return "", ctx.Err()
-	case <-time.After(30 * time.Second):
-		return "", errors.New("edge: no activation info from the hub within 30s")
+	case <-time.After(a.cfg.RequestTimeout):
+		return "", fmt.Errorf("edge: no activation info from the hub within %v", a.cfg.RequestTimeout)
 	}
 }
 
@@ -719,8 +719,8 @@ func (a *Agent) request(ctx context.Context, c mqtt.Client, suffix, method strin
 		return &r, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-time.After(30 * time.Second):
-		return nil, fmt.Errorf("edge: no reply to %s within 30s", method)
+	case <-time.After(a.cfg.RequestTimeout):
+		return nil, fmt.Errorf("edge: no reply to %s within %v", method, a.cfg.RequestTimeout)
 	}
 }
 

@@ -65,9 +65,12 @@ type Config struct {
 	BufferBytes int64
 	// RenewFraction of a certificate's life after which it is renewed; default 2/3.
 	RenewFraction float64
-	BackoffMin    time.Duration // default 1s
-	BackoffMax    time.Duration // default 2m
-	Logger        *slog.Logger  // default slog.Default()
+	// RequestTimeout bounds the wait for the hub's reply to a request
+	// (certificate renewal) and for the activation info; default 30s.
+	RequestTimeout time.Duration
+	BackoffMin     time.Duration // default 1s
+	BackoffMax     time.Duration // default 2m
+	Logger         *slog.Logger  // default slog.Default()
 	// OnState is told of each state change ("activated", "enrolled",
 	// "online", "offline", "renewed", "stopped").
 	OnState func(state string)
@@ -147,6 +150,9 @@ func (c Config) check() (Config, error) {
 	}
 	if c.RenewFraction <= 0 || c.RenewFraction >= 1 {
 		errs = append(errs, fmt.Errorf("renew fraction %v must be in (0, 1)", c.RenewFraction))
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 30 * time.Second
 	}
 	if c.BackoffMin == 0 {
 		c.BackoffMin = time.Second
