@@ -171,6 +171,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if err := a.ensureSecret(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	collectCtx, stopCollect := context.WithCancel(ctx)
@@ -927,6 +930,9 @@ func (a *Agent) runServiceCommand(ctx context.Context, id string, params json.Ra
 // state dir. If the revocation fails, nothing is wiped unless force is set:
 // a key must not be forgotten while the hub still trusts it.
 func (a *Agent) Reset(ctx context.Context, force bool) error {
+	if err := a.checkClock(); err != nil && !force {
+		return err
+	}
 	serial, err := a.state.Read(FileSerial)
 	if err != nil {
 		return err
