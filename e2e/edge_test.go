@@ -593,3 +593,57 @@ func TestEdgeLibraryRenewsCertificate(t *testing.T) {
 		return false
 	})
 }
+
+// TestEdgeAgentSecretProductWithConfigFile runs iotedge for a secret-mode
+// product from a JSON config file: dynamic activation then a mode-2 login
+// over TLS verified against the pinned CA, without a client certificate.
+func TestEdgeAgentSecretProductWithConfigFile(t *testing.T) {
+	bin := buildEdge(t)
+	th := startHub(t, "")
+	ctx := context.Background()
+	prod, err := th.admin.CreateProduct(ctx, map[string]any{"name": "sensors", "authMode": "secret", "dynamicActivation": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.admin.CreateDevice(ctx, prod.ProductKey, "S-1"); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	caFile := filepath.Join(work, "ca.pem")
+	os.WriteFile(caFile, th.ChainPEM(), 0o644)
+	state := filepath.Join(work, "state")
+	conf, _ := json.Marshal(map[string]any{
+		"state": state, "ca": caFile, "broker": "ssl://" + th.MQTTSAddr(), "auth": "secret",
+		"product-key": prod.ProductKey, "product-secret": prod.ProductSecret, "device-key": "S-1",
+		"interval": "300ms",
+	})
+	confFile := filepath.Join(work, "iotedge.json")
+	os.WriteFile(confFile, conf, 0o600)
+	agent := startEdge(t, bin, "run", "--config", confFile)
+	eventually(t, 60*time.Second, "device online", func() bool {
+		d, err := th.admin.Device(ctx, prod.ProductKey, "S-1")
+		return err == nil && d.State == iothub.StateOnline
+	})
+	eventually(t, 20*time.Second, "built-in system metrics", func() bool {
+		var mp struct {
+			Measurepoints map[string]json.RawMessage `json:"measurepoints"`
+		}
+		do(t, th.admin, "GET", "/api/v1/products/"+prod.ProductKey+"/devices/S-1/measurepoints", nil, &mp, 200)
+		return mp.Measurepoints["uptime"] != nil && mp.Measurepoints["load1"] != nil
+	})
+	if m, _ := filepath.Glob(filepath.Join(state, "key-*")); len(m) != 0 {
+		t.Fatalf("secret product made keys: %v", m)
+	}
+	agent.cmd.Process.Signal(syscall.SIGTERM)
+	if code := agent.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	// A config file with an unknown key is refused before anything happens.
+	bad := filepath.Join(work, "bad.json")
+	os.WriteFile(bad, []byte(`{"state":"`+state+`","prodkey":"x"}`), 0o600)
+	p := startEdge(t, bin, "run", "--config", bad)
+	if code := p.wait(t, 20*time.Second); code != 1 || !strings.Contains(p.output(), `unknown key "prodkey"`) {
+		t.Fatalf("bad config: exit %d\n%s", code, p.output())
+	}
+}
