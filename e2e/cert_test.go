@@ -110,7 +110,9 @@ func TestCertificateServiceWithOpenSSL(t *testing.T) {
 			t.Fatalf("OCSP after revocation:\n%s", out)
 		}
 	}
-	var list struct{ Certificates []struct{ Status, Reason string } }
+	var list struct {
+		Certificates []struct{ Status, Reason string }
+	}
 	do(t, th.admin, "GET", "/api/v1/products/"+p.ProductKey+"/devices/"+d.DeviceKey+"/certificates", nil, &list, 200)
 	if len(list.Certificates) != 2 || list.Certificates[0].Status != "revoked" || list.Certificates[1].Reason != "keyCompromise" {
 		t.Fatalf("certificate list %+v", list.Certificates)
