@@ -187,7 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-collected
 	}()
 	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
-	retriedEnroll := false
+	retriedEnroll, refusals := false, 0
 	for ctx.Err() == nil {
 		if err := a.checkClock(); err != nil {
 			return err
@@ -212,7 +212,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if connected {
 			bo.Reset()
-			retriedEnroll = false
+			retriedEnroll, refusals = false, 0
 			if errors.Is(err, errReconnect) {
 				continue
 			}
@@ -227,6 +227,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		if a.cfg.Auth != AuthCertificate {
+			// As for activation, 3.1.1 has one code for throttling too:
+			// the third refusal in a row is final.
+			if refusals++; refusals < 3 {
+				d := bo.Next()
+				a.log.Warn("login refused, will retry", "err", err, "in", d.Round(time.Millisecond))
+				sleep(ctx, d)
+				continue
+			}
 			return fmt.Errorf("%w: login refused (%v); check the DeviceSecret in %s and that the device is enabled", ErrRefused, err, a.state.Dir)
 		}
 		if retriedEnroll {

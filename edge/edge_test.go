@@ -241,3 +241,35 @@ func TestSystemMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestRefusedClassification(t *testing.T) {
+	cases := []struct {
+		err  error
+		want bool
+	}{
+		{&refusal{code: 5, err: errors.New("not Authorized")}, true},
+		{fmt.Errorf("network Error : %w", errors.New("remote error: tls: bad certificate")), true},
+		{errors.New("remote error: tls: certificate revoked"), true},
+		{errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), false},
+		{errors.New("EOF"), false},
+		{nil, false},
+	}
+	for _, c := range cases {
+		if got := refused(c.err); got != c.want {
+			t.Errorf("refused(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+func TestBrokerURL(t *testing.T) {
+	for in, want := range map[string]string{"ssl://h:1": "ssl://h:1", "mqtts://h:1": "ssl://h:1", "tcp://h:2": "tcp://h:2"} {
+		if got, _, err := brokerURL(in); err != nil || got != want {
+			t.Errorf("brokerURL(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"h:1", "ws://h:1", "ssl://h", ""} {
+		if _, _, err := brokerURL(bad); err == nil {
+			t.Errorf("brokerURL(%q) accepted", bad)
+		}
+	}
+}
