@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# compare.sh [--quick] [--profile] [--keep]: iothub and Mosquitto side by side.
+#
+# Builds iothub and iothub-bench, starts iothub and Debian's Mosquitto on
+# 127.0.0.1 with the same material (the hub's CA chain, an ECDSA server
+# certificate issued by that CA, the hub's CRL, one password per device, an
+# ACL confining each device to /sys/{pk}/{dk}/#), provisions the devices
+# through the hub's API, runs each scenario against one broker then the
+# other, and prints one Markdown table: figure, iothub, mosquitto, ratio.
+#   --quick    under two minutes (small counts, short phases)
+#   --profile  run the hub in-process under `iothub-bench hub --cpuprofile`
+#              and print the top of its CPU profile at the end
+#   --keep     keep the work directory (results, configs, logs, profile)
+# Both brokers run at once on the same 2 cores as the generator; only one
+# is loaded at a time.
+set -euo pipefail
+
+MODE=full PROFILE= KEEP=
+for a in "$@"; do
+	case $a in
+	--quick) MODE=quick ;;
+	--profile) PROFILE=1 ;;
+	--keep) KEEP=1 ;;
+	*) echo "usage: $0 [--quick] [--profile] [--keep]" >&2; exit 2 ;;
+	esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/iothub-compare.XXXXXX)
+PIDS=()
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [[ -n $KEEP ]]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { echo "== $*" >&2; }
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+waitport() { # waitport PORT SECONDS
+	local i
+	for ((i = 0; i < $2 * 10; i++)); do
+		if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	echo "nothing listens on 127.0.0.1:$1" >&2
+	return 1
+}
+
+if [[ $MODE == quick ]]; then
+	SECRET=1200 CERT=300
+	CONNECT_N=1000 TLS_N=300 PUB_DEV=10 PUB_DUR=3s RATE_MSGS=2000 IDLE_N=1000 HOLD=3s CALL_DEV=10 CALL_DUR=3s
+else
+	SECRET=15000 CERT=2000
+	CONNECT_N=10000 TLS_N=2000 PUB_DEV=100 PUB_DUR=10s RATE_MSGS=10000 IDLE_N=15000 HOLD=20s CALL_DEV=100 CALL_DUR=10s
+fi
+
+say "build"
+(cd "$ROOT" && go build -o "$W/iothub" ./cmd/iothub && go build -o "$W/iothub-bench" ./cmd/iothub-bench)
+B=$W/iothub-bench
+
+say "start iothub"
+HT=$(freeport) HS=$(freeport) HH=$(freeport) HHS=$(freeport)
+if [[ -n $PROFILE ]]; then
+	"$B" hub --cpuprofile "$W/hub.cpu" --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS >"$W/hub.log" 2>&1 &
+else
+	"$W/iothub" serve --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS --log-level warn >"$W/hub.log" 2>&1 &
+fi
+HUB_PID=$!
+PIDS+=("$HUB_PID")
+waitport "$HH" 60 && waitport "$HT" 10 && waitport "$HS" 10
+
+say "provision $SECRET secret and $CERT certificate devices through the API"
+"$B" provision --api http://127.0.0.1:$HH --key-file "$W/hub/admin.key" --out "$W/fleet" --secret $SECRET --cert $CERT
+curl -fsS http://127.0.0.1:$HH/crl.pem >"$W/fleet/crl.pem"
+PK_S=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret"][0]["pk"])' "$W/fleet/fleet.json")
+PK_C=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cert"][0]["pk"])' "$W/fleet/fleet.json")
+
+say "start mosquitto"
+M=$W/mosquitto
+mkdir -p "$M"
+cp "$W/hub/ca/server-ecdsa.pem" "$W/hub/ca/server-ecdsa.key" "$M/"
+"$B" passwd --fleet "$W/fleet/fleet.json" >"$M/passwd"
+mosquitto_passwd -U "$M/passwd"
+cat >"$M/acl" <<EOF
+# the call scenario's application client
+user app
+topic readwrite /sys/#
+
+# every device: its own topics only (%u: the user name, or the certificate's CN)
+pattern readwrite /sys/$PK_S/%u/#
+pattern readwrite /sys/$PK_C/%u/#
+EOF
+MT=$(freeport) MS=$(freeport) MM=$(freeport)
+cat >"$M/mosquitto.conf" <<EOF
+per_listener_settings true
+persistence false
+user root
+log_dest stderr
+log_type error
+log_type warning
+
+listener $MT 127.0.0.1
+allow_anonymous false
+password_file $M/passwd
+acl_file $M/acl
+
+listener $MS 127.0.0.1
+allow_anonymous false
+password_file $M/passwd
+acl_file $M/acl
+certfile $M/server-ecdsa.pem
+keyfile $M/server-ecdsa.key
+cafile $W/fleet/ca.pem
+
+listener $MM 127.0.0.1
+allow_anonymous false
+acl_file $M/acl
+certfile $M/server-ecdsa.pem
+keyfile $M/server-ecdsa.key
+cafile $W/fleet/ca.pem
+crlfile $W/fleet/crl.pem
+require_certificate true
+use_identity_as_username true
+EOF
+/usr/sbin/mosquitto -c "$M/mosquitto.conf" >"$W/mosquitto.log" 2>&1 &
+MOSQ_PID=$!
+PIDS+=("$MOSQ_PID")
+waitport "$MT" 10 && waitport "$MS" 10 && waitport "$MM" 10
+
+HUB_ARGS=(--fleet "$W/fleet/fleet.json" --broker iothub --login enos --tcp 127.0.0.1:$HT --tls 127.0.0.1:$HS --src-ips 8)
+MOSQ_ARGS=(--fleet "$W/fleet/fleet.json" --broker mosquitto --login userpass --tcp 127.0.0.1:$MT --tls 127.0.0.1:$MS --mtls 127.0.0.1:$MM --src-ips 8)
+
+# both SCENARIO ARGS...: the scenario against iothub, then against mosquitto.
+both() {
+	local s=$1
+	shift
+	say "$s $*"
+	"$B" "$s" "${HUB_ARGS[@]}" --pid "$HUB_PID" --api http://127.0.0.1:$HH --key-file "$W/hub/admin.key" "$@" >>"$W/iothub.jsonl"
+	sleep 1
+	"$B" "$s" "${MOSQ_ARGS[@]}" --pid "$MOSQ_PID" "$@" >>"$W/mosquitto.jsonl"
+	sleep 1
+}
+
+T0=$(date +%s)
+both connect --label "secret login, tcp, $CONNECT_N at 1000/s" --transport tcp --n $CONNECT_N --rate 1000
+both connect --label "secret login, tcp, max rate" --transport tcp --n $CONNECT_N --concurrency 32
+both connect --label "secret login, tls, max rate" --transport tls --n $TLS_N --concurrency 16
+both connect --label "mutual TLS, max rate" --transport mtls --n $TLS_N --concurrency 16
+both publish --label "publish QoS 0, $PUB_DEV devices, max" --n $PUB_DEV --qos 0 --duration $PUB_DUR
+both publish --label "publish QoS 1, $PUB_DEV devices, max" --n $PUB_DEV --qos 1 --duration $PUB_DUR
+both publish --label "publish QoS 0 at $RATE_MSGS msg/s" --n $PUB_DEV --qos 0 --rate $RATE_MSGS --duration $PUB_DUR
+both publish --label "publish QoS 1 at $RATE_MSGS msg/s" --n $PUB_DEV --qos 1 --rate $RATE_MSGS --duration $PUB_DUR
+both publish --label "publish QoS 1, tls, $PUB_DEV devices, max" --transport tls --n $PUB_DEV --qos 1 --duration $PUB_DUR
+both call --label "service call round trip, $CALL_DEV devices" --n $CALL_DEV --concurrency 16 --duration $CALL_DUR
+both idle --label "$IDLE_N idle connections" --n $IDLE_N --concurrency 64 --hold $HOLD
+say "scenarios took $(($(date +%s) - T0)) s"
+
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3), $(/usr/sbin/mosquitto -h | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+"$B" table --a "$W/iothub.jsonl" --b "$W/mosquitto.jsonl"
+
+if [[ -n $PROFILE ]]; then
+	kill -TERM "$HUB_PID"
+	wait "$HUB_PID" || true
+	echo
+	go tool pprof -top -nodecount=40 "$B" "$W/hub.cpu" 2>/dev/null | head -50
+fi
