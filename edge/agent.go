@@ -518,7 +518,11 @@ func (a *Agent) ensureCert(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	if err := a.storeIssued(key, iss.Serial, iss.Cert, iss.CAChain); err != nil {
+	cert, err := a.checkIssued(key, iss.Cert, iss.CAChain)
+	if err != nil {
+		return err
+	}
+	if err := a.writeIssued(cert, iss.Serial, iss.Cert, iss.CAChain); err != nil {
 		return err
 	}
 	a.log.Info("enrolled", "serial", iss.Serial, "notAfter", iss.NotAfter)
@@ -531,25 +535,30 @@ func samePublicKey(a, b crypto.PublicKey) bool {
 	return ok && k.Equal(b)
 }
 
-// storeIssued checks an issued certificate (for our key, chaining to the
-// pinned CA) and stores it with its chain and serial.
-func (a *Agent) storeIssued(key crypto.Signer, serial, certPEM, chainPEM string) error {
+// checkIssued checks that an issued certificate is for key and chains to
+// the pinned CA.
+func (a *Agent) checkIssued(key crypto.Signer, certPEM, chainPEM string) (*x509.Certificate, error) {
 	block, _ := pem.Decode([]byte(certPEM))
-	if block == nil {
-		return errors.New("edge: the hub's certificate is not PEM")
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("edge: the hub's certificate is not PEM")
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return fmt.Errorf("edge: the hub's certificate: %w", err)
+		return nil, fmt.Errorf("edge: the hub's certificate: %w", err)
 	}
 	if !samePublicKey(cert.PublicKey, key.Public()) {
-		return errors.New("edge: the hub's certificate is not for our key")
+		return nil, errors.New("edge: the hub's certificate is not for our key")
 	}
 	inter := x509.NewCertPool()
 	inter.AppendCertsFromPEM([]byte(chainPEM))
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("edge: the hub's certificate does not chain to the pinned CA: %w", err)
+		return nil, fmt.Errorf("edge: the hub's certificate does not chain to the pinned CA: %w", err)
 	}
+	return cert, nil
+}
+
+// writeIssued stores a checked certificate with its chain and serial.
+func (a *Agent) writeIssued(cert *x509.Certificate, serial, certPEM, chainPEM string) error {
 	if serial == "" {
 		serial = fmt.Sprintf("%x", cert.SerialNumber)
 	}
@@ -755,34 +764,25 @@ func (a *Agent) renew(ctx context.Context, c mqtt.Client) error {
 	if r.Code != 200 {
 		return fmt.Errorf("edge: renewal refused: code %d %s", r.Code, r.Message)
 	}
-	var iss Issued
+	var iss struct{ Serial, Cert, CAChain string }
 	if err := json.Unmarshal(r.Data, &iss); err != nil {
 		return fmt.Errorf("edge: renewal reply: %w", err)
 	}
-	if err := a.storeIssuedNext(key, iss); err != nil {
+	// Check everything before the key swap, so a bad answer leaves the
+	// current key and certificate as they were.
+	cert, err := a.checkIssued(key, iss.Cert, iss.CAChain)
+	if err != nil {
 		return err
-	}
-	a.log.Info("certificate renewed", "serial", iss.Serial, "notAfter", iss.NotAfter)
-	a.emit("renewed")
-	return nil
-}
-
-// storeIssuedNext promotes the "next" key once its certificate checks out.
-func (a *Agent) storeIssuedNext(key crypto.Signer, iss Issued) error {
-	// Check before touching anything: the key swap must not leave a
-	// certificate without its key.
-	block, _ := pem.Decode([]byte(iss.Cert))
-	if block == nil {
-		return errors.New("edge: renewed certificate is not PEM")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil || !samePublicKey(cert.PublicKey, key.Public()) {
-		return errors.New("edge: renewed certificate is not for the new key")
 	}
 	if err := a.ks.Rename(slotNext, slotCurrent); err != nil {
 		return err
 	}
-	return a.storeIssued(key, iss.Serial, iss.Cert, iss.CAChain)
+	if err := a.writeIssued(cert, iss.Serial, iss.Cert, iss.CAChain); err != nil {
+		return err
+	}
+	a.log.Info("certificate renewed", "serial", iss.Serial, "notAfter", cert.NotAfter)
+	a.emit("renewed")
+	return nil
 }
 
 // onMessage routes everything the hub sends: replies to our requests,
