@@ -88,12 +88,20 @@ func BenchmarkDeviceLookup(b *testing.B) {
 	db, keys := benchDB(b)
 	r := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
-	b.ResetTimer()
+	cpu0 := cpuTime()
 	for b.Loop() {
 		d, err := db.Device(ctx, "bench", keys[r.IntN(len(keys))])
 		if err != nil || d.DeviceSecret == "" {
 			b.Fatal(d, err)
 		}
+	}
+	reportCPU(b, cpu0)
+}
+
+// reportCPU adds the process CPU time per op since cpu0 as "cpu-ns/op".
+func reportCPU(b *testing.B, cpu0 time.Duration) {
+	if cpu := cpuTime() - cpu0; cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 	}
 }
 
@@ -104,6 +112,8 @@ func BenchmarkDeviceLookupParallel(b *testing.B) {
 	var seed atomic.Uint64
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := cpuTime()
+	defer reportCPU(b, cpu0)
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 7))
 		for pb.Next() {
@@ -123,7 +133,7 @@ func BenchmarkCreateDevice(b *testing.B) {
 	run := time.Now().UnixNano()
 	i := 0
 	b.ReportAllocs()
-	b.ResetTimer()
+	cpu0 := cpuTime()
 	for b.Loop() {
 		i++
 		d := &iothub.Device{ProductKey: "bench", DeviceKey: fmt.Sprintf("c%x-%d", run, i), DeviceSecret: "new-device-secret-0123456789abcd"}
@@ -131,4 +141,5 @@ func BenchmarkCreateDevice(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, cpu0)
 }

@@ -4,7 +4,9 @@
 // The file runs in WAL mode. All writes go through one connection, so they
 // serialize in the pool instead of fighting over SQLite's lock; reads use a
 // separate pool of query-only connections and proceed in parallel with the
-// writer. The schema is versioned with goose (migrations/*.sql, embedded)
+// writer. The file belongs to one process at a time (SQLite's unix-excl
+// VFS): another process opening it while the hub runs gets "database is
+// locked". The schema is versioned with goose (migrations/*.sql, embedded)
 // and written in SQL that PostgreSQL accepts too. Product and device
 // secrets are sealed with a seal.Sealer before they reach the file.
 package sqlite
@@ -34,8 +36,9 @@ var migrations embed.FS
 var _ iothub.Store = (*DB)(nil)
 
 // busyTimeout is how long a connection waits for a lock held by another
-// connection (a checkpoint, another process) before it reports SQLITE_BUSY.
-const busyTimeout = 10 * time.Second
+// connection (or another process) before it reports SQLITE_BUSY. A
+// variable so tests can shorten it.
+var busyTimeout = 10 * time.Second
 
 // DB is the SQLite store. It is safe for concurrent use.
 type DB struct {
@@ -114,6 +117,12 @@ func dsn(path string, readOnly bool) string {
 	} else {
 		q.Set("_txlock", "immediate")
 	}
+	// unix-excl: this process holds the file exclusively, so the WAL index
+	// lives in heap memory shared by our connections, and a read
+	// transaction costs no fcntl lock calls (about 45% less CPU per device
+	// lookup at 1M devices). A second process, or a second hub on the same
+	// data directory, gets "database is locked".
+	q.Set("vfs", "unix-excl")
 	u := url.URL{Scheme: "file", Opaque: path, RawQuery: q.Encode()}
 	return u.String()
 }
@@ -122,6 +131,10 @@ func dsn(path string, readOnly bool) string {
 func (db *DB) init() error {
 	ctx := context.Background()
 	if err := db.write.PingContext(ctx); err != nil {
+		var e *sqlite.Error
+		if errors.As(err, &e) && e.Code()&0xff == sqlite3.SQLITE_BUSY {
+			return fmt.Errorf("sqlite: the database is in use by another process: %w", err)
+		}
 		return fmt.Errorf("sqlite: open: %w", err)
 	}
 	sub, err := fs.Sub(migrations, "migrations")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -225,5 +226,38 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 	must(t, err)
 	if n != 200+writers*perWriter {
 		t.Fatalf("%d devices, want %d", n, 200+writers*perWriter)
+	}
+}
+
+// The file belongs to one process: a second one (another hub on the same
+// data directory) is refused with a clear error instead of sharing it.
+func TestSecondProcessIsLockedOut(t *testing.T) {
+	if path := os.Getenv("IOTHUB_SQLITE_LOCK_CHILD"); path != "" {
+		busyTimeout = 100 * time.Millisecond
+		s, err := seal.New(make([]byte, seal.KeySize))
+		must(t, err)
+		db, err := Open(path, s)
+		if err == nil {
+			db.Close()
+			t.Fatal("second process opened the database")
+		}
+		fmt.Println("CHILD:", err)
+		return
+	}
+	env := newEnv(t)
+	db := env.open(t)
+	defer db.Close()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestSecondProcessIsLockedOut$", "-test.count", "1")
+	cmd.Env = append(os.Environ(), "IOTHUB_SQLITE_LOCK_CHILD="+env.path)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child failed: %v\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("CHILD: sqlite: the database is in use by another process")) {
+		t.Fatalf("child output:\n%s", out)
+	}
+	// The first process is unaffected.
+	if _, err := db.Orgs(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
