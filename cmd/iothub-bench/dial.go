@@ -22,6 +22,7 @@ type target struct {
 	fleet     *fleet
 	srcIPs    int // spread outgoing connections over 127.0.0.1 … 127.0.0.N
 	keepAlive time.Duration
+	settle    time.Duration // pause after a scenario's disconnects
 }
 
 // options returns the paho options of the i-th connection of device d.

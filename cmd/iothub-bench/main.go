@@ -17,6 +17,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -115,6 +116,7 @@ func cmdScenario(name string, args []string) error {
 	api := fs.String("api", "", "call with --login enos: hub API base URL")
 	keyFile := fs.String("key-file", "", "call with --login enos: admin API key file")
 	cpuProfile := fs.String("cpuprofile", "", "write the generator's CPU profile here")
+	settle := fs.Duration("settle", time.Second, "pause after disconnecting, so the broker is done before the next run")
 	fs.Parse(args)
 	if *mtls == "" {
 		*mtls = *tlsAddr
@@ -134,7 +136,7 @@ func cmdScenario(name string, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	t := &target{broker: *broker, login: *login, fleet: f, srcIPs: *srcIPs, keepAlive: *keepAlive,
+	t := &target{broker: *broker, login: *login, fleet: f, srcIPs: *srcIPs, keepAlive: *keepAlive, settle: *settle,
 		addrs: map[string]string{"tcp": *tcp, "tls": *tlsAddr, "mtls": *mtls}}
 	r := &Result{Broker: *broker, Scenario: name, Label: *label}
 	if r.Label == "" {
@@ -204,6 +206,7 @@ func cmdHub(args []string) error {
 	fs := flag.NewFlagSet("hub", flag.ExitOnError)
 	cfg := hubFlags(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write the hub's CPU profile here (required)")
+	memProfile := fs.String("memprofile", "", "on SIGUSR1, write a heap profile here and memory figures to stderr")
 	fs.Parse(args)
 	if *cpuProfile == "" {
 		return fmt.Errorf("hub: --cpuprofile is required (otherwise run iothub serve)")
@@ -222,7 +225,38 @@ func cmdHub(args []string) error {
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	<-stop
+	usr := make(chan os.Signal, 1)
+	signal.Notify(usr, syscall.SIGUSR1)
+	for {
+		select {
+		case <-usr:
+			if err := memReport(*memProfile); err != nil {
+				log.Printf("memory report: %v", err)
+			}
+			continue
+		case <-stop:
+		}
+		break
+	}
 	pprof.StopCPUProfile()
 	return h.Close()
+}
+
+// memReport logs the Go runtime's memory figures and, when path is set,
+// writes a heap profile there.
+func memReport(path string) error {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	log.Printf("memory: goroutines %d, stacks in use %d KiB, heap in use %d KiB, heap live %d KiB, heap idle %d KiB, released %d KiB, sys %d KiB",
+		runtime.NumGoroutine(), m.StackInuse>>10, m.HeapInuse>>10, m.HeapAlloc>>10, m.HeapIdle>>10, m.HeapReleased>>10, m.Sys>>10)
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.WriteHeapProfile(f)
 }

@@ -114,7 +114,7 @@ func (t *target) runConnect(r *Result, transport string, n int, rate float64, co
 		return err
 	}
 	fc := t.connectMany(transport, devs, rate, concurrency, nil)
-	defer fc.close(2 * time.Second)
+	defer fc.close(t.settle)
 	r.Params = map[string]any{"transport": transport, "n": n, "rate": rate, "concurrency": concurrency}
 	r.Errors = int(fc.errs.Load())
 	if fc.elapsed > 0 {
@@ -136,7 +136,7 @@ func (t *target) runIdle(r *Result, transport string, n int, rate float64, concu
 		return err
 	}
 	fc := t.connectMany(transport, devs, rate, concurrency, nil)
-	defer fc.close(3 * time.Second)
+	defer fc.close(t.settle)
 	time.Sleep(hold)
 	after, err := readRSS(pid)
 	if err != nil {
@@ -182,7 +182,7 @@ func (t *target) runPublish(r *Result, transport string, n, qos int, rate float6
 		lastRecv.Store(now)
 	}
 	fc := t.connectMany(transport, devs, 0, 32, nil)
-	defer fc.close(2 * time.Second)
+	defer fc.close(t.settle)
 	r.Params = map[string]any{"transport": transport, "devices": n, "qos": qos, "rate": rate, "duration": dur.String(), "size": size, "window": window}
 	if fc.ok() != n {
 		r.Errors = n - fc.ok()
@@ -397,7 +397,7 @@ func (t *target) runCall(r *Result, n, concurrency int, dur time.Duration, cl ca
 		return err
 	}
 	fc := t.connectMany("tcp", devs, 0, 32, answerCalls)
-	defer fc.close(2 * time.Second)
+	defer fc.close(t.settle)
 	if fc.ok() != n {
 		r.Errors = n - fc.ok()
 		return fmt.Errorf("only %d of %d devices logged in", fc.ok(), n)
