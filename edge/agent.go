@@ -75,6 +75,7 @@ type Agent struct {
 	client    mqtt.Client // the live session, nil while offline
 	secret    string
 	setPoints map[string]any
+	last      map[string]any // the latest measurepoints, for measurepoint get
 	pending   map[string]chan reply
 	nextID    atomic.Uint64
 	reconnect chan struct{}
@@ -543,6 +544,7 @@ func (a *Agent) collect(ctx context.Context) (map[string]any, error) {
 			m[k] = v
 		}
 	}
+	a.last = m
 	a.mu.Unlock()
 	return m, nil
 }

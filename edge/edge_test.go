@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -271,5 +272,21 @@ func TestBrokerURL(t *testing.T) {
 		if _, _, err := brokerURL(bad); err == nil {
 			t.Errorf("brokerURL(%q) accepted", bad)
 		}
+	}
+}
+
+func TestMeasurepointGet(t *testing.T) {
+	a := &Agent{last: map[string]any{"temp": 21.5, "rpm": 900.0}}
+	got, err := a.onGet(json.RawMessage(`["temp","missing"]`))
+	if err != nil || fmt.Sprint(got) != "map[temp:21.5]" {
+		t.Fatalf("get [temp missing] = %v, %v", got, err)
+	}
+	got, err = a.onGet(nil)
+	if err != nil || len(got.(map[string]any)) != 2 {
+		t.Fatalf("get all = %v, %v", got, err)
+	}
+	var se *ServiceError
+	if _, err := a.onGet(json.RawMessage(`{"temp":1}`)); !errors.As(err, &se) || se.Code != 1220 {
+		t.Fatalf("bad params: %v", err)
 	}
 }

@@ -58,6 +58,8 @@ func (a *Agent) onMessage(c mqtt.Client, m mqtt.Message) {
 	switch {
 	case rest == "thing/service/measurepoint/set":
 		data, err = a.onSet(ctx, req.Params)
+	case rest == "thing/service/measurepoint/get":
+		data, err = a.onGet(req.Params)
 	case strings.HasPrefix(rest, "thing/service/") && !strings.Contains(rest[len("thing/service/"):], "/"):
 		data, err = a.callService(ctx, rest[len("thing/service/"):], req.Params)
 	default:
@@ -101,6 +103,32 @@ func (a *Agent) onSet(ctx context.Context, params json.RawMessage) (any, error) 
 	}
 	a.mu.Unlock()
 	return map[string]any{}, nil
+}
+
+// onGet answers measurepoint get: params is a list of names (all when
+// empty) and the data their latest values.
+func (a *Agent) onGet(params json.RawMessage) (any, error) {
+	var names []string
+	if len(params) > 0 && string(params) != "null" {
+		if err := json.Unmarshal(params, &names); err != nil {
+			return nil, &ServiceError{Code: 1220, Message: "params must be a list of measurepoint names"}
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]any{}
+	for k, v := range a.last {
+		out[k] = v
+	}
+	if len(names) > 0 {
+		out = map[string]any{}
+		for _, n := range names {
+			if v, ok := a.last[n]; ok {
+				out[n] = v
+			}
+		}
+	}
+	return out, nil
 }
 
 func (a *Agent) callService(ctx context.Context, id string, params json.RawMessage) (any, error) {
