@@ -59,6 +59,8 @@ type Service struct {
 	devLocks [64]sync.Mutex // striped per device: the valid-certificate cap is checked and kept under it
 
 	unsubscribe func()
+	loads       sync.WaitGroup // revocations being loaded after a bus event
+	closed      bool           // under mu: Close has begun waiting for loads
 	stop        chan struct{}
 	done        chan struct{}
 	closeOnce   sync.Once
@@ -136,6 +138,10 @@ func (s *Service) Close() error {
 		s.unsubscribe()
 		close(s.stop)
 		<-s.done
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.loads.Wait()
 	})
 	return nil
 }
@@ -172,7 +178,17 @@ func (s *Service) onEvent(e iothub.Event) {
 	if e.Kind != iothub.EventCertRevoked || e.Serial == "" || s.IsRevoked(e.Serial) {
 		return
 	}
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.loads.Add(1)
+	}
+	s.mu.Unlock()
+	if closed {
+		return
+	}
 	go func() {
+		defer s.loads.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		c, err := s.store.Certificate(ctx, e.Serial)
@@ -365,6 +381,12 @@ func (s *Service) deviceLock(pk, dk string) *sync.Mutex {
 // NoteUsed tells the service certificate serial logged in: the
 // certificates its renewal superseded are revoked now.
 func (s *Service) NoteUsed(ctx context.Context, serial string) {
+	s.mu.RLock() // every certificate login comes here; most find nothing
+	_, found := s.pending[serial]
+	s.mu.RUnlock()
+	if !found {
+		return
+	}
 	s.mu.Lock()
 	pr, ok := s.pending[serial]
 	delete(s.pending, serial)
