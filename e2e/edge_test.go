@@ -344,13 +344,29 @@ func edgeFlow(t *testing.T, keystore, keyType string) {
 		t.Fatalf("certificates after revocation: %v", cs)
 	}
 
-	// Stop, then reset: the current certificate is revoked and no key
-	// material is left.
-	agent.cmd.Process.Signal(syscall.SIGTERM)
-	if code := agent.wait(t, 20*time.Second); code != 0 {
-		t.Fatalf("iotedge run exited %d on SIGTERM", code)
-	}
 	second := readSerial()
+	if keystore == "tpm" {
+		// Revoked while the hub will not issue another certificate (the
+		// device is disabled): the agent stops with exit status 3 and
+		// says why, instead of knocking forever.
+		do(t, th.admin, "POST", devPath+"/disable", nil, nil, 200)
+		do(t, th.admin, "POST", "/api/v1/certificates/"+second+"/revoke", map[string]any{"reason": "keyCompromise"}, nil, 200)
+		if code := agent.wait(t, 60*time.Second); code != 3 {
+			t.Fatalf("iotedge run exited %d after revocation with enrollment refused, want 3", code)
+		}
+		if out := agent.output(); !strings.Contains(out, "refused a new enrollment") {
+			t.Fatalf("no clear message when the hub refuses re-enrollment:\n%s", out)
+		}
+		do(t, th.admin, "POST", devPath+"/enable", nil, nil, 200)
+	} else {
+		agent.cmd.Process.Signal(syscall.SIGTERM)
+		if code := agent.wait(t, 20*time.Second); code != 0 {
+			t.Fatalf("iotedge run exited %d on SIGTERM", code)
+		}
+	}
+
+	// Reset: the current certificate is revoked (already, in the TPM
+	// flow) and no key material is left.
 	deviceSecret, _ := os.ReadFile(filepath.Join(state, "device.secret"))
 	reset := startEdge(t, bin, append([]string{"reset"}, common...)...)
 	if code := reset.wait(t, 60*time.Second); code != 0 {
