@@ -663,3 +663,42 @@ func TestEdgeAgentSecretProductWithConfigFile(t *testing.T) {
 		t.Fatalf("bad config: exit %d\n%s", code, p.output())
 	}
 }
+
+// TestEdgeClockGuard builds iotedge with a build date in the future (as a
+// device whose clock was reset would see it): it refuses to act, says why,
+// and sends nothing to the hub.
+func TestEdgeClockGuard(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "iotedge")
+	out, err := exec.Command("go", "build", "-ldflags", "-X github.com/iothub/iothub/edge.BuildDate=2999-01-01", "-o", bin, "../cmd/iotedge").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	th := startHub(t, "")
+	ctx := context.Background()
+	prod, err := th.admin.CreateProduct(ctx, map[string]any{"name": "clock", "authMode": "certificate", "dynamicActivation": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.admin.CreateDevice(ctx, prod.ProductKey, "C-1"); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	caFile := filepath.Join(work, "ca.pem")
+	os.WriteFile(caFile, th.ChainPEM(), 0o644)
+	state := filepath.Join(work, "state")
+	p := startEdge(t, bin, "run", "--state", state, "--ca", caFile,
+		"--broker", "ssl://"+th.MQTTSAddr(), "--api", th.HTTPSURL(),
+		"--product-key", prod.ProductKey, "--product-secret", prod.ProductSecret, "--device-key", "C-1")
+	if code := p.wait(t, 30*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, p.output())
+	}
+	if !strings.Contains(p.output(), "clock is wrong") || !strings.Contains(p.output(), "2999-01-01") {
+		t.Fatalf("no clear clock message:\n%s", p.output())
+	}
+	if entries, _ := os.ReadDir(state); len(entries) != 0 {
+		t.Fatalf("state written despite the clock guard: %v", entries)
+	}
+	if d, err := th.admin.Device(ctx, prod.ProductKey, "C-1"); err != nil || d.State != iothub.StateInactive {
+		t.Fatalf("device state %v (%v), want inactive: the agent must not have activated", d.State, err)
+	}
+}
