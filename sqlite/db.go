@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"net/url"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/pressly/goose/v3"
@@ -123,8 +124,10 @@ func dsn(path string, readOnly bool) string {
 	// lookup at 1M devices). A second process, or a second hub on the same
 	// data directory, gets "database is locked".
 	q.Set("vfs", "unix-excl")
-	u := url.URL{Scheme: "file", Opaque: path, RawQuery: q.Encode()}
-	return u.String()
+	// In a SQLite URI '?' and '#' end the path and '%' escapes, so those
+	// three are escaped; everything else in path is taken literally.
+	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	return "file:" + esc + "?" + q.Encode()
 }
 
 // init migrates the schema and seeds the default org on the writer.

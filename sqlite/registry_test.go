@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -430,4 +432,24 @@ func TestTouchDevices(t *testing.T) {
 		t.Fatalf("lastSeenAt went back to %v", a.LastSeenAt)
 	}
 	must(t, db.TouchDevices(ctx, nil))
+}
+
+func TestOpenPathWithURICharacters(t *testing.T) {
+	env := newEnv(t)
+	dir := filepath.Join(env.dir, "data 50% #1?x")
+	must(t, os.Mkdir(dir, 0o700))
+	path := filepath.Join(dir, "hub.db")
+	db, err := Open(path, env.sealer)
+	must(t, err)
+	mkProduct(t, db, "pk")
+	must(t, db.Close())
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("database not at %q: %v", path, err)
+	}
+	db, err = Open(path, env.sealer)
+	must(t, err)
+	defer db.Close()
+	if _, err := db.Product(ctx, "pk"); err != nil {
+		t.Fatal(err)
+	}
 }
