@@ -288,6 +288,10 @@ func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 		l.met.handshakes.Inc()
 		c = tc
 	}
+	if l.end.Load() {
+		c.Close() // the server closed during the handshake
+		return
+	}
 	if err := establish(l.id, c); err != nil {
 		l.log.Debug("mqtt connection ended", "remote", c.RemoteAddr().String(), "error", err)
 	}

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -213,4 +214,58 @@ func TestCallReachesUnsubscribedDevice(t *testing.T) {
 	if _, err := h.srv.Call(tctx, "pkc", "dev", "thing/service/mute", "thing.service.mute", nil); iothub.ErrorCode(err) != iothub.ETIMEOUT {
 		t.Fatalf("unanswered call: %v", err)
 	}
+}
+
+// Samples answered with 200 are stored even when the server closes right after.
+func TestCloseFlushesAcceptedSamples(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkf", nil)
+	d := h.device(p, "dev")
+	c := h.connect(t, "pkf", "dev", d.DeviceSecret)
+	replies := make(chan []byte, 64)
+	c.Subscribe("/sys/pkf/dev/thing/measurepoint/post_reply", 0, func(_ paho.Client, m paho.Message) { replies <- m.Payload() }).Wait()
+	const n = 50
+	for i := range n {
+		c.Publish("/sys/pkf/dev/thing/measurepoint/post", 0, false,
+			fmt.Sprintf(`{"id":"%d","method":"thing.measurepoint.post","params":{"measurepoints":{"p%d":%d}}}`, i, i, i))
+	}
+	for range n {
+		select {
+		case b := <-replies:
+			if !strings.Contains(string(b), `"code":200`) {
+				t.Fatalf("reply %s", b)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("missing replies")
+		}
+	}
+	if err := h.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := h.db.LatestPoints(context.Background(), "pkf", "dev")
+	if err != nil || len(pts) != n {
+		t.Fatalf("%d of %d accepted samples stored after Close (%v)", len(pts), n, err)
+	}
+	if s := h.stored("pkf", "dev").State; s != iothub.StateOffline {
+		t.Fatalf("state after shutdown: %s", s)
+	}
+}
+
+// A product's offline timeout closes a session that sends nothing, even
+// within its keepalive.
+func TestOfflineTimeout(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkq", func(p *iothub.Product) { p.OfflineTimeoutSec = 1 })
+	d := h.device(p, "dev")
+	lost := make(chan struct{}, 1)
+	h.connect(t, "pkq", "dev", d.DeviceSecret, func(o *pahoOptions) {
+		o.SetKeepAlive(60 * time.Second)
+		o.SetConnectionLostHandler(func(paho.Client, error) { lost <- struct{}{} })
+	})
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("silent session not closed after the product's offline timeout")
+	}
+	eventually(t, "offline", func() bool { return h.stored("pkq", "dev").State == iothub.StateOffline })
 }
