@@ -404,8 +404,8 @@ func freeAddr(t *testing.T) string {
 // TestEdgeAgentBuffersThroughHubOutage stops the hub under a running agent:
 // the agent keeps measuring into its disk buffer, reconnects with backoff
 // once the hub is back (same data, same ports), and resumes the buffered
-// posts with their original times. It also checks the reboot service and a
-// pluggable service command.
+// posts with their original times. It also checks the reboot service, a
+// pluggable service command and a passphrase-sealed key file.
 func TestEdgeAgentBuffersThroughHubOutage(t *testing.T) {
 	bin := buildEdge(t)
 	dir := t.TempDir()
@@ -436,18 +436,24 @@ func TestEdgeAgentBuffersThroughHubOutage(t *testing.T) {
 	os.WriteFile(caFile, h.ChainPEM(), 0o644)
 	script := filepath.Join(work, "svc.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\nprintf '{\"service\":\"%s\",\"input\":%s}' \"$1\" \"$(cat)\"\n"), 0o755)
+	passFile := filepath.Join(work, "passphrase")
+	os.WriteFile(passFile, []byte("factory-unique passphrase\n"), 0o600)
 	state := filepath.Join(work, "state")
 	agent := startEdge(t, bin, "run", "--state", state, "--ca", caFile,
 		"--broker", "ssl://"+cfg.MQTTSAddr, "--api", h.HTTPSURL(),
 		"--product-key", prod.ProductKey, "--product-secret", prod.ProductSecret, "--device-key", "M-7",
 		"--key-type", "p256", "--interval", "200ms", "--metrics-command", `date +{"t":%s%3N}`,
-		"--service-command", script)
+		"--service-command", script, "--passphrase-file", passFile)
 	devPath := "/api/v1/products/" + prod.ProductKey + "/devices/M-7"
 	online := func() bool {
 		d, err := admin.Device(ctx, prod.ProductKey, "M-7")
 		return err == nil && d.State == iothub.StateOnline
 	}
 	eventually(t, 60*time.Second, "device online", online)
+	keyPEM, _ := os.ReadFile(filepath.Join(state, "key-current.pem"))
+	if !bytes.Contains(keyPEM, []byte("IOTEDGE SEALED PRIVATE KEY")) || bytes.Contains(keyPEM, []byte("BEGIN PRIVATE KEY")) {
+		t.Fatalf("key not sealed with the passphrase:\n%s", keyPEM)
+	}
 
 	var rep struct {
 		Code int             `json:"code"`

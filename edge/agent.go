@@ -76,6 +76,7 @@ type Agent struct {
 	secret    string
 	setPoints map[string]any
 	last      map[string]any // the latest measurepoints, for measurepoint get
+	key       crypto.Signer  // the current key, opened once (a sealed key costs an scrypt)
 	pending   map[string]chan reply
 	nextID    atomic.Uint64
 	reconnect chan struct{}
@@ -340,7 +341,7 @@ func (a *Agent) connect(ctx context.Context, mode int, secret string, withCert b
 // tlsCertificate is the client certificate with its chain (without the
 // self-signed root) and the key store's signer.
 func (a *Agent) tlsCertificate() (tls.Certificate, error) {
-	key, err := a.ks.Open(slotCurrent)
+	key, err := a.currentKey()
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -389,7 +390,7 @@ func (a *Agent) ensureCert(ctx context.Context, force bool) error {
 		if err != nil {
 			a.log.Warn("stored certificate unreadable, enrolling again", "err", err)
 		}
-		key, kerr := a.ks.Open(slotCurrent)
+		key, kerr := a.currentKey()
 		if kerr != nil && !errors.Is(kerr, ErrNoKey) {
 			return kerr
 		}
@@ -398,10 +399,12 @@ func (a *Agent) ensureCert(ctx context.Context, force bool) error {
 			return nil
 		}
 	}
+	a.setKey(nil)
 	key, err := a.ks.Create(slotCurrent, a.cfg.KeyType)
 	if err != nil {
 		return err
 	}
+	a.setKey(key)
 	csr, err := NewCSR(key, a.cfg.ProductKey, a.cfg.DeviceKey)
 	if err != nil {
 		return err
@@ -420,6 +423,28 @@ func (a *Agent) ensureCert(ctx context.Context, force bool) error {
 	a.log.Info("enrolled", "serial", iss.Serial, "notAfter", iss.NotAfter)
 	a.emit("enrolled")
 	return nil
+}
+
+// currentKey returns the signer of the current key, opening it once.
+func (a *Agent) currentKey() (crypto.Signer, error) {
+	a.mu.Lock()
+	k := a.key
+	a.mu.Unlock()
+	if k != nil {
+		return k, nil
+	}
+	k, err := a.ks.Open(slotCurrent)
+	if err != nil {
+		return nil, err
+	}
+	a.setKey(k)
+	return k, nil
+}
+
+func (a *Agent) setKey(k crypto.Signer) {
+	a.mu.Lock()
+	a.key = k
+	a.mu.Unlock()
 }
 
 func samePublicKey(a, b crypto.PublicKey) bool {

@@ -68,9 +68,11 @@ func (a *Agent) renew(ctx context.Context, c mqtt.Client) error {
 	if err != nil {
 		return err
 	}
+	a.setKey(nil)
 	if err := a.ks.Rename(slotNext, slotCurrent); err != nil {
 		return err
 	}
+	a.setKey(key)
 	if err := a.writeIssued(cert, iss.Serial, iss.Cert, iss.CAChain); err != nil {
 		return err
 	}
