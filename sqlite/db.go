@@ -55,7 +55,7 @@ type DB struct {
 	stSetState     *sql.Stmt // write
 	stAudit        *sql.Stmt // write
 	stDeviceExists *sql.Stmt // write (used inside write transactions)
-	stLastSeq      *sql.Stmt // write
+	stLastSeq      *sql.Stmt // write: device exists?, newest sample seq
 	stInsertSample *sql.Stmt // write
 	stTrimSamples  *sql.Stmt // write
 	stUpsertPoint  *sql.Stmt // write
@@ -177,8 +177,10 @@ func (db *DB) prepare() error {
 		{&db.stAudit, db.write, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 			SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM audit_events`},
 		{&db.stDeviceExists, db.write, `SELECT 1 FROM devices WHERE product_key = ? AND device_key = ?`},
-		{&db.stLastSeq, db.write, `SELECT seq FROM telemetry_samples
-			WHERE product_key = ? AND device_key = ? ORDER BY seq DESC LIMIT 1`},
+		{&db.stLastSeq, db.write, `SELECT
+			EXISTS (SELECT 1 FROM devices WHERE product_key = ?1 AND device_key = ?2),
+			COALESCE((SELECT seq FROM telemetry_samples WHERE product_key = ?1 AND device_key = ?2
+				ORDER BY seq DESC LIMIT 1), 0)`},
 		{&db.stInsertSample, db.write, `INSERT INTO telemetry_samples (product_key, device_key, seq, time_ms, measurepoints)
 			VALUES (?, ?, ?, ?, ?)`},
 		{&db.stTrimSamples, db.write, `DELETE FROM telemetry_samples WHERE product_key = ? AND device_key = ? AND seq <= ?`},

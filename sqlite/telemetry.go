@@ -70,24 +70,18 @@ func (db *DB) AppendSamples(ctx context.Context, samples []iothub.Sample) error 
 		return nil
 	}
 	return db.tx(ctx, func(tx *sql.Tx) error {
-		exists := tx.StmtContext(ctx, db.stDeviceExists)
 		lastSeq := tx.StmtContext(ctx, db.stLastSeq)
 		insert := tx.StmtContext(ctx, db.stInsertSample)
 		trim := tx.StmtContext(ctx, db.stTrimSamples)
 		upsert := tx.StmtContext(ctx, db.stUpsertPoint)
 		for _, id := range order {
-			var one int
-			err := exists.QueryRowContext(ctx, id.ProductKey, id.DeviceKey).Scan(&one)
-			if errors.Is(err, sql.ErrNoRows) {
-				continue
-			}
-			if err != nil {
-				return wrap("append samples", err)
-			}
+			var exists bool
 			var seq int64
-			err = lastSeq.QueryRowContext(ctx, id.ProductKey, id.DeviceKey).Scan(&seq)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			if err := lastSeq.QueryRowContext(ctx, id.ProductKey, id.DeviceKey).Scan(&exists, &seq); err != nil {
 				return wrap("append samples", err)
+			}
+			if !exists {
+				continue
 			}
 			for _, it := range byDevice[id] {
 				seq++
