@@ -126,6 +126,32 @@ func TestOpenAuthority(t *testing.T) {
 		}
 	}
 
+	// A server certificate near expiry is re-issued at open.
+	rsaCert := c.ServerCertificates()[0]
+	csr, err := ParseCSR(goCSR(t, rsaCert.PrivateKey.(*rsa.PrivateKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	short, err := c.issue(csr, profile{dnsNames: []string{"other.example"}, extUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		notBefore: now.Add(-time.Minute), notAfter: now.Add(serverRenewBefore - time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.savePair(serverRSAKey, serverRSACert, rsaCert.PrivateKey.(*rsa.PrivateKey), short.Raw); err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := OpenAuthority(dir, AuthorityOptions{Hostnames: []string{"other.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf := renewed.ServerCertificates()[0].Leaf; fingerprint(leaf) == fingerprint(short) || leaf.NotAfter.Sub(now) < 300*24*time.Hour {
+		t.Fatalf("near-expiry server certificate kept (notAfter %v)", leaf.NotAfter)
+	}
+	if fingerprint(renewed.ServerCertificates()[1].Leaf) != fingerprint(c.ServerCertificates()[1].Leaf) {
+		t.Fatal("the ECDSA certificate was re-issued though it is fine")
+	}
+
 	// Loose key permissions are refused.
 	if err := os.Chmod(filepath.Join(dir, issuingKeyFile), 0o640); err != nil {
 		t.Fatal(err)
