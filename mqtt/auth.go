@@ -256,6 +256,9 @@ func (s *Server) endSession(ss *session) {
 	if ss.timer != nil {
 		ss.timer.Stop()
 	}
+	if at := ss.revoked.Load(); at != 0 {
+		s.met.revokeLatency.Observe(time.Since(time.Unix(0, at)).Seconds())
+	}
 	if ss.activation || !current {
 		return
 	}

@@ -144,6 +144,9 @@ func TestCertificateProductLogin(t *testing.T) {
 		conn.Close()
 		t.Fatal("TLS 1.1 handshake succeeded")
 	}
+	eventually(t, "handshake failure counted", func() bool {
+		return value(h.srv.met.handshakeFailures.WithLabelValues("protocol_version")) == 1
+	})
 	// An expired certificate: the same hub seen from a clock past NotAfter.
 	late := h.cfg
 	late.Now = func() time.Time { return c1.notAfter.Add(time.Hour) }
@@ -193,6 +196,9 @@ func TestCertificateRevocationAndExpiryCloseSessions(t *testing.T) {
 	}
 	if got := connectV5(t, h.tlsAddr, h.clientTLS(t, &c1), cid, user, pass); got != 0x87 {
 		t.Fatalf("revoked certificate: %#x", got)
+	}
+	if n := value(h.srv.met.revokeLatency); n != 1 {
+		t.Fatalf("revocation latency histogram holds %v samples, want 1", n)
 	}
 
 	// A session ends when its certificate's NotAfter passes: a hub whose

@@ -20,7 +20,9 @@ func (s *Server) onEvent(e iothub.Event) {
 			hit = append(hit, ss)
 		}
 		s.mu.RUnlock()
+		now := time.Now().UnixNano()
 		for _, ss := range hit {
+			ss.revoked.Store(now)
 			s.kick(ss, codeNotAuthorized, "cert_revoked")
 		}
 	case iothub.EventProductChanged:
@@ -28,26 +30,19 @@ func (s *Server) onEvent(e iothub.Event) {
 	}
 }
 
-// sessionsOf lists the sessions (static and activation) of a device.
-func (s *Server) sessionsOf(match func(iothub.DeviceID) bool) []*session {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []*session
-	for _, ss := range s.byClient {
-		if match(ss.dev) {
-			out = append(out, ss)
-		}
-	}
-	return out
-}
-
 // recheckDevice closes the device's sessions if it was disabled, deleted
 // or had its secret reset since they logged in.
 func (s *Server) recheckDevice(dev iothub.DeviceID) {
-	ss := s.deviceSession(dev)
 	var list []*session
-	if ss != nil {
-		list = append(list, ss)
+	s.mu.RLock()
+	for _, ss := range []*session{s.byDevice[dev], s.byAct[dev]} {
+		if ss != nil {
+			list = append(list, ss)
+		}
+	}
+	s.mu.RUnlock()
+	if len(list) == 0 {
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -55,10 +50,6 @@ func (s *Server) recheckDevice(dev iothub.DeviceID) {
 	if err != nil && iothub.ErrorCode(err) != iothub.ENOTFOUND {
 		s.log.Error("mqtt: re-reading device", "productKey", dev.ProductKey, "deviceKey", dev.DeviceKey, "error", err)
 		return
-	}
-	if err == nil && d.State == iothub.StateInactive {
-		// A reset device: any activation session is stale too.
-		list = append(list, s.sessionsOf(func(id iothub.DeviceID) bool { return id == dev })...)
 	}
 	for _, ss := range list {
 		switch {
@@ -79,7 +70,14 @@ func (s *Server) recheckDevice(dev iothub.DeviceID) {
 // product is gone, it now requires certificates, or (for activation
 // sessions) activation was switched off or the ProductSecret rotated.
 func (s *Server) recheckProduct(pk string) {
-	list := s.sessionsOf(func(id iothub.DeviceID) bool { return id.ProductKey == pk })
+	var list []*session
+	s.mu.RLock()
+	for _, ss := range s.byClient {
+		if ss.dev.ProductKey == pk {
+			list = append(list, ss)
+		}
+	}
+	s.mu.RUnlock()
 	if len(list) == 0 {
 		return
 	}

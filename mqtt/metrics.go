@@ -10,6 +10,7 @@ type metrics struct {
 	handshakes        prometheus.Counter
 	handshakeFailures *prometheus.CounterVec
 	kicks             *prometheus.CounterVec
+	revokeLatency     prometheus.Histogram
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -32,11 +33,16 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		kicks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "iothub_mqtt_sessions_closed_total", Help: "Sessions closed by the hub, by reason.",
 		}, []string{"reason"}),
+		revokeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "iothub_mqtt_revocation_disconnect_seconds",
+			Help:    "Time from hearing a certificate revocation to the end of the session using it.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 5},
+		}),
 	}
 	if r == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks} {
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -58,7 +58,8 @@ type Server struct {
 
 	mu       sync.RWMutex
 	byClient map[*mochi.Client]*session
-	byDevice map[iothub.DeviceID]*session
+	byDevice map[iothub.DeviceID]*session // static-login sessions
+	byAct    map[iothub.DeviceID]*session // activation (securemode 3) sessions
 	bySerial map[string]map[*session]struct{}
 
 	pmu     sync.Mutex
@@ -136,6 +137,7 @@ func New(cfg Config) (*Server, error) {
 		maxPay:     cfg.MaxPayload,
 		byClient:   map[*mochi.Client]*session{},
 		byDevice:   map[iothub.DeviceID]*session{},
+		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
 		callTag:    hex.EncodeToString(tag),

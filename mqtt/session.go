@@ -33,6 +33,7 @@ type session struct {
 	lastSeen atomic.Int64 // unix nanoseconds of the last inbound packet
 	flushed  atomic.Int64 // lastSeen value last written by TouchDevices
 	quiet    atomic.Bool  // closed by the hub after a state change: leave the stored state alone
+	revoked  atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
 	timer    *time.Timer  // certificate expiry or activation deadline
 }
 
@@ -86,7 +87,9 @@ func (s *Server) deviceSession(dev iothub.DeviceID) *session {
 func (s *Server) register(ss *session) {
 	s.mu.Lock()
 	s.byClient[ss.cl] = ss
-	if !ss.activation {
+	if ss.activation {
+		s.byAct[ss.dev] = ss
+	} else {
 		s.byDevice[ss.dev] = ss
 	}
 	if ss.serial != "" {
@@ -114,6 +117,9 @@ func (s *Server) unregister(ss *session) (current, found bool) {
 	if s.byDevice[ss.dev] == ss {
 		delete(s.byDevice, ss.dev)
 		current = true
+	}
+	if s.byAct[ss.dev] == ss {
+		delete(s.byAct, ss.dev)
 	}
 	if ss.serial != "" {
 		if set := s.bySerial[ss.serial]; set != nil {
