@@ -154,3 +154,22 @@ func TestGatewayRegistersSubDevices(t *testing.T) {
 		t.Fatalf("duplicate register: %v", r)
 	}
 }
+
+// Activation attempts are throttled per source address, valid or not.
+func TestActivationThrottled(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkat", func(p *iothub.Product) { p.DynamicActivation = true })
+	var codes []byte
+	for i := 0; i < 12; i++ {
+		cid, user, pass := creds(t, "pkat", "SN-X", "wrong", sign.ModeDynamic, sign.SHA256)
+		codes = append(codes, connectV5(t, h.addr, nil, cid, user, pass))
+	}
+	if codes[0] != 0x86 || codes[len(codes)-1] != 0x89 {
+		t.Fatalf("codes % x: want 0x86 first, 0x89 once throttled", codes)
+	}
+	h.device(p, "SN-OK")
+	cid, user, pass := creds(t, "pkat", "SN-OK", p.ProductSecret, sign.ModeDynamic, sign.SHA256)
+	if got := connectV5(t, h.addr, nil, cid, user, pass); got != 0x89 {
+		t.Fatalf("valid activation while throttled: %#x", got)
+	}
+}

@@ -38,6 +38,11 @@ func (b *bucketSet) take(key string, now time.Time) bool {
 	if l == nil {
 		if len(b.m) >= b.max {
 			b.pruneLocked(now)
+			if len(b.m) >= b.max {
+				// Memory stays bounded under a flood of distinct keys; the
+				// per-address buckets still hold the flood back.
+				clear(b.m)
+			}
 		}
 		l = rate.NewLimiter(b.every, b.burst)
 		b.m[key] = l
