@@ -63,17 +63,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		ref = &refusal{code: codeNotAuthorized, reason: "securemode not supported"}
 	}
 	if ref != nil {
-		if ref.failed && err == nil {
-			s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
-		}
-		if ref.failed {
-			s.limits.failAddr.take(remote, now)
-		}
-		s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
-		s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
-			ProductKey: l.ProductKey, DeviceKey: l.DeviceKey, Remote: remote, Reason: ref.reason})
-		s.writeConnackRefusal(cl, ref.code)
-		return ref.code
+		return s.refuse(ctx, cl, l, err == nil, remote, now, ref)
 	}
 
 	ss.cl = cl
@@ -91,7 +81,9 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	if cl.Properties.Will.Flag == 1 && !ss.allow(cl.Properties.Will.TopicName, true) {
 		cl.Properties.Will = mochi.Will{} // a will may not reach another device's topics
 	}
-	s.register(ss)
+	if !s.register(ss) {
+		return s.refuse(ctx, cl, l, true, remote, now, &refusal{code: codeNotAuthorized, orgID: ss.orgID, reason: "746: certificate refused: certificate revoked"})
+	}
 	s.startTimer(ss, now)
 
 	kind := "login.ok"
@@ -116,6 +108,22 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ss.orgID, Kind: kind,
 		ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Remote: remote, Reason: reason})
 	return nil
+}
+
+// refuse records a refused login (buckets, metric, audit) and writes the
+// CONNACK; it returns the code for mochi to close the connection with.
+func (s *Server) refuse(ctx context.Context, cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
+	if ref.failed && parsed {
+		s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
+	}
+	if ref.failed {
+		s.limits.failAddr.take(remote, now)
+	}
+	s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
+	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
+		ProductKey: l.ProductKey, DeviceKey: l.DeviceKey, Remote: remote, Reason: ref.reason})
+	s.writeConnackRefusal(cl, ref.code)
+	return ref.code
 }
 
 // loginStatic checks a securemode 2 login.

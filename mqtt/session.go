@@ -83,9 +83,17 @@ func (s *Server) deviceSession(dev iothub.DeviceID) *session {
 	return ss
 }
 
-// register indexes a new session.
-func (s *Server) register(ss *session) {
+// register indexes a new session. It refuses (false) a session whose
+// certificate is revoked by now: the check runs under the index lock, and
+// the certificate service marks a revocation before it publishes the
+// event, so a revocation racing with a login either is seen here or finds
+// the session in the index.
+func (s *Server) register(ss *session) bool {
 	s.mu.Lock()
+	if ss.serial != "" && s.cfg.Certs.IsRevoked(ss.serial) {
+		s.mu.Unlock()
+		return false
+	}
 	s.byClient[ss.cl] = ss
 	if ss.activation {
 		s.byAct[ss.dev] = ss
@@ -102,6 +110,7 @@ func (s *Server) register(ss *session) {
 	}
 	s.mu.Unlock()
 	s.met.connections.Inc()
+	return true
 }
 
 // unregister removes ss from the indexes. It reports whether ss was still
