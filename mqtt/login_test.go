@@ -249,3 +249,37 @@ func TestOneSessionPerDevice(t *testing.T) {
 		t.Fatal("both devices should be online")
 	}
 }
+
+// Resetting a device's secret or deleting it closes its live session.
+func TestResetAndDeleteCloseSessions(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkx", nil)
+	ctx := context.Background()
+	for _, dk := range []string{"reset", "gone"} {
+		d := h.device(p, dk)
+		lost := make(chan struct{}, 1)
+		h.connect(t, "pkx", dk, d.DeviceSecret, func(o *pahoOptions) {
+			o.SetConnectionLostHandler(func(pahoClient, error) { lost <- struct{}{} })
+		})
+		if dk == "reset" {
+			if _, err := h.db.ResetDevice(ctx, "pkx", dk, iothub.RandomString(iothub.SecretLen)); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := h.db.DeleteDevice(ctx, "pkx", dk); err != nil {
+			t.Fatal(err)
+		}
+		h.bus.Publish(ctx, iothub.Event{Kind: iothub.EventDeviceChanged, ProductKey: "pkx", DeviceKey: dk})
+		select {
+		case <-lost:
+		case <-time.After(time.Second):
+			t.Fatalf("%s: session still open one second after the change", dk)
+		}
+		cid, user, pass := creds(t, "pkx", dk, d.DeviceSecret, 2, sign.SHA256)
+		if got := connectV5(t, h.addr, nil, cid, user, pass); got != 0x86 {
+			t.Fatalf("%s: old secret answered %#x", dk, got)
+		}
+	}
+	if s := h.stored("pkx", "reset").State; s != iothub.StateInactive {
+		t.Fatalf("reset device state %s, want inactive", s)
+	}
+}
