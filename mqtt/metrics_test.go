@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"crypto/tls"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,4 +63,17 @@ func value(m prometheus.Metric) float64 {
 		return float64(d.Histogram.GetSampleCount())
 	}
 	return 0
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("New without a store succeeded")
+	}
+	h := newTestHub(t)
+	if _, err := New(Config{Store: h.db, TLS: &tls.Config{}}); err == nil {
+		t.Fatal("New with a TLS config without certificates succeeded")
+	}
+	if _, err := h.srv.ListenTLS("127.0.0.1:0"); err == nil {
+		t.Fatal("ListenTLS without Config.TLS succeeded")
+	}
 }

@@ -102,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil {
+		return nil, errors.New("mqtt: Config.TLS has no server certificate")
+	}
 	met, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
