@@ -88,7 +88,8 @@ const (
 	activationSession = 60 * time.Second // a mode-3 session is closed after this
 )
 
-// New builds a Server. Call ListenTCP/ListenTLS, then Serve.
+// New builds a Server. Call ListenTCP and/or ListenTLS, then Serve, and
+// Close when done.
 func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("mqtt: Config.Store is required")
@@ -148,13 +149,13 @@ func New(cfg Config) (*Server, error) {
 		touchEvery: 5 * time.Second,
 		stop:       make(chan struct{}),
 	}
-	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
 	if cfg.TLS != nil {
 		s.tlsConf = serverTLS(cfg.TLS)
 	}
 	if err := b.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, err
 	}
+	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
 	return s, nil
 }
 
