@@ -6,12 +6,6 @@ import (
 	"github.com/iothub/iothub"
 )
 
-// Listing bounds of AuditEvents.
-const (
-	DefaultAuditLimit = 100
-	MaxAuditLimit     = 1000
-)
-
 // Audit records e; a zero Time is set to now. Ids grow by one per event.
 func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 	if e.Kind == "" {
@@ -22,9 +16,9 @@ func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 }
 
 // AuditEvents returns an org's newest events first ("" lists every org);
-// limit defaults to DefaultAuditLimit and is capped at MaxAuditLimit.
+// limit defaults to DefaultPageSize and is capped at MaxPageSize.
 func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothub.AuditEvent, error) {
-	limit = clampLimit(limit, DefaultAuditLimit, MaxAuditLimit)
+	limit = clampLimit(limit, DefaultPageSize, MaxPageSize)
 	const cols = `SELECT id, time_ms, org_id, kind, product_key, device_key, remote, reason FROM audit_events`
 	q, args := cols+` ORDER BY id DESC LIMIT ?`, []any{limit}
 	if orgID != "" {

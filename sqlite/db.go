@@ -5,8 +5,8 @@
 // serialize in the pool instead of fighting over SQLite's lock; reads use a
 // separate pool of query-only connections and proceed in parallel with the
 // writer. The file belongs to one process at a time (SQLite's unix-excl
-// VFS): another process opening it while the hub runs gets "database is
-// locked". The schema is versioned with goose (migrations/*.sql, embedded)
+// VFS): another process opening it while the hub runs fails, after the busy
+// timeout, with "the database is in use by another process". The schema is versioned with goose (migrations/*.sql, embedded)
 // and written in SQL that PostgreSQL accepts too. Product and device
 // secrets are sealed with a seal.Sealer before they reach the file.
 package sqlite
@@ -122,7 +122,7 @@ func dsn(path string, readOnly bool) string {
 	// lives in heap memory shared by our connections, and a read
 	// transaction costs no fcntl lock calls (about 45% less CPU per device
 	// lookup at 1M devices). A second process, or a second hub on the same
-	// data directory, gets "database is locked".
+	// data directory, is refused (see init).
 	q.Set("vfs", "unix-excl")
 	// In a SQLite URI '?' and '#' end the path and '%' escapes, so those
 	// three are escaped; everything else in path is taken literally.

@@ -13,10 +13,11 @@ import (
 const deviceCols = `org_id, product_key, device_key, asset_id, name, state, device_secret, secret_version,
 	last_seen_at, activated_at, created_at`
 
-// Listing bounds of Devices.
+// Page sizes of the Devices and AuditEvents listings: the default when the
+// caller gives none, and the cap.
 const (
-	DefaultDeviceLimit = 100
-	MaxDeviceLimit     = 1000
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
 )
 
 // deviceAAD binds a sealed device secret to its row.
@@ -122,13 +123,13 @@ func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub
 
 // Devices lists a product's devices in DeviceKey order, secrets in clear.
 // f.State filters by state; f.Cursor is the last DeviceKey of the previous
-// page; f.Limit defaults to DefaultDeviceLimit and is capped at
-// MaxDeviceLimit. An unknown product yields an empty list.
+// page; f.Limit defaults to DefaultPageSize and is capped at
+// MaxPageSize. An unknown product yields an empty list.
 func (db *DB) Devices(ctx context.Context, productKey string, f iothub.DeviceFilter) ([]*iothub.Device, error) {
 	if f.State != "" && !f.State.Valid() {
 		return nil, invalid("unknown device state %q", f.State)
 	}
-	limit := clampLimit(f.Limit, DefaultDeviceLimit, MaxDeviceLimit)
+	limit := clampLimit(f.Limit, DefaultPageSize, MaxPageSize)
 	var (
 		rows *sql.Rows
 		err  error

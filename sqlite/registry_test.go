@@ -289,7 +289,7 @@ func TestDeviceListing(t *testing.T) {
 	for {
 		page, err := db.Devices(ctx, "pk", iothub.DeviceFilter{Cursor: cursor})
 		must(t, err)
-		if len(page) > DefaultDeviceLimit {
+		if len(page) > DefaultPageSize {
 			t.Fatalf("page of %d", len(page))
 		}
 		if len(page) == 0 {
@@ -339,11 +339,11 @@ func TestDeviceListing(t *testing.T) {
 func TestDeviceListingLimitCap(t *testing.T) {
 	db := newDB(t)
 	mkProduct(t, db, "pk")
-	seedDevices(t, db, "pk", MaxDeviceLimit+5)
-	page, err := db.Devices(ctx, "pk", iothub.DeviceFilter{Limit: MaxDeviceLimit + 5})
+	seedDevices(t, db, "pk", MaxPageSize+5)
+	page, err := db.Devices(ctx, "pk", iothub.DeviceFilter{Limit: MaxPageSize + 5})
 	must(t, err)
-	if len(page) != MaxDeviceLimit {
-		t.Fatalf("page of %d, want cap %d", len(page), MaxDeviceLimit)
+	if len(page) != MaxPageSize {
+		t.Fatalf("page of %d, want cap %d", len(page), MaxPageSize)
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 // ones are trimmed as new ones arrive.
 const HistoryPerDevice = 1000
 
-// Listing bounds of RecentSamples.
+// DefaultSampleLimit is how many posts RecentSamples returns when the
+// caller gives no limit.
 const DefaultSampleLimit = 100
 
 // parsePoints decodes a measurepoint post, a JSON object of name to value,
