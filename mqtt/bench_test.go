@@ -227,3 +227,34 @@ func rawConnect(tb testing.TB, addr string, tc *tls.Config, cid, user, pass stri
 	}
 	return c
 }
+
+// BenchmarkMeasurepointPost is the upstream path end to end: a paho client
+// posts measurepoints (QoS 0) and the hub parses, checks, queues them for
+// the batching writer and answers each on _reply; the op ends when every
+// reply arrived and every sample is in SQLite.
+func BenchmarkMeasurepointPost(b *testing.B) {
+	h := newTestHub(b)
+	p := h.product("pkpost", nil)
+	d := h.device(p, "dev")
+	replies := make(chan struct{}, 1024)
+	c := h.connect(b, "pkpost", "dev", d.DeviceSecret, func(o *pahoOptions) {
+		o.SetDefaultPublishHandler(func(pahoClient, pahoMessage) { replies <- struct{}{} })
+	})
+	payload := []byte(`{"id":"1","version":"1.0","method":"thing.measurepoint.post","params":{"measurepoints":{"temp":21.5,"power":{"value":1,"quality":9}}}}`)
+	b.ReportAllocs()
+	b.ResetTimer()
+	go func() {
+		for range b.N {
+			c.Publish("/sys/pkpost/dev/thing/measurepoint/post", 0, false, payload)
+		}
+	}()
+	for range b.N {
+		<-replies
+	}
+	h.srv.samples.Close() // waits for the last batch
+	b.StopTimer()
+	rows, err := h.db.RecentSamples(context.Background(), "pkpost", "dev", 1)
+	if err != nil || len(rows) != 1 {
+		b.Fatalf("samples not stored: %v", err)
+	}
+}

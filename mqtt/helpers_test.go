@@ -270,4 +270,5 @@ func (c *collector) next(t testing.TB, within time.Duration) paho.Message {
 type (
 	pahoOptions = paho.ClientOptions
 	pahoClient  = paho.Client
+	pahoMessage = paho.Message
 )
