@@ -6,18 +6,17 @@
 // separate pool of query-only connections and proceed in parallel with the
 // writer. The file belongs to one process at a time (SQLite's unix-excl
 // VFS): another process opening it while the hub runs fails, after the busy
-// timeout, with "the database is in use by another process". The schema is versioned with goose (migrations/*.sql, embedded)
-// and written in SQL that PostgreSQL accepts too. Product and device
+// timeout, with "the database is in use by another process". The schema
+// is versioned with goose; its migrations live in the shared migrations
+// package, written in SQL that PostgreSQL accepts too. Product and device
 // secrets are sealed with a seal.Sealer before they reach the file.
 package sqlite
 
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/url"
 	"runtime"
 	"strings"
@@ -28,11 +27,9 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/migrations"
 	"github.com/iothub/iothub/seal"
 )
-
-//go:embed migrations/*.sql
-var migrations embed.FS
 
 var _ iothub.Store = (*DB)(nil)
 
@@ -140,11 +137,7 @@ func (db *DB) init() error {
 		}
 		return fmt.Errorf("sqlite: open: %w", err)
 	}
-	sub, err := fs.Sub(migrations, "migrations")
-	if err != nil {
-		return fmt.Errorf("sqlite: migrations: %w", err)
-	}
-	p, err := goose.NewProvider(goose.DialectSQLite3, db.write, sub, goose.WithDisableGlobalRegistry(true))
+	p, err := goose.NewProvider(goose.DialectSQLite3, db.write, migrations.FS, goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		return fmt.Errorf("sqlite: migrations: %w", err)
 	}
@@ -173,7 +166,7 @@ func (db *DB) prepare() error {
 		{&db.stSetState, db.write, `UPDATE devices SET state = ?,
 			activated_at = CASE WHEN ? AND activated_at IS NULL THEN ? ELSE activated_at END,
 			last_seen_at = CASE WHEN ? AND (last_seen_at IS NULL OR last_seen_at < ?) THEN ? ELSE last_seen_at END
-			WHERE product_key = ? AND device_key = ?`},
+			WHERE product_key = ? AND device_key = ? AND (state <> 'disabled' OR ?)`},
 		{&db.stAudit, db.write, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 			SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM audit_events`},
 		{&db.stDeviceExists, db.write, `SELECT 1 FROM devices WHERE product_key = ? AND device_key = ?`},
