@@ -136,8 +136,12 @@ type DeviceStore interface {
 	Devices(ctx context.Context, productKey string, f DeviceFilter) ([]*Device, error)
 	CountDevices(ctx context.Context, productKey string) (int, error)
 	// SetDeviceState records a state change; activatedAt is set the first
-	// time the state becomes online.
+	// time the state becomes online. Online and offline never replace
+	// disabled (ECONFLICT), so a login racing a disable cannot undo it.
 	SetDeviceState(ctx context.Context, productKey, deviceKey string, s DeviceState, at time.Time) error
+	// EnableDevice moves a disabled device to offline, or to inactive if it
+	// never logged in, and returns the new state; ECONFLICT if not disabled.
+	EnableDevice(ctx context.Context, productKey, deviceKey string) (DeviceState, error)
 	// ResetDevice replaces the secret, bumps SecretVersion and returns the device, now inactive.
 	ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*Device, error)
 	// TouchDevices writes lastSeenAt for many devices in one transaction.

@@ -144,36 +144,39 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, p iothub.P
 }
 
 func (s *Server) disableDevice(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	return s.setState(w, r, p, iothub.StateDisabled, "device.disabled")
-}
-
-func (s *Server) enableDevice(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	return s.setState(w, r, p, iothub.StateOffline, "device.enabled")
-}
-
-// setState disables a device, or enables a disabled one: it comes back
-// offline, or inactive if it never logged in.
-func (s *Server) setState(w http.ResponseWriter, r *http.Request, p iothub.Principal, to iothub.DeviceState, kind string) error {
 	d, err := s.device(r.Context(), p, r)
 	if err != nil {
 		return err
 	}
-	if to != iothub.StateDisabled {
-		if d.State != iothub.StateDisabled {
-			writeJSON(w, http.StatusOK, publicDevice(d))
-			return nil
-		}
-		if d.ActivatedAt == nil {
-			to = iothub.StateInactive
-		}
-	}
-	err = s.changeDevice(r, d, kind, func(ctx context.Context) error {
-		return s.Store.SetDeviceState(ctx, d.ProductKey, d.DeviceKey, to, s.Now())
+	err = s.changeDevice(r, d, "device.disabled", func(ctx context.Context) error {
+		return s.Store.SetDeviceState(ctx, d.ProductKey, d.DeviceKey, iothub.StateDisabled, s.Now())
 	})
 	if err != nil {
 		return err
 	}
-	d.State = to
+	d.State = iothub.StateDisabled
+	writeJSON(w, http.StatusOK, publicDevice(d))
+	return nil
+}
+
+// enableDevice brings a disabled device back: offline, or inactive if it
+// never logged in. Enabling an enabled device changes nothing.
+func (s *Server) enableDevice(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	d, err := s.device(r.Context(), p, r)
+	if err != nil {
+		return err
+	}
+	if d.State != iothub.StateDisabled {
+		writeJSON(w, http.StatusOK, publicDevice(d))
+		return nil
+	}
+	err = s.changeDevice(r, d, "device.enabled", func(ctx context.Context) (err error) {
+		d.State, err = s.Store.EnableDevice(ctx, d.ProductKey, d.DeviceKey)
+		return err
+	})
+	if err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, publicDevice(d))
 	return nil
 }

@@ -84,15 +84,24 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	if !s.register(ss) {
 		return s.refuse(ctx, cl, l, true, remote, now, &refusal{code: codeNotAuthorized, orgID: ss.orgID, reason: "746: certificate refused: certificate revoked"})
 	}
+	// Registered first, so a disable from here on finds the session; a
+	// disable that landed since the device was read makes going online
+	// fail, and the login is refused.
+	if !ss.activation {
+		err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOnline, now)
+		if iothub.ErrorCode(err) == iothub.ECONFLICT {
+			s.unregister(ss)
+			return s.refuse(ctx, cl, l, true, remote, now, &refusal{code: codeBanned, orgID: ss.orgID, reason: "723: device disabled"})
+		} else if err != nil {
+			s.log.Error("mqtt: set device online", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
+		}
+	}
 	s.startTimer(ss, now)
 
 	kind := "login.ok"
 	if ss.activation {
 		kind = "activation.ok"
 	} else {
-		if err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOnline, now); err != nil {
-			s.log.Error("mqtt: set device online", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
-		}
 		if ss.serial != "" && s.cfg.Certs != nil {
 			s.cfg.Certs.NoteUsed(ctx, ss.serial)
 		}
@@ -280,7 +289,8 @@ func (s *Server) endSession(ss *session) {
 	if err != nil || d.State != iothub.StateOnline {
 		return // deleted, disabled meanwhile, or already offline
 	}
-	if err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOffline, s.now()); err != nil {
+	err = s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOffline, s.now())
+	if err != nil && iothub.ErrorCode(err) != iothub.ECONFLICT { // ECONFLICT: disabled meanwhile
 		s.log.Error("mqtt: set device offline", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
 	}
 }

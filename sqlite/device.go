@@ -172,14 +172,37 @@ func (db *DB) SetDeviceState(ctx context.Context, productKey, deviceKey string, 
 	}
 	t := ms(db.truncMS(at))
 	online := s == iothub.StateOnline
-	res, err := db.stSetState.ExecContext(ctx, string(s), online, t, online, t, t, productKey, deviceKey)
+	overridesDisabled := s == iothub.StateDisabled || s == iothub.StateInactive
+	res, err := db.stSetState.ExecContext(ctx, string(s), online, t, online, t, t, productKey, deviceKey, overridesDisabled)
 	if err != nil {
 		return wrap("set device state", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return notFound("device %q not found in product %q", deviceKey, productKey)
+		if _, err := db.Device(ctx, productKey, deviceKey); err != nil {
+			return err
+		}
+		return iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", deviceKey)
 	}
 	return nil
+}
+
+// EnableDevice moves a disabled device to offline, or to inactive if it
+// never logged in.
+func (db *DB) EnableDevice(ctx context.Context, productKey, deviceKey string) (iothub.DeviceState, error) {
+	var state string
+	err := db.write.QueryRowContext(ctx, `UPDATE devices
+		SET state = CASE WHEN activated_at IS NULL THEN 'inactive' ELSE 'offline' END
+		WHERE product_key = ? AND device_key = ? AND state = 'disabled' RETURNING state`, productKey, deviceKey).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := db.Device(ctx, productKey, deviceKey); err != nil {
+			return "", err
+		}
+		return "", iothub.Errorf(iothub.ECONFLICT, "device %q is not disabled", deviceKey)
+	}
+	if err != nil {
+		return "", wrap("enable device", err)
+	}
+	return iothub.DeviceState(state), nil
 }
 
 // ResetDevice replaces the secret, bumps SecretVersion, sets the device

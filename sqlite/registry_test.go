@@ -372,6 +372,26 @@ func TestDeviceState(t *testing.T) {
 	if d.State != iothub.StateDisabled {
 		t.Fatalf("state %s", d.State)
 	}
+	// A login or disconnect racing a disable cannot undo it.
+	wantCode(t, db.SetDeviceState(ctx, "pk", "d", iothub.StateOnline, t2), iothub.ECONFLICT)
+	wantCode(t, db.SetDeviceState(ctx, "pk", "d", iothub.StateOffline, t2), iothub.ECONFLICT)
+	if d, _ = db.Device(ctx, "pk", "d"); d.State != iothub.StateDisabled {
+		t.Fatalf("online/offline replaced disabled: %s", d.State)
+	}
+	st, err := db.EnableDevice(ctx, "pk", "d")
+	if err != nil || st != iothub.StateOffline {
+		t.Fatalf("enable an activated device: %s %v", st, err)
+	}
+	_, err = db.EnableDevice(ctx, "pk", "d")
+	wantCode(t, err, iothub.ECONFLICT)
+	_, err = db.EnableDevice(ctx, "pk", "ghost")
+	wantCode(t, err, iothub.ENOTFOUND)
+	mkDevice(t, db, "pk", "never")
+	must(t, db.SetDeviceState(ctx, "pk", "never", iothub.StateDisabled, t2))
+	if st, err := db.EnableDevice(ctx, "pk", "never"); err != nil || st != iothub.StateInactive {
+		t.Fatalf("enable a never-activated device: %s %v", st, err)
+	}
+	must(t, db.SetDeviceState(ctx, "pk", "d", iothub.StateDisabled, t2))
 	wantCode(t, db.SetDeviceState(ctx, "pk", "ghost", iothub.StateOnline, t1), iothub.ENOTFOUND)
 	wantCode(t, db.SetDeviceState(ctx, "pk", "d", "zombie", t1), iothub.EINVALID)
 	d, _ = db.Device(ctx, "pk", "d")
