@@ -17,6 +17,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"net/url"
 	"runtime"
 	"strings"
@@ -68,8 +69,14 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("sqlite: empty database path")
 	}
+	// Created 0600 here, as SQLite gives its -wal and -shm files the
+	// database file's mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: create: %w", err)
+	}
+	f.Close()
 	db := &DB{sealer: s, now: time.Now}
-	var err error
 	db.write, err = sql.Open("sqlite", dsn(path, false))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open: %w", err)
