@@ -1,0 +1,224 @@
+// Package postgres is the hub's shared store for running several nodes: it
+// implements iothub.Store on PostgreSQL through pgx (database/sql with the
+// pgx/stdlib driver), with the same schema and migrations as the sqlite
+// store (the migrations package) and the same behaviour, error codes and
+// sealed secrets.
+//
+// Several hub nodes write to one database at once, so the places where
+// the sqlite store relies on its single writer take row or advisory locks
+// here: revocations and verifications lock the row they check, a new
+// certificate locks its public key, telemetry appends lock the device row,
+// and audit ids are allotted under a transaction-scoped advisory lock.
+//
+// Listings order keys with the database's collation; a database created
+// with LC_COLLATE "C" orders them byte-wise, exactly as SQLite does.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/migrations"
+	"github.com/iothub/iothub/seal"
+)
+
+var _ iothub.Store = (*DB)(nil)
+
+// MaxConns caps the connections one DB holds to the server.
+const MaxConns = 16
+
+// DB is the PostgreSQL store. It is safe for concurrent use, also by
+// several processes on one database.
+type DB struct {
+	db     *sql.DB
+	sealer *seal.Sealer
+	now    func() time.Time
+}
+
+// Open connects to the database at url (postgres://user:pass@host:port/db?…
+// or a key=value DSN), applies pending migrations under a session advisory
+// lock (nodes starting together migrate once) and makes sure the default org
+// exists. Secrets are sealed and opened with s, which every node of a
+// cluster must share.
+func Open(url string, s *seal.Sealer) (*DB, error) {
+	if s == nil {
+		return nil, errors.New("postgres: a sealer is required")
+	}
+	if url == "" {
+		return nil, errors.New("postgres: empty database url")
+	}
+	sqldb, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	sqldb.SetMaxOpenConns(MaxConns)
+	sqldb.SetMaxIdleConns(MaxConns)
+	sqldb.SetConnMaxIdleTime(5 * time.Minute)
+	db := &DB{db: sqldb, sealer: s, now: time.Now}
+	if err := db.init(); err != nil {
+		sqldb.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) init() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := db.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("postgres: connect: %w", err)
+	}
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("postgres: migrations: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db.db, migrations.FS,
+		goose.WithDisableGlobalRegistry(true), goose.WithSessionLocker(locker))
+	if err != nil {
+		return fmt.Errorf("postgres: migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	_, err = db.db.ExecContext(ctx,
+		`INSERT INTO orgs (id, name, created_at) VALUES ($1, 'default', $2) ON CONFLICT (id) DO NOTHING`,
+		iothub.DefaultOrgID, ms(db.now()))
+	if err != nil {
+		return fmt.Errorf("postgres: default org: %w", err)
+	}
+	return nil
+}
+
+// Close closes the connection pool. The DB must not be used afterwards.
+func (db *DB) Close() error {
+	if err := db.db.Close(); err != nil {
+		return fmt.Errorf("postgres: close: %w", err)
+	}
+	return nil
+}
+
+// tx runs fn in a read-committed transaction, committing if fn returns nil.
+func (db *DB) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("postgres: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	return nil
+}
+
+// Advisory lock keys (first argument of pg_advisory_xact_lock(int, int)).
+const (
+	lockAudit     = 0x10711 // audit id allotment
+	lockPublicKey = 0x10712 // binding of one public key hash
+)
+
+// constraint classifies a constraint violation: "unique" (also primary
+// key), "foreign" or "" for anything else. detail is the violated
+// constraint's name, which names the table and column(s).
+func constraint(err error) (kind, detail string) {
+	var e *pgconn.PgError
+	if !errors.As(err, &e) {
+		return "", ""
+	}
+	switch e.Code {
+	case "23505":
+		return "unique", e.ConstraintName
+	case "23503":
+		return "foreign", e.ConstraintName
+	}
+	return "", ""
+}
+
+// wrap turns an unexpected driver error into an internal error naming op.
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie *iothub.Error
+	if errors.As(err, &ie) {
+		return err
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// ms converts a time to unix milliseconds.
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+// fromMS converts unix milliseconds to a UTC time.
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+// nullMS converts an optional time to a nullable column value.
+func nullMS(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+// timePtr converts a nullable column to an optional time.
+func timePtr(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMS(v.Int64)
+	return &t
+}
+
+// nowMS is the store's clock truncated to what it keeps: milliseconds.
+func (db *DB) nowMS() time.Time { return fromMS(ms(db.now())) }
+
+// truncMS returns t cut to millisecond precision in UTC, or the store's
+// clock if t is zero.
+func (db *DB) truncMS(t time.Time) time.Time {
+	if t.IsZero() {
+		return db.nowMS()
+	}
+	return fromMS(ms(t))
+}
+
+// bool01 stores a boolean as INTEGER 0/1.
+func bool01(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// clampLimit applies a listing's default and maximum.
+func clampLimit(n, def, maxN int) int {
+	switch {
+	case n <= 0:
+		return def
+	case n > maxN:
+		return maxN
+	}
+	return n
+}
+
+func notFound(format string, args ...any) error {
+	return iothub.Errorf(iothub.ENOTFOUND, format, args...)
+}
+
+func conflict(format string, args ...any) error {
+	return iothub.Errorf(iothub.ECONFLICT, format, args...)
+}
+
+func invalid(format string, args ...any) error {
+	return iothub.Errorf(iothub.EINVALID, format, args...)
+}

@@ -1,0 +1,299 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/iothub/iothub"
+)
+
+const deviceCols = `org_id, product_key, device_key, asset_id, name, state, device_secret, secret_version,
+	last_seen_at, activated_at, created_at`
+
+// Page sizes of the Devices and AuditEvents listings: the default when the
+// caller gives none, and the cap.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// deviceAAD binds a sealed device secret to its row.
+func deviceAAD(productKey, deviceKey string) string {
+	return "device\x00" + productKey + "\x00" + deviceKey
+}
+
+func (db *DB) scanDevice(row interface{ Scan(...any) error }) (*iothub.Device, error) {
+	var (
+		d               iothub.Device
+		sealed, state   string
+		seen, activated sql.NullInt64
+		created         int64
+	)
+	if err := row.Scan(&d.OrgID, &d.ProductKey, &d.DeviceKey, &d.AssetID, &d.Name, &state, &sealed,
+		&d.SecretVersion, &seen, &activated, &created); err != nil {
+		return nil, err
+	}
+	secret, err := db.sealer.Open(sealed, deviceAAD(d.ProductKey, d.DeviceKey))
+	if err != nil {
+		return nil, wrap("device "+d.ProductKey+"/"+d.DeviceKey+" secret", err)
+	}
+	d.DeviceSecret = secret
+	d.State = iothub.DeviceState(state)
+	d.LastSeenAt = timePtr(seen)
+	d.ActivatedAt = timePtr(activated)
+	d.CreatedAt = fromMS(created)
+	return &d, nil
+}
+
+// CreateDevice stores d with its secret sealed. Empty fields are filled
+// and written back: OrgID from the product, AssetID with a random id, State
+// with inactive, SecretVersion with 1, CreatedAt with now. A taken
+// DeviceKey or AssetID is ECONFLICT; an unknown product ENOTFOUND.
+func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
+	if err := iothub.ValidateKey("productKey", d.ProductKey); err != nil {
+		return err
+	}
+	if err := iothub.ValidateKey("deviceKey", d.DeviceKey); err != nil {
+		return err
+	}
+	if d.DeviceSecret == "" {
+		return invalid("device secret must not be empty")
+	}
+	state := d.State
+	if state == "" {
+		state = iothub.StateInactive
+	}
+	if !state.Valid() {
+		return invalid("unknown device state %q", d.State)
+	}
+	if d.SecretVersion < 0 {
+		return invalid("secret version must not be negative")
+	}
+	version := max(d.SecretVersion, 1)
+	asset := d.AssetID
+	if asset == "" {
+		asset = iothub.RandomString(iothub.ProductKeyLen)
+	}
+	created := db.truncMS(d.CreatedAt)
+	sealed, err := db.sealer.Seal(d.DeviceSecret, deviceAAD(d.ProductKey, d.DeviceKey))
+	if err != nil {
+		return wrap("seal device secret", err)
+	}
+	var org string
+	err = db.tx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `SELECT org_id FROM products WHERE product_key = $1`, d.ProductKey).Scan(&org)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("product %q not found", d.ProductKey)
+		}
+		if err != nil {
+			return wrap("create device", err)
+		}
+		if d.OrgID != "" && d.OrgID != org {
+			return invalid("device org %q differs from its product's", d.OrgID)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)`,
+			org, d.ProductKey, d.DeviceKey, asset, d.Name, string(state), sealed, version,
+			nullMS(d.LastSeenAt), nullMS(d.ActivatedAt), ms(created))
+		kind, detail := constraint(err)
+		if kind == "foreign" { // the product went meanwhile
+			return notFound("product %q not found", d.ProductKey)
+		}
+		if kind == "unique" {
+			if strings.Contains(detail, "asset_id") {
+				return conflict("asset id %q is taken", asset)
+			}
+			return conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
+		}
+		return wrap("create device", err)
+	})
+	if err != nil {
+		return err
+	}
+	d.OrgID, d.AssetID, d.State, d.SecretVersion, d.CreatedAt = org, asset, state, version, created
+	return nil
+}
+
+// Device returns the device with its secret in clear, or ENOTFOUND.
+func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub.Device, error) {
+	d, err := db.scanDevice(db.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE product_key = $1 AND device_key = $2`,
+		productKey, deviceKey))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("device %q not found in product %q", deviceKey, productKey)
+	}
+	return d, wrap("device", err)
+}
+
+// Devices lists a product's devices in DeviceKey order, secrets in clear.
+// f.State filters by state; f.Cursor is the last DeviceKey of the previous
+// page; f.Limit defaults to DefaultPageSize and is capped at
+// MaxPageSize. An unknown product yields an empty list.
+func (db *DB) Devices(ctx context.Context, productKey string, f iothub.DeviceFilter) ([]*iothub.Device, error) {
+	if f.State != "" && !f.State.Valid() {
+		return nil, invalid("unknown device state %q", f.State)
+	}
+	limit := clampLimit(f.Limit, DefaultPageSize, MaxPageSize)
+	var (
+		rows *sql.Rows
+		err  error
+	)
+	if f.State == "" {
+		rows, err = db.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+			WHERE product_key = $1 AND device_key > $2 ORDER BY device_key LIMIT $3`, productKey, f.Cursor, limit)
+	} else {
+		rows, err = db.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+			WHERE product_key = $1 AND state = $2 AND device_key > $3 ORDER BY device_key LIMIT $4`,
+			productKey, string(f.State), f.Cursor, limit)
+	}
+	if err != nil {
+		return nil, wrap("devices", err)
+	}
+	defer rows.Close()
+	out := make([]*iothub.Device, 0, min(limit, 64))
+	for rows.Next() {
+		d, err := db.scanDevice(rows)
+		if err != nil {
+			return nil, wrap("devices", err)
+		}
+		out = append(out, d)
+	}
+	return out, wrap("devices", rows.Err())
+}
+
+// CountDevices counts a product's devices.
+func (db *DB) CountDevices(ctx context.Context, productKey string) (int, error) {
+	var n int
+	err := db.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE product_key = $1`, productKey).Scan(&n)
+	return n, wrap("count devices", err)
+}
+
+// SetDeviceState records a state change at time at. Going online sets
+// activatedAt the first time and moves lastSeenAt forward to at.
+func (db *DB) SetDeviceState(ctx context.Context, productKey, deviceKey string, s iothub.DeviceState, at time.Time) error {
+	if !s.Valid() {
+		return invalid("unknown device state %q", s)
+	}
+	t := ms(db.truncMS(at))
+	online := s == iothub.StateOnline
+	overridesDisabled := s == iothub.StateDisabled || s == iothub.StateInactive
+	res, err := db.db.ExecContext(ctx, `UPDATE devices SET state = $1,
+		activated_at = CASE WHEN $2 AND activated_at IS NULL THEN $3 ELSE activated_at END,
+		last_seen_at = CASE WHEN $2 AND (last_seen_at IS NULL OR last_seen_at < $3) THEN $3 ELSE last_seen_at END
+		WHERE product_key = $4 AND device_key = $5 AND (state <> 'disabled' OR $6)`,
+		string(s), online, t, productKey, deviceKey, overridesDisabled)
+	if err != nil {
+		return wrap("set device state", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := db.Device(ctx, productKey, deviceKey); err != nil {
+			return err
+		}
+		return iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", deviceKey)
+	}
+	return nil
+}
+
+// EnableDevice moves a disabled device to offline, or to inactive if it
+// never logged in.
+func (db *DB) EnableDevice(ctx context.Context, productKey, deviceKey string) (iothub.DeviceState, error) {
+	var state string
+	err := db.db.QueryRowContext(ctx, `UPDATE devices
+		SET state = CASE WHEN activated_at IS NULL THEN 'inactive' ELSE 'offline' END
+		WHERE product_key = $1 AND device_key = $2 AND state = 'disabled' RETURNING state`, productKey, deviceKey).Scan(&state)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := db.Device(ctx, productKey, deviceKey); err != nil {
+			return "", err
+		}
+		return "", iothub.Errorf(iothub.ECONFLICT, "device %q is not disabled", deviceKey)
+	}
+	if err != nil {
+		return "", wrap("enable device", err)
+	}
+	return iothub.DeviceState(state), nil
+}
+
+// ResetDevice replaces the secret, bumps SecretVersion, sets the device
+// inactive, clears activatedAt and returns the device.
+func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*iothub.Device, error) {
+	if newSecret == "" {
+		return nil, invalid("device secret must not be empty")
+	}
+	sealed, err := db.sealer.Seal(newSecret, deviceAAD(productKey, deviceKey))
+	if err != nil {
+		return nil, wrap("seal device secret", err)
+	}
+	var d *iothub.Device
+	err = db.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		d, err = db.scanDevice(tx.QueryRowContext(ctx, `UPDATE devices
+			SET device_secret = $1, secret_version = secret_version + 1, state = $2, activated_at = NULL
+			WHERE product_key = $3 AND device_key = $4 RETURNING `+deviceCols,
+			sealed, string(iothub.StateInactive), productKey, deviceKey))
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("device %q not found in product %q", deviceKey, productKey)
+		}
+		return wrap("reset device", err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// TouchDevices moves lastSeenAt forward for many devices in one
+// transaction. Devices that no longer exist are skipped.
+func (db *DB) TouchDevices(ctx context.Context, seen map[iothub.DeviceID]time.Time) error {
+	if len(seen) == 0 {
+		return nil
+	}
+	// One statement for the whole batch; rows are locked in key order so
+	// two nodes touching overlapping batches cannot deadlock.
+	ids := make([]iothub.DeviceID, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, compareIDs)
+	pks, dks, ts := make([]string, len(ids)), make([]string, len(ids)), make([]int64, len(ids))
+	for i, id := range ids {
+		pks[i], dks[i], ts[i] = id.ProductKey, id.DeviceKey, ms(db.truncMS(seen[id]))
+	}
+	_, err := db.db.ExecContext(ctx, `WITH v AS (
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v (pk, dk, t)),
+		locked AS (
+			SELECT d.product_key, d.device_key, v.t FROM devices d JOIN v ON d.product_key = v.pk AND d.device_key = v.dk
+			ORDER BY d.product_key, d.device_key FOR UPDATE OF d)
+		UPDATE devices SET last_seen_at = locked.t FROM locked
+		WHERE devices.product_key = locked.product_key AND devices.device_key = locked.device_key
+			AND (devices.last_seen_at IS NULL OR devices.last_seen_at < locked.t)`, pks, dks, ts)
+	return wrap("touch devices", err)
+}
+
+// DeleteDevice removes a device with its telemetry and attributes. Its
+// certificates stay, for audit and the CRL.
+func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) error {
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE product_key = $1 AND device_key = $2`, productKey, deviceKey)
+		if err != nil {
+			return wrap("delete device", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("device %q not found in product %q", deviceKey, productKey)
+		}
+		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes"} {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE product_key = $1 AND device_key = $2`,
+				productKey, deviceKey); err != nil {
+				return wrap("delete device", err)
+			}
+		}
+		return nil
+	})
+}
+
+// compareIDs orders devices by product then device key.
+func compareIDs(a, b iothub.DeviceID) int {
+	return cmp.Or(strings.Compare(a.ProductKey, b.ProductKey), strings.Compare(a.DeviceKey, b.DeviceKey))
+}

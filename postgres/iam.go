@@ -1,0 +1,171 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+
+	"github.com/iothub/iothub"
+)
+
+// CreateOrg stores o; CreatedAt is set to now if zero. A taken id is ECONFLICT.
+func (db *DB) CreateOrg(ctx context.Context, o *iothub.Org) error {
+	if o.ID == "" {
+		return invalid("org id must not be empty")
+	}
+	if o.Name == "" {
+		return invalid("org name must not be empty")
+	}
+	created := db.truncMS(o.CreatedAt)
+	_, err := db.db.ExecContext(ctx, `INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)`,
+		o.ID, o.Name, ms(created))
+	if kind, _ := constraint(err); kind == "unique" {
+		return conflict("org %q already exists", o.ID)
+	}
+	if err != nil {
+		return wrap("create org", err)
+	}
+	o.CreatedAt = created
+	return nil
+}
+
+// Org returns the org with that id or ENOTFOUND.
+func (db *DB) Org(ctx context.Context, id string) (*iothub.Org, error) {
+	var o iothub.Org
+	var created int64
+	err := db.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM orgs WHERE id = $1`, id).
+		Scan(&o.ID, &o.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("org %q not found", id)
+	}
+	if err != nil {
+		return nil, wrap("org", err)
+	}
+	o.CreatedAt = fromMS(created)
+	return &o, nil
+}
+
+// Orgs lists every org, oldest first.
+func (db *DB) Orgs(ctx context.Context) ([]*iothub.Org, error) {
+	rows, err := db.db.QueryContext(ctx, `SELECT id, name, created_at FROM orgs ORDER BY created_at, id`)
+	if err != nil {
+		return nil, wrap("orgs", err)
+	}
+	defer rows.Close()
+	out := []*iothub.Org{}
+	for rows.Next() {
+		var o iothub.Org
+		var created int64
+		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
+			return nil, wrap("orgs", err)
+		}
+		o.CreatedAt = fromMS(created)
+		out = append(out, &o)
+	}
+	return out, wrap("orgs", rows.Err())
+}
+
+const apiKeyCols = `id, org_id, name, role, bootstrap, hash, created_at, revoked_at`
+
+func scanAPIKey(row interface{ Scan(...any) error }) (*iothub.APIKey, error) {
+	var (
+		k         iothub.APIKey
+		role, h   string
+		bootstrap int
+		created   int64
+		revoked   sql.NullInt64
+	)
+	if err := row.Scan(&k.ID, &k.OrgID, &k.Name, &role, &bootstrap, &h, &created, &revoked); err != nil {
+		return nil, err
+	}
+	hash, err := hex.DecodeString(h)
+	if err != nil {
+		return nil, err
+	}
+	k.Role = iothub.Role(role)
+	k.Bootstrap = bootstrap != 0
+	k.Hash = hash
+	k.CreatedAt = fromMS(created)
+	k.RevokedAt = timePtr(revoked)
+	return &k, nil
+}
+
+// CreateAPIKey stores k, which carries only the hash of the key (stored as
+// hex). A taken id or hash is ECONFLICT; an unknown org ENOTFOUND.
+func (db *DB) CreateAPIKey(ctx context.Context, k *iothub.APIKey) error {
+	switch {
+	case k.ID == "":
+		return invalid("api key id must not be empty")
+	case k.OrgID == "":
+		return invalid("api key needs an orgId")
+	case !k.Role.Valid():
+		return invalid("unknown role %q", k.Role)
+	case len(k.Hash) < 16:
+		return invalid("api key hash is missing or too short")
+	}
+	created := db.truncMS(k.CreatedAt)
+	_, err := db.db.ExecContext(ctx, `INSERT INTO api_keys (`+apiKeyCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`,
+		k.ID, k.OrgID, k.Name, string(k.Role), bool01(k.Bootstrap), hex.EncodeToString(k.Hash),
+		ms(created), nullMS(k.RevokedAt))
+	switch kind, _ := constraint(err); kind {
+	case "unique":
+		return conflict("api key already exists")
+	case "foreign":
+		return notFound("org %q not found", k.OrgID)
+	}
+	if err != nil {
+		return wrap("create api key", err)
+	}
+	k.CreatedAt = created
+	return nil
+}
+
+// APIKeyByHash returns the unrevoked key with that hash or ENOTFOUND.
+func (db *DB) APIKeyByHash(ctx context.Context, hash []byte) (*iothub.APIKey, error) {
+	k, err := scanAPIKey(db.db.QueryRowContext(ctx, `SELECT `+apiKeyCols+` FROM api_keys
+		WHERE hash = $1 AND revoked_at IS NULL`, hex.EncodeToString(hash)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("api key not found")
+	}
+	return k, wrap("api key", err)
+}
+
+// APIKeys lists an org's keys, revoked ones included ("" lists all).
+func (db *DB) APIKeys(ctx context.Context, orgID string) ([]*iothub.APIKey, error) {
+	rows, err := db.db.QueryContext(ctx, `SELECT `+apiKeyCols+` FROM api_keys
+		WHERE $1 = '' OR org_id = $1 ORDER BY created_at, id`, orgID)
+	if err != nil {
+		return nil, wrap("api keys", err)
+	}
+	defer rows.Close()
+	out := []*iothub.APIKey{}
+	for rows.Next() {
+		k, err := scanAPIKey(rows)
+		if err != nil {
+			return nil, wrap("api keys", err)
+		}
+		out = append(out, k)
+	}
+	return out, wrap("api keys", rows.Err())
+}
+
+// RevokeAPIKey revokes key id of org orgID now. A key absent from that org
+// is ENOTFOUND; one already revoked ECONFLICT.
+func (db *DB) RevokeAPIKey(ctx context.Context, orgID, id string) error {
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		var revoked sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT revoked_at FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE`, id, orgID).Scan(&revoked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("api key %q not found", id)
+		}
+		if err != nil {
+			return wrap("revoke api key", err)
+		}
+		if revoked.Valid {
+			return conflict("api key %q is already revoked", id)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE api_keys SET revoked_at = $1 WHERE id = $2`, ms(db.now()), id)
+		return wrap("revoke api key", err)
+	})
+}
