@@ -1,6 +1,7 @@
-// Package hub assembles one iothub node from its adapters: the SQLite
-// registry, the CA and certificate service, the MQTT broker, the HTTP API
-// and the in-process bus. cmd/iothub and the end-to-end tests both start a
+// Package hub assembles one iothub node from its adapters: the registry
+// (SQLite, or PostgreSQL shared by several nodes), the CA and certificate
+// service, the MQTT broker, the HTTP API and the bus (in-process, or NATS
+// between nodes). cmd/iothub and the end-to-end tests both start a
 // hub through Open, so tests run exactly what users run.
 package hub
 
@@ -21,7 +22,9 @@ import (
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/mqtt"
+	natsbus "github.com/iothub/iothub/nats"
 	"github.com/iothub/iothub/pki"
+	"github.com/iothub/iothub/postgres"
 	"github.com/iothub/iothub/seal"
 	"github.com/iothub/iothub/sqlite"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,7 +44,14 @@ type Config struct {
 	// PublicURL is the base put in certificates' CRL and AIA URLs; default
 	// https://{first hostname}:{https port}.
 	PublicURL string
-	Logger    *slog.Logger
+	// DatabaseURL, when set (postgres://…), puts the registry in PostgreSQL
+	// instead of DataDir/iothub.db, so several nodes can share it. Nodes of
+	// one cluster must also share DataDir's data.key, ca/ and admin.key.
+	DatabaseURL string
+	// NATSURL, when set (nats://…), carries events between nodes over NATS
+	// instead of the in-process bus.
+	NATSURL string
+	Logger  *slog.Logger
 }
 
 // Default addresses, as API.md fixes them.
@@ -56,7 +66,8 @@ const (
 type Hub struct {
 	cfg      Config
 	log      *slog.Logger
-	db       *sqlite.DB
+	db       iothub.Store
+	natsBus  *natsbus.Bus
 	auth     *pki.Authority
 	certs    *pki.Service
 	broker   *mqtt.Server
@@ -77,9 +88,11 @@ func Open(cfg Config) (h *Hub, err error) {
 		cfg.Hostnames = []string{"localhost", "127.0.0.1"}
 	}
 	h = &Hub{cfg: cfg, log: cfg.Logger}
+	// The error returns set h to nil before this runs: close the copy.
+	partial := h
 	defer func() {
 		if err != nil {
-			h.Close()
+			partial.Close()
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -93,8 +106,19 @@ func Open(cfg Config) (h *Hub, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.db, err = sqlite.Open(filepath.Join(cfg.DataDir, "iothub.db"), sealer); err != nil {
-		return nil, err
+	// Assigned only on success: a nil *DB in the interface would not be nil.
+	if cfg.DatabaseURL != "" {
+		db, err := postgres.Open(cfg.DatabaseURL, sealer)
+		if err != nil {
+			return nil, err
+		}
+		h.db = db
+	} else {
+		db, err := sqlite.Open(filepath.Join(cfg.DataDir, "iothub.db"), sealer)
+		if err != nil {
+			return nil, err
+		}
+		h.db = db
 	}
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
@@ -128,7 +152,15 @@ func Open(cfg Config) (h *Hub, err error) {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
-	bus := inmem.NewBus()
+	var bus iothub.Bus = inmem.NewBus()
+	if cfg.NATSURL != "" {
+		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log})
+		if err != nil {
+			closeAll(httpLn, httpsLn)
+			return nil, err
+		}
+		h.natsBus, bus = nb, nb
+	}
 	if h.certs, err = pki.NewService(h.auth, h.db, bus, h.log); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -239,6 +271,9 @@ func (h *Hub) ensureAdminKey() error {
 	}
 	k := &iothub.APIKey{ID: "key_bootstrap", OrgID: iothub.DefaultOrgID, Name: "bootstrap", Role: iothub.RoleAdmin, Bootstrap: true, Hash: hubhttp.HashAPIKey(h.adminKey), CreatedAt: time.Now()}
 	if err := h.db.CreateAPIKey(context.Background(), k); err != nil {
+		if iothub.ErrorCode(err) == iothub.ECONFLICT && h.cfg.DatabaseURL != "" {
+			return fmt.Errorf("the shared database already has a bootstrap key: copy admin.key (with data.key and ca/) from the first node's data directory into %s", h.cfg.DataDir)
+		}
 		return err
 	}
 	if err := os.WriteFile(path, []byte(h.adminKey+"\n"), 0o600); err != nil {
@@ -302,6 +337,9 @@ func (h *Hub) Close() error {
 	}
 	if h.certs != nil {
 		h.certs.Close()
+	}
+	if h.natsBus != nil {
+		errs = append(errs, h.natsBus.Close())
 	}
 	if h.db != nil {
 		errs = append(errs, h.db.Close())

@@ -19,6 +19,7 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the hub: MQTT, MQTT over TLS, the REST API and the CA",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f := cmd.Flags()
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return err
@@ -28,6 +29,12 @@ func newServeCmd() *cobra.Command {
 				if h = strings.TrimSpace(h); h != "" {
 					cfg.Hostnames = append(cfg.Hostnames, h)
 				}
+			}
+			if !f.Changed("database") {
+				cfg.DatabaseURL = os.Getenv("IOTHUB_DATABASE")
+			}
+			if !f.Changed("nats") {
+				cfg.NATSURL = os.Getenv("IOTHUB_NATS")
 			}
 			h, err := hub.Open(cfg)
 			if err != nil {
@@ -41,6 +48,8 @@ func newServeCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&cfg.DatabaseURL, "database", "", "PostgreSQL URL postgres://… shared by the nodes of a cluster (default: SQLite in the data directory; env IOTHUB_DATABASE)")
+	f.StringVar(&cfg.NATSURL, "nats", "", "NATS URL nats://… carrying events between nodes (default: in-process; env IOTHUB_NATS)")
 	f.StringVar(&cfg.DataDir, "data", "./data", "data directory (database, CA, keys)")
 	f.StringVar(&cfg.MQTTAddr, "mqtt", hub.DefaultMQTTAddr, "plain MQTT listen address (empty: off)")
 	f.StringVar(&cfg.MQTTSAddr, "mqtts", hub.DefaultMQTTSAddr, "MQTT over TLS listen address (empty: off)")

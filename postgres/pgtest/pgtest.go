@@ -2,7 +2,8 @@
 // into a temporary directory, a server on 127.0.0.1 with a free port and
 // its unix socket inside that directory, and a fresh database per test.
 //
-// A test binary calls Main from its TestMain; tests call URL. When the
+// A test binary calls Main from its TestMain; tests call URL. A test in a
+// package without that TestMain calls Standalone. When the
 // PostgreSQL binaries are missing, URL skips the test, unless the
 // environment variable CI is set: then it fails, since CI installs them
 // (Debian package postgresql).
@@ -68,6 +69,26 @@ func URL(tb testing.TB) string {
 		tb.Fatalf("pgtest: %v", startErr)
 	}
 	url, err := shared.CreateDatabase()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return url
+}
+
+// Standalone starts a cluster of its own, stopped at the end of the test,
+// and returns the URL of a database on it; for packages without a TestMain
+// of their own. It skips or fails as URL does.
+func Standalone(tb testing.TB) string {
+	tb.Helper()
+	c, err := Start()
+	if err != nil {
+		if errors.Is(err, ErrNotInstalled) && os.Getenv("CI") == "" {
+			tb.Skipf("pgtest: %v", err)
+		}
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(c.Stop)
+	url, err := c.CreateDatabase()
 	if err != nil {
 		tb.Fatal(err)
 	}
