@@ -25,6 +25,9 @@ for a in "$@"; do
 	esac
 done
 
+for tool in go curl python3 /usr/sbin/mosquitto mosquitto_passwd; do
+	command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing (apt-get install -y mosquitto curl python3)" >&2; exit 1; }
+done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/iothub-compare.XXXXXX)
 PIDS=()

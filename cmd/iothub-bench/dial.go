@@ -83,19 +83,8 @@ func (t *target) options(transport string, i int, d *device) (*paho.ClientOption
 	return o, nil
 }
 
-// connect dials and logs one device in; it returns the client and the
-// time from the start of the dial to the CONNACK.
-func (t *target) connect(transport string, i int, d *device, onLost func()) (paho.Client, time.Duration, error) {
-	o, err := t.options(transport, i, d)
-	if err != nil {
-		return nil, 0, err
-	}
-	if onLost != nil {
-		o.SetConnectionLostHandler(func(paho.Client, error) { onLost() })
-	}
-	return connectWith(o)
-}
-
+// connectWith dials and logs in; it returns the client and the time from
+// the start of the dial to the CONNACK.
 func connectWith(o *paho.ClientOptions) (paho.Client, time.Duration, error) {
 	c := paho.NewClient(o)
 	t0 := time.Now()

@@ -121,6 +121,16 @@ func cmdScenario(name string, args []string) error {
 	if *mtls == "" {
 		*mtls = *tlsAddr
 	}
+	switch {
+	case *fleetPath == "":
+		return fmt.Errorf("%s: --fleet is required (written by provision)", name)
+	case *transport != "tcp" && *transport != "tls" && *transport != "mtls":
+		return fmt.Errorf("%s: --transport must be tcp, tls or mtls", name)
+	case *qos != 0 && *qos != 1:
+		return fmt.Errorf("%s: --qos must be 0 or 1", name)
+	case *n <= 0 || *conc <= 0 || *rate < 0 || *dur <= 0:
+		return fmt.Errorf("%s: --n and --concurrency must be positive, --rate not negative, --duration positive", name)
+	}
 	f, err := loadFleet(*fleetPath)
 	if err != nil {
 		return err
@@ -233,13 +243,11 @@ func cmdHub(args []string) error {
 			if err := memReport(*memProfile); err != nil {
 				log.Printf("memory report: %v", err)
 			}
-			continue
 		case <-stop:
+			pprof.StopCPUProfile()
+			return h.Close()
 		}
-		break
 	}
-	pprof.StopCPUProfile()
-	return h.Close()
 }
 
 // memReport logs the Go runtime's memory figures and, when path is set,
