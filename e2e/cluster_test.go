@@ -192,6 +192,48 @@ func TestClusterOfTwoNodes(t *testing.T) {
 		b.waitState(t, p.ProductKey, d.DeviceKey, iothub.StateOnline)
 	})
 
+	t.Run("service call across nodes", func(t *testing.T) {
+		p := a.newProduct(t, map[string]any{"name": "pump"})
+		d := a.newDevice(t, p, "P-1")
+		devPath := "/api/v1/products/" + p.ProductKey + "/devices/" + d.DeviceKey
+		o := deviceOptions("tcp://"+b.MQTTAddr(), p.ProductKey, d.DeviceKey, d.DeviceSecret, sign.ModeStatic)
+		o.SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
+			var req struct {
+				ID     json.RawMessage
+				Params json.RawMessage
+			}
+			json.Unmarshal(m.Payload(), &req)
+			reply, _ := json.Marshal(map[string]any{"id": req.ID, "code": 200, "data": map[string]any{"echo": req.Params}, "message": ""})
+			c.Publish(m.Topic()+"_reply", 1, false, reply)
+		})
+		c := connect(t, o)
+		b.waitState(t, p.ProductKey, d.DeviceKey, iothub.StateOnline)
+
+		// Through A's API to the device on B, and back.
+		var reply iothub.Reply
+		do(t, a.admin, "POST", devPath+"/services/restart", map[string]any{"params": map[string]any{"delay": 7}, "timeoutMs": 5000}, &reply, 200)
+		var data struct{ Echo struct{ Delay int } }
+		if err := json.Unmarshal(reply.Data, &data); err != nil || reply.Code != 200 || data.Echo.Delay != 7 {
+			t.Fatalf("reply through node A: code %d data %s (%v)", reply.Code, reply.Data, err)
+		}
+		// The same through B, where the device is.
+		do(t, b.admin, "POST", devPath+"/services/restart", map[string]any{"params": map[string]any{"delay": 8}, "timeoutMs": 5000}, &reply, 200)
+		if err := json.Unmarshal(reply.Data, &data); err != nil || data.Echo.Delay != 8 {
+			t.Fatalf("reply through node B: %s (%v)", reply.Data, err)
+		}
+
+		// Gone from B: A answers offline.
+		c.Disconnect(50)
+		a.waitState(t, p.ProductKey, d.DeviceKey, iothub.StateOffline)
+		do(t, a.admin, "POST", devPath+"/services/restart", map[string]any{}, nil, 409)
+		// Registry says online but no node holds a session (a crashed
+		// node leaves that behind): offline too, not a timeout.
+		if err := a.Store().SetDeviceState(context.Background(), p.ProductKey, d.DeviceKey, iothub.StateOnline, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		do(t, a.admin, "POST", devPath+"/services/restart", map[string]any{"timeoutMs": 5000}, nil, 409)
+	})
+
 	t.Run("certificate device", func(t *testing.T) {
 		p := a.newProduct(t, map[string]any{"name": "gateway", "authMode": "certificate"})
 		d := a.newDevice(t, p, "GW-1")

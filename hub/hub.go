@@ -197,8 +197,18 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 	}()
 
+	// In a cluster, calls reach devices connected to other nodes over NATS.
+	var gateway iothub.DeviceGateway = h.broker
+	if h.natsBus != nil {
+		gw, err := h.natsBus.ServeCalls(h.broker, h.db)
+		if err != nil {
+			closeAll(httpLn, httpsLn)
+			return nil, err
+		}
+		gateway = gw
+	}
 	api := hubhttp.NewServer(hubhttp.Config{
-		Store: h.db, Certs: h.certs, Gateway: h.broker, Bus: bus, Logger: h.log,
+		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Logger: h.log,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	})
 	if httpLn != nil {
