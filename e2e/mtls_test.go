@@ -231,3 +231,24 @@ func readKey(t *testing.T, path string) any {
 	}
 	return k
 }
+
+// TestOpenSSLClientGetsECDSA: OpenSSL clients list ECDSA first, so by
+// default they get the hub's P-256 certificate; both chain to /ca.pem.
+func TestOpenSSLClientGetsECDSA(t *testing.T) {
+	th := startHub(t, "")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ca.pem"), th.ChainPEM(), 0o600)
+	for _, tc := range []struct{ sigalgs, want string }{
+		{"", "Peer signature type: ECDSA"},
+		{"RSA-PSS+SHA256:ECDSA+SHA256", "Peer signature type: RSA-PSS"},
+	} {
+		args := []string{"s_client", "-connect", th.MQTTSAddr(), "-CAfile", "ca.pem", "-verify_return_error", "-servername", "localhost"}
+		if tc.sigalgs != "" {
+			args = append(args, "-sigalgs", tc.sigalgs)
+		}
+		out, _ := openssl(t, dir, args...)
+		if !strings.Contains(out, tc.want) || !strings.Contains(out, "Verify return code: 0 (ok)") {
+			t.Errorf("sigalgs %q: want %q and a verified chain:\n%s", tc.sigalgs, tc.want, out)
+		}
+	}
+}

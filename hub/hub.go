@@ -51,7 +51,11 @@ type Config struct {
 	// NATSURL, when set (nats://…), carries events between nodes over NATS
 	// instead of the in-process bus.
 	NATSURL string
-	Logger  *slog.Logger
+	// ServerKey picks the hub certificate a TLS client gets: ServerKeyClient
+	// (default: ECDSA to clients that list ECDSA first, RSA-2048 to the
+	// rest), ServerKeyRSA or ServerKeyECDSA.
+	ServerKey string
+	Logger    *slog.Logger
 }
 
 // Default addresses, as API.md fixes them.
@@ -71,6 +75,8 @@ type Hub struct {
 	auth     *pki.Authority
 	certs    *pki.Service
 	broker   *mqtt.Server
+	// chooseCert picks the server certificate of a TLS handshake.
+	chooseCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	servers  []*http.Server
 	adminKey string
 
@@ -149,6 +155,13 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 
 	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	if cfg.ServerKey == "" {
+		cfg.ServerKey = ServerKeyClient
+	}
+	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates(), cfg.ServerKey); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
@@ -235,12 +248,13 @@ var tls12Suites = []uint16{
 // tlsConfig is the server side of every TLS listener. A client certificate
 // is asked for but not verified here: which CA a device may use depends on
 // its product, so the certificate service decides at login.
+// The server certificate is chosen per client by Config.ServerKey.
 func (h *Hub) tlsConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		CipherSuites: tls12Suites,
-		Certificates: h.auth.ServerCertificates(),
-		ClientAuth:   tls.RequestClientCert,
+		MinVersion:     tls.VersionTLS12,
+		CipherSuites:   tls12Suites,
+		GetCertificate: h.chooseCert,
+		ClientAuth:     tls.RequestClientCert,
 	}
 }
 

@@ -57,6 +57,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTPSAddr, "https", hub.DefaultHTTPSAddr, "REST API over TLS listen address (empty: off)")
 	f.StringVar(&hostnames, "hostname", "localhost,127.0.0.1", "DNS names and IPs in the hub's server certificate")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL put in certificates for CRL, CA and OCSP (default: the https listener)")
+	f.StringVar(&cfg.ServerKey, "server-key", hub.ServerKeyClient, "hub certificate for TLS clients: client (ECDSA to clients preferring it, else RSA-2048), rsa or ecdsa")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
