@@ -68,17 +68,17 @@ const (
 
 // Hub is a running node.
 type Hub struct {
-	cfg      Config
-	log      *slog.Logger
-	db       iothub.Store
-	natsBus  *natsbus.Bus
-	auth     *pki.Authority
-	certs    *pki.Service
-	broker   *mqtt.Server
+	cfg     Config
+	log     *slog.Logger
+	db      iothub.Store
+	natsBus *natsbus.Bus
+	auth    *pki.Authority
+	certs   *pki.Service
+	broker  *mqtt.Server
 	// chooseCert picks the server certificate of a TLS handshake.
 	chooseCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	servers  []*http.Server
-	adminKey string
+	servers    []*http.Server
+	adminKey   string
 
 	mqttAddr, mqttsAddr, httpURL, httpsURL string
 }
