@@ -146,11 +146,26 @@ type DeviceStore interface {
 	ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*Device, error)
 	// TouchDevices writes lastSeenAt for many devices in one transaction.
 	TouchDevices(ctx context.Context, seen map[DeviceID]time.Time) error
+	// ApplyDeviceStates records login and logout transitions in one
+	// transaction, in order, and returns one result per change. Online
+	// follows SetDeviceState (ECONFLICT on a disabled device, ENOTFOUND if
+	// it is gone); offline replaces only online and is otherwise a no-op
+	// (nil), so a late logout never undoes a disable or a reset. The second
+	// result fails the whole batch (nothing written).
+	ApplyDeviceStates(ctx context.Context, changes []StateChange) ([]error, error)
 	DeleteDevice(ctx context.Context, productKey, deviceKey string) error
 }
 
 // DeviceID names a device across products.
 type DeviceID struct{ ProductKey, DeviceKey string }
+
+// StateChange is one login (StateOnline) or logout (StateOffline) of a
+// device at time At, for ApplyDeviceStates.
+type StateChange struct {
+	Device DeviceID
+	State  DeviceState
+	At     time.Time
+}
 
 // Sample is one upstream measurepoint post as stored.
 type Sample struct {
@@ -196,5 +211,8 @@ type AuditEvent struct {
 // AuditLog records security events.
 type AuditLog interface {
 	Audit(ctx context.Context, e AuditEvent) error
+	// AuditBatch records events in one transaction, in order; an invalid
+	// event fails the batch and nothing is written.
+	AuditBatch(ctx context.Context, events []AuditEvent) error
 	AuditEvents(ctx context.Context, orgID string, limit int) ([]AuditEvent, error)
 }

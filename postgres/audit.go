@@ -51,3 +51,29 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 	}
 	return out, wrap("audit events", rows.Err())
 }
+
+// AuditBatch records events in one transaction, in order, with ids
+// allotted under the same lock as Audit.
+func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error {
+	for _, e := range events {
+		if e.Kind == "" {
+			return invalid("audit event needs a kind")
+		}
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, 0)`, lockAudit); err != nil {
+			return wrap("audit", err)
+		}
+		for _, e := range events {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
+				SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM audit_events`,
+				ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
+				return wrap("audit", err)
+			}
+		}
+		return nil
+	})
+}

@@ -84,35 +84,30 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 	if err != nil {
 		return wrap("seal device secret", err)
 	}
+	// One statement, one round trip: the org comes from the product row,
+	// and no row inserted means no such product (or another org's).
 	var org string
-	err = db.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT org_id FROM products WHERE product_key = $1`, d.ProductKey).Scan(&org)
-		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("product %q not found", d.ProductKey)
-		}
-		if err != nil {
-			return wrap("create device", err)
-		}
-		if d.OrgID != "" && d.OrgID != org {
-			return invalid("device org %q differs from its product's", d.OrgID)
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)`,
-			org, d.ProductKey, d.DeviceKey, asset, d.Name, string(state), sealed, version,
-			nullMS(d.LastSeenAt), nullMS(d.ActivatedAt), ms(created))
-		kind, detail := constraint(err)
-		if kind == "foreign" { // the product went meanwhile
-			return notFound("product %q not found", d.ProductKey)
-		}
-		if kind == "unique" {
-			if strings.Contains(detail, "asset_id") {
-				return conflict("asset id %q is taken", asset)
+	err = db.db.QueryRowContext(ctx, `INSERT INTO devices (`+deviceCols+`)
+		SELECT org_id, product_key, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM products
+		WHERE product_key = $1 AND ($11 = '' OR org_id = $11)
+		RETURNING org_id`,
+		d.ProductKey, d.DeviceKey, asset, d.Name, string(state), sealed, version,
+		nullMS(d.LastSeenAt), nullMS(d.ActivatedAt), ms(created), d.OrgID).Scan(&org)
+	kind, detail := constraint(err)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) || kind == "foreign": // foreign: the product went meanwhile
+		if d.OrgID != "" {
+			if _, perr := db.Product(ctx, d.ProductKey); perr == nil {
+				return invalid("device org %q differs from its product's", d.OrgID)
 			}
-			return conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
 		}
+		return notFound("product %q not found", d.ProductKey)
+	case kind == "unique" && strings.Contains(detail, "asset_id"):
+		return conflict("asset id %q is taken", asset)
+	case kind == "unique":
+		return conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
+	case err != nil:
 		return wrap("create device", err)
-	})
-	if err != nil {
-		return err
 	}
 	d.OrgID, d.AssetID, d.State, d.SecretVersion, d.CreatedAt = org, asset, state, version, created
 	return nil
@@ -296,4 +291,57 @@ func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) er
 // compareIDs orders devices by product then device key.
 func compareIDs(a, b iothub.DeviceID) int {
 	return cmp.Or(strings.Compare(a.ProductKey, b.ProductKey), strings.Compare(a.DeviceKey, b.DeviceKey))
+}
+
+// ApplyDeviceStates records login and logout transitions in one
+// transaction, in order: online as SetDeviceState does, offline only over
+// online.
+func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChange) ([]error, error) {
+	for _, c := range changes {
+		if c.State != iothub.StateOnline && c.State != iothub.StateOffline {
+			return nil, invalid("state change to %q: only online and offline", c.State)
+		}
+	}
+	res := make([]error, len(changes))
+	if len(changes) == 0 {
+		return res, nil
+	}
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		for i, c := range changes {
+			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
+			res[i] = nil
+			if c.State == iothub.StateOffline {
+				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
+					WHERE product_key = $1 AND device_key = $2 AND state = 'online'`, pk, dk); err != nil {
+					return wrap("apply device states", err)
+				}
+				continue
+			}
+			t := ms(db.truncMS(c.At))
+			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online',
+					activated_at = COALESCE(activated_at, $1),
+					last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 THEN $1 ELSE last_seen_at END
+				WHERE product_key = $2 AND device_key = $3 AND state <> 'disabled'`, t, pk, dk)
+			if err != nil {
+				return wrap("apply device states", err)
+			}
+			if n, _ := r.RowsAffected(); n > 0 {
+				continue
+			}
+			var one int
+			switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE product_key = $1 AND device_key = $2`, pk, dk).Scan(&one); {
+			case errors.Is(err, sql.ErrNoRows):
+				res[i] = notFound("device %q not found in product %q", dk, pk)
+			case err != nil:
+				return wrap("apply device states", err)
+			default:
+				res[i] = iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", dk)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }

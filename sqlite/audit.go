@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 
 	"github.com/iothub/iothub"
 )
@@ -40,4 +41,25 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 		out = append(out, e)
 	}
 	return out, wrap("audit events", rows.Err())
+}
+
+// AuditBatch records events in one transaction, in order.
+func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error {
+	for _, e := range events {
+		if e.Kind == "" {
+			return invalid("audit event needs a kind")
+		}
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		st := tx.StmtContext(ctx, db.stAudit)
+		for _, e := range events {
+			if _, err := st.ExecContext(ctx, ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
+				return wrap("audit", err)
+			}
+		}
+		return nil
+	})
 }

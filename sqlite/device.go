@@ -271,3 +271,55 @@ func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) er
 		return nil
 	})
 }
+
+// ApplyDeviceStates records login and logout transitions in one
+// transaction, in order: online as SetDeviceState does, offline only over
+// online.
+func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChange) ([]error, error) {
+	for _, c := range changes {
+		if c.State != iothub.StateOnline && c.State != iothub.StateOffline {
+			return nil, invalid("state change to %q: only online and offline", c.State)
+		}
+	}
+	res := make([]error, len(changes))
+	if len(changes) == 0 {
+		return res, nil
+	}
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		setState := tx.StmtContext(ctx, db.stSetState)
+		exists := tx.StmtContext(ctx, db.stDeviceExists)
+		for i, c := range changes {
+			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
+			res[i] = nil
+			if c.State == iothub.StateOffline {
+				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
+					WHERE product_key = ? AND device_key = ? AND state = 'online'`, pk, dk); err != nil {
+					return wrap("apply device states", err)
+				}
+				continue
+			}
+			t := ms(db.truncMS(c.At))
+			r, err := setState.ExecContext(ctx, string(iothub.StateOnline), true, t, true, t, t, pk, dk, false)
+			if err != nil {
+				return wrap("apply device states", err)
+			}
+			if n, _ := r.RowsAffected(); n > 0 {
+				continue
+			}
+			var one int
+			switch err := exists.QueryRowContext(ctx, pk, dk).Scan(&one); {
+			case errors.Is(err, sql.ErrNoRows):
+				res[i] = notFound("device %q not found in product %q", dk, pk)
+			case err != nil:
+				return wrap("apply device states", err)
+			default:
+				res[i] = iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", dk)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}

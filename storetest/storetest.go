@@ -43,9 +43,11 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"DeviceState", testDeviceState},
 		{"ResetDevice", testResetDevice},
 		{"TouchDevices", testTouchDevices},
+		{"ApplyDeviceStates", testApplyDeviceStates},
 		{"Certificates", testCertificates},
 		{"ExternalCAs", testExternalCAs},
 		{"Audit", testAudit},
+		{"AuditBatch", testAuditBatch},
 		{"Telemetry", testTelemetry},
 		{"TelemetryHistoryBound", testTelemetryHistoryBound},
 		{"Attributes", testAttributes},
@@ -628,6 +630,87 @@ func testAudit(t *testing.T, db iothub.Store) {
 	b, _ := db.AuditEvents(ctx, "b", 10)
 	if len(b) != 1 || b[0].Reason != "bad signature" {
 		t.Fatalf("AuditEvents(b) = %+v", b)
+	}
+}
+
+func testApplyDeviceStates(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	for _, dk := range []string{"a", "b", "off", "new"} {
+		mkDevice(t, db, "pk", dk)
+	}
+	t1 := time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.UTC)
+	id := func(dk string) iothub.DeviceID { return iothub.DeviceID{ProductKey: "pk", DeviceKey: dk} }
+	must(t, db.SetDeviceState(ctx, "pk", "b", iothub.StateDisabled, t1))
+	must(t, db.SetDeviceState(ctx, "pk", "off", iothub.StateOnline, t1))
+	must(t, db.SetDeviceState(ctx, "pk", "off", iothub.StateOffline, t1))
+
+	// Bad input fails the batch and writes nothing.
+	_, err := db.ApplyDeviceStates(ctx, []iothub.StateChange{
+		{Device: id("a"), State: iothub.StateOnline, At: t1},
+		{Device: id("a"), State: iothub.StateDisabled, At: t1},
+	})
+	wantCode(t, err, iothub.EINVALID)
+	if d, _ := db.Device(ctx, "pk", "a"); d.State != iothub.StateInactive {
+		t.Fatalf("a refused batch wrote state %s", d.State)
+	}
+
+	res, err := db.ApplyDeviceStates(ctx, []iothub.StateChange{
+		{Device: id("a"), State: iothub.StateOnline, At: t1},      // inactive -> online
+		{Device: id("b"), State: iothub.StateOnline, At: t1},      // disabled: ECONFLICT
+		{Device: id("ghost"), State: iothub.StateOnline, At: t1},  // ENOTFOUND
+		{Device: id("b"), State: iothub.StateOffline, At: t1},     // disabled stays, no error
+		{Device: id("new"), State: iothub.StateOffline, At: t1},   // inactive stays
+		{Device: id("off"), State: iothub.StateOnline, At: t1},    // in order: online ...
+		{Device: id("off"), State: iothub.StateOffline, At: t1},   // ... then offline
+		{Device: id("ghost"), State: iothub.StateOffline, At: t1}, // gone: no-op
+	})
+	must(t, err)
+	want := []string{"", iothub.ECONFLICT, iothub.ENOTFOUND, "", "", "", "", ""}
+	if len(res) != len(want) {
+		t.Fatalf("%d results, want %d", len(res), len(want))
+	}
+	for i, code := range want {
+		wantCode(t, res[i], code)
+	}
+	for dk, st := range map[string]iothub.DeviceState{"a": iothub.StateOnline, "b": iothub.StateDisabled,
+		"new": iothub.StateInactive, "off": iothub.StateOffline} {
+		d, err := db.Device(ctx, "pk", dk)
+		must(t, err)
+		if d.State != st {
+			t.Fatalf("%s: state %s, want %s", dk, d.State, st)
+		}
+	}
+	if d, _ := db.Device(ctx, "pk", "a"); d.ActivatedAt == nil || !d.ActivatedAt.Equal(t1) || d.LastSeenAt == nil || !d.LastSeenAt.Equal(t1) {
+		t.Fatalf("online by batch: activatedAt/lastSeenAt not set: %+v", d)
+	}
+	res, err = db.ApplyDeviceStates(ctx, nil)
+	if err != nil || len(res) != 0 {
+		t.Fatalf("empty batch: %v, %v", res, err)
+	}
+}
+
+func testAuditBatch(t *testing.T, db iothub.Store) {
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	must(t, db.Audit(ctx, iothub.AuditEvent{Time: t0, OrgID: "a", Kind: "first"}))
+	wantCode(t, db.AuditBatch(ctx, []iothub.AuditEvent{{OrgID: "a", Kind: "x"}, {OrgID: "a"}}), iothub.EINVALID)
+	must(t, db.AuditBatch(ctx, []iothub.AuditEvent{
+		{Time: t0, OrgID: "a", Kind: "login.ok", ProductKey: "pk", DeviceKey: "d", Remote: "127.0.0.1", Reason: "securemode 2"},
+		{OrgID: "b", Kind: "login.refused"},
+		{Time: t0, OrgID: "a", Kind: "login.ok", DeviceKey: "e"},
+	}))
+	must(t, db.AuditBatch(ctx, nil))
+	all, err := db.AuditEvents(ctx, "", 0)
+	must(t, err)
+	if len(all) != 4 {
+		t.Fatalf("%d events after a refused and an accepted batch, want 4: %+v", len(all), all)
+	}
+	for i, k := range []string{"login.ok", "login.refused", "login.ok", "first"} {
+		if all[i].Kind != k || all[i].ID != int64(4-i) {
+			t.Fatalf("event %d = %+v, want kind %s id %d", i, all[i], k, 4-i)
+		}
+	}
+	if all[3-1].Reason != "securemode 2" || all[2].Remote != "127.0.0.1" || !all[2].Time.Equal(t0) || all[1].Time.IsZero() || all[0].DeviceKey != "e" {
+		t.Fatalf("fields lost: %+v", all)
 	}
 }
 
