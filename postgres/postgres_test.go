@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,7 +18,11 @@ import (
 
 var ctx = context.Background()
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	code := pgtest.Run(m)
+	stopBench()
+	os.Exit(code)
+}
 
 func newSealer(t testing.TB) *seal.Sealer {
 	t.Helper()

@@ -2,8 +2,8 @@
 // into a temporary directory, a server on 127.0.0.1 with a free port and
 // its unix socket inside that directory, and a fresh database per test.
 //
-// A test binary calls Main from its TestMain; tests call URL. A test in a
-// package without that TestMain calls Standalone. When the
+// A test binary calls Run from its TestMain; tests call URL. A test in a
+// package without such a TestMain calls Standalone. When the
 // PostgreSQL binaries are missing, URL skips the test, unless the
 // environment variable CI is set: then it fails, since CI installs them
 // (Debian package postgresql).
@@ -46,18 +46,19 @@ var (
 	startErr error
 )
 
-// Main starts a cluster, runs the tests and stops the cluster. A cluster
-// that cannot start leaves URL to skip or fail each test that needs it.
-func Main(m *testing.M) {
-	shared, startErr = Start()
+// Run starts a cluster, runs the tests, stops the cluster and returns the
+// exit code for os.Exit. A cluster that cannot start leaves URL to skip or
+// fail each test that needs it.
+func Run(m *testing.M) int {
+	shared, startErr = Start(Options{})
 	code := m.Run()
 	if shared != nil {
 		shared.Stop()
 	}
-	os.Exit(code)
+	return code
 }
 
-// URL returns the URL of a new, empty database on the cluster Main
+// URL returns the URL of a new, empty database on the cluster Run
 // started. It skips the test if PostgreSQL is not installed and CI is
 // unset, and fails it otherwise.
 func URL(tb testing.TB) string {
@@ -80,7 +81,7 @@ func URL(tb testing.TB) string {
 // of their own. It skips or fails as URL does.
 func Standalone(tb testing.TB) string {
 	tb.Helper()
-	c, err := Start()
+	c, err := Start(Options{})
 	if err != nil {
 		if errors.Is(err, ErrNotInstalled) && os.Getenv("CI") == "" {
 			tb.Skipf("pgtest: %v", err)
@@ -120,10 +121,17 @@ func binDir() (string, error) {
 	return "", ErrNotInstalled
 }
 
+// Options tune a cluster.
+type Options struct {
+	// Durable keeps fsync and synchronous_commit on, as in production
+	// (benchmarks); tests leave it off for speed.
+	Durable bool
+}
+
 // Start initialises and starts a cluster with trust authentication on
-// 127.0.0.1 only, the C locale (byte-wise key order, as in SQLite) and
-// durability off (fsync, synchronous_commit): it is for tests.
-func Start() (*Cluster, error) {
+// 127.0.0.1 only and the C locale (byte-wise key order, as in SQLite).
+// Unless o.Durable, fsync and synchronous_commit are off: it is for tests.
+func Start(o Options) (*Cluster, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -161,8 +169,11 @@ func Start() (*Cluster, error) {
 			os.RemoveAll(c.dir)
 			return nil, err
 		}
-		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "+
-			"-c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB", c.port, c.dir)
+		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=128MB",
+			c.port, c.dir)
+		if !o.Durable {
+			opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+		}
 		out, err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start")
 		if err == nil {
 			break
