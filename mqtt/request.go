@@ -143,6 +143,8 @@ func upstream(rel string) (handlerFn, bool) {
 		return (*Server).acceptOnly, true
 	case "thing/device/register":
 		return (*Server).registerSubDevices, true
+	case "thing/certificate/renew":
+		return (*Server).renewCertificate, true
 	}
 	if strings.HasPrefix(rel, "thing/event/") && strings.HasSuffix(rel, "/post") && len(rel) > len("thing/event//post") {
 		return (*Server).postEvent, true
