@@ -177,6 +177,7 @@ func (s *Server) deleteProduct(w http.ResponseWriter, r *http.Request, p iothub.
 		return err
 	}
 	s.audit(r.Context(), iothub.AuditEvent{OrgID: prod.OrgID, Kind: "product.deleted", ProductKey: prod.ProductKey, Remote: remoteIP(r)})
+	s.publish(r.Context(), iothub.Event{Kind: iothub.EventProductChanged, ProductKey: prod.ProductKey}) // caches drop it
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -39,6 +39,9 @@ func (s *Server) loginActivation(ctx context.Context, l sign.Login, password, re
 	if !p.DynamicActivation {
 		return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "770: dynamic activation is off"}
 	}
+	// A static login's online write may still be queued: write it before
+	// deciding whether the device is already activated.
+	s.side.Sync()
 	d, err := s.cfg.Store.Device(ctx, l.ProductKey, l.DeviceKey)
 	switch {
 	case err == nil:
@@ -105,7 +108,7 @@ func (s *Server) autoRegister(ctx context.Context, p *iothub.Product, deviceKey,
 		}
 		return d, nil
 	}
-	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
+	s.audit(iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
 		ProductKey: p.ProductKey, DeviceKey: deviceKey, Remote: remote, Reason: "auto-registration by securemode 3"})
 	return d, nil
 }
@@ -165,7 +168,7 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 			}
 			return nil, codeInternal, "store error"
 		}
-		s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
+		s.audit(iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
 			ProductKey: p.ProductKey, DeviceKey: d.DeviceKey, Remote: ss.remote,
 			Reason: "thing.device.register by " + ss.dev.ProductKey + "/" + ss.dev.DeviceKey})
 		res = append(res, out{d.AssetID, d.ProductKey, d.DeviceKey, d.DeviceSecret})

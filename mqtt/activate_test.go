@@ -112,6 +112,7 @@ func TestActivationFlow(t *testing.T) {
 		t.Fatalf("device over the limit was created: %v", err)
 	}
 
+	h.srv.side.Sync()
 	events, err := h.db.AuditEvents(ctx, "", 200)
 	if err != nil {
 		t.Fatal(err)

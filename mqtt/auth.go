@@ -63,7 +63,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		ref = &refusal{code: codeNotAuthorized, reason: "securemode not supported"}
 	}
 	if ref != nil {
-		return s.refuse(ctx, cl, l, err == nil, remote, now, ref)
+		return s.refuse(cl, l, err == nil, remote, now, ref)
 	}
 
 	ss.cl = cl
@@ -82,19 +82,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		cl.Properties.Will = mochi.Will{} // a will may not reach another device's topics
 	}
 	if !s.register(ss) {
-		return s.refuse(ctx, cl, l, true, remote, now, &refusal{code: codeNotAuthorized, orgID: ss.orgID, reason: "746: certificate refused: certificate revoked"})
-	}
-	// Registered first, so a disable from here on finds the session; a
-	// disable that landed since the device was read makes going online
-	// fail, and the login is refused.
-	if !ss.activation {
-		err := s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOnline, now)
-		if iothub.ErrorCode(err) == iothub.ECONFLICT {
-			s.unregister(ss)
-			return s.refuse(ctx, cl, l, true, remote, now, &refusal{code: codeBanned, orgID: ss.orgID, reason: "723: device disabled"})
-		} else if err != nil {
-			s.log.Error("mqtt: set device online", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
-		}
+		return s.refuse(cl, l, true, remote, now, &refusal{code: codeNotAuthorized, orgID: ss.orgID, reason: "746: certificate refused: certificate revoked"})
 	}
 	s.startTimer(ss, now)
 
@@ -114,14 +102,22 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	if ss.serial != "" {
 		reason += ", certificate " + ss.serial
 	}
-	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ss.orgID, Kind: kind,
-		ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Remote: remote, Reason: reason})
+	it := sideItem{audit: iothub.AuditEvent{Time: now, OrgID: ss.orgID, Kind: kind,
+		ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Remote: remote, Reason: reason}}
+	if !ss.activation {
+		// Registered first, so a disable from here on finds the session; a
+		// disable that landed since the device was read makes the queued
+		// online write fail, and refuseLate closes the session.
+		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now}
+		it.ss = ss
+	}
+	s.side.Add(it)
 	return nil
 }
 
 // refuse records a refused login (buckets, metric, audit) and writes the
 // CONNACK; it returns the code for mochi to close the connection with.
-func (s *Server) refuse(ctx context.Context, cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
+func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
 	if ref.failed && parsed {
 		s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
 	}
@@ -129,7 +125,7 @@ func (s *Server) refuse(ctx context.Context, cl *mochi.Client, l sign.Login, par
 		s.limits.failAddr.take(remote, now)
 	}
 	s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
-	s.audit(ctx, iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
+	s.audit(iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
 		ProductKey: l.ProductKey, DeviceKey: l.DeviceKey, Remote: remote, Reason: ref.reason})
 	s.writeConnackRefusal(cl, ref.code)
 	return ref.code
@@ -140,7 +136,7 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 	if s.limits.failDevice.blocked(l.ProductKey+"/"+l.DeviceKey, now) || s.limits.failAddr.blocked(remote, now) {
 		return nil, &refusal{code: codeBusy, reason: "throttled after failed logins"}
 	}
-	p, err := s.cfg.Store.Product(ctx, l.ProductKey)
+	p, err := s.product(ctx, l.ProductKey)
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
 			return nil, &refusal{code: codeUnavailable, reason: "store: " + err.Error()}
@@ -170,7 +166,7 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		}
 		notAfter = peer[0].NotAfter
 	}
-	d, err := s.cfg.Store.Device(ctx, l.ProductKey, l.DeviceKey)
+	d, err := s.device(ctx, iothub.DeviceID{ProductKey: l.ProductKey, DeviceKey: l.DeviceKey})
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
 			return nil, &refusal{code: codeUnavailable, orgID: p.OrgID, reason: "store: " + err.Error()}
@@ -227,11 +223,37 @@ func refusalLabel(c packets.Code) string {
 	}
 }
 
-// audit records an event; a failure is logged, never fatal to the login.
-func (s *Server) audit(ctx context.Context, e iothub.AuditEvent) {
-	if err := s.cfg.Store.Audit(ctx, e); err != nil {
-		s.log.Error("mqtt: audit", "kind", e.Kind, "error", err)
+// audit queues an event for the batched writer; a failure to write it is
+// logged, never fatal to the login.
+func (s *Server) audit(e iothub.AuditEvent) {
+	s.side.Add(sideItem{audit: e})
+}
+
+// product reads a product for a login, from the cache when there is one.
+func (s *Server) product(ctx context.Context, pk string) (*iothub.Product, error) {
+	if s.reg != nil {
+		return s.reg.product(ctx, pk)
 	}
+	return s.cfg.Store.Product(ctx, pk)
+}
+
+// device reads a device for a login, from the cache when there is one.
+func (s *Server) device(ctx context.Context, id iothub.DeviceID) (*iothub.Device, error) {
+	if s.reg != nil {
+		return s.reg.device(ctx, id)
+	}
+	return s.cfg.Store.Device(ctx, id.ProductKey, id.DeviceKey)
+}
+
+// refuseLate closes a session whose online write the store refused: the
+// device was disabled (or deleted) between the login's read and the write.
+func (s *Server) refuseLate(ss *session, deleted bool) {
+	ss.quiet.Store(true) // the stored state is the disable's (or gone)
+	if deleted {
+		s.kick(ss, codeNotAuthorized, "device_deleted")
+		return
+	}
+	s.kick(ss, codeBanned, "device_disabled")
 }
 
 // startTimer arms the session's deadline: the certificate's NotAfter, or
@@ -283,14 +305,7 @@ func (s *Server) endSession(ss *session) {
 	if ss.quiet.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
-	defer cancel()
-	d, err := s.cfg.Store.Device(ctx, ss.dev.ProductKey, ss.dev.DeviceKey)
-	if err != nil || d.State != iothub.StateOnline {
-		return // deleted, disabled meanwhile, or already offline
-	}
-	err = s.cfg.Store.SetDeviceState(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, iothub.StateOffline, s.now())
-	if err != nil && iothub.ErrorCode(err) != iothub.ECONFLICT { // ECONFLICT: disabled meanwhile
-		s.log.Error("mqtt: set device offline", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
-	}
+	// Offline replaces only online: a disable, reset or deletion that
+	// landed meanwhile keeps its state.
+	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now()}})
 }

@@ -155,6 +155,7 @@ func TestCertificateProductLogin(t *testing.T) {
 		t.Fatalf("expired certificate: %#x", got)
 	}
 
+	h.srv.side.Sync()
 	events, _ := h.db.AuditEvents(context.Background(), "", 100)
 	var reasons []string
 	for _, e := range events {

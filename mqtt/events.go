@@ -7,11 +7,16 @@ import (
 	"github.com/iothub/iothub"
 )
 
-// onEvent makes live sessions feel changes made elsewhere. It returns at
-// once (bus subscribers must not block); the checks run in a goroutine.
+// onEvent makes live sessions feel changes made elsewhere and drops what
+// the login cache held about the changed device or product. It returns at
+// once (bus subscribers must not block); the checks run in a goroutine and
+// read the store, not the cache.
 func (s *Server) onEvent(e iothub.Event) {
 	switch e.Kind {
 	case iothub.EventDeviceChanged:
+		if s.reg != nil {
+			s.reg.dropDevice(iothub.DeviceID{ProductKey: e.ProductKey, DeviceKey: e.DeviceKey})
+		}
 		go s.recheckDevice(iothub.DeviceID{ProductKey: e.ProductKey, DeviceKey: e.DeviceKey})
 	case iothub.EventCertRevoked:
 		s.mu.RLock()
@@ -26,6 +31,9 @@ func (s *Server) onEvent(e iothub.Event) {
 			s.kick(ss, codeNotAuthorized, "cert_revoked")
 		}
 	case iothub.EventProductChanged:
+		if s.reg != nil {
+			s.reg.dropProduct(e.ProductKey)
+		}
 		go s.recheckProduct(e.ProductKey)
 	}
 }

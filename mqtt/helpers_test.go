@@ -137,8 +137,11 @@ func (h *testHub) device(p *iothub.Product, dk string) *iothub.Device {
 	return d
 }
 
+// stored reads a device from the store once the login side effects queued
+// so far are written.
 func (h *testHub) stored(pk, dk string) *iothub.Device {
 	h.t.Helper()
+	h.srv.side.Sync()
 	d, err := h.db.Device(context.Background(), pk, dk)
 	if err != nil {
 		h.t.Fatal(err)
@@ -206,6 +209,14 @@ func (h *testHub) connect(t testing.TB, pk, dk, secret string, opts ...clientOpt
 // returns the CONNACK reason code.
 func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) byte {
 	t.Helper()
+	c, code := dialV5(t, addr, tc, cid, user, pass)
+	c.Close()
+	return code
+}
+
+// dialV5 is connectV5 that also returns the open connection.
+func dialV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
+	t.Helper()
 	var c net.Conn
 	var err error
 	if tc != nil {
@@ -216,7 +227,7 @@ func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,
@@ -244,7 +255,7 @@ func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string
 	if _, err := io.ReadFull(c, body); err != nil {
 		t.Fatal(err)
 	}
-	return body[1]
+	return c, body[1]
 }
 
 // collector gathers messages a paho client receives, subscribed or not.

@@ -107,6 +107,7 @@ func TestLoginRefusals(t *testing.T) {
 		t.Fatalf("bad username: %#x", got)
 	}
 	// The refusals are audited with a reason and never with a secret.
+	h.srv.side.Sync()
 	events, err := h.db.AuditEvents(ctx, "", 100)
 	if err != nil {
 		t.Fatal(err)

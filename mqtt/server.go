@@ -70,6 +70,8 @@ type Server struct {
 
 	limits  *limiters
 	samples *sampleWriter
+	side    *sideWriter    // login/logout states and audit rows, batched
+	reg     *registryCache // nil without a bus: nothing would invalidate it
 
 	touchEvery time.Duration
 	unsub      func()
@@ -80,12 +82,14 @@ type Server struct {
 
 // Tuning of the embedded broker for many small devices.
 const (
-	maxWritesPending  = 128              // per-client outbound queue
-	maxInflight       = 64               // stored QoS 1 messages per client
-	receiveMaximum    = 64               // concurrent inbound QoS 1 per client
-	sessionExpirySec  = 15 * 60          // persistent sessions live 15 min after disconnect
-	connectTimeout    = 10 * time.Second // TLS handshake + CONNECT must arrive within this
-	activationSession = 60 * time.Second // a mode-3 session is closed after this
+	maxWritesPending  = 128                   // per-client outbound queue
+	maxInflight       = 64                    // stored QoS 1 messages per client
+	receiveMaximum    = 64                    // concurrent inbound QoS 1 per client
+	sessionExpirySec  = 15 * 60               // persistent sessions live 15 min after disconnect
+	connectTimeout    = 10 * time.Second      // TLS handshake + CONNECT must arrive within this
+	activationSession = 60 * time.Second      // a mode-3 session is closed after this
+	sideInterval      = 20 * time.Millisecond // login side effects are written this often…
+	sideBatch         = 512                   // …or once this many are queued
 )
 
 // New builds a Server. Call ListenTCP and/or ListenTLS, then Serve, and
@@ -155,7 +159,11 @@ func New(cfg Config) (*Server, error) {
 	if err := b.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, err
 	}
+	if cfg.Bus != nil {
+		s.reg = newRegistryCache(cfg.Store, cfg.Now)
+	}
 	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
+	s.side = newSideWriter(cfg.Store, cfg.Logger, s.refuseLate, sideInterval, sideBatch)
 	return s, nil
 }
 
@@ -221,7 +229,8 @@ func (s *Server) Serve() error {
 }
 
 // Close disconnects every client, stops the listeners and flushes the
-// accepted samples and last-seen times to the store.
+// accepted samples, the queued state changes and audit rows, and the
+// last-seen times to the store.
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -232,6 +241,7 @@ func (s *Server) Close() error {
 		close(s.stop)
 		s.wg.Wait()
 		s.samples.Close()
+		s.side.Close() // after the broker: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
 	})
 	return err
