@@ -277,6 +277,41 @@ func TestClusterOfTwoNodes(t *testing.T) {
 		}
 	})
 
+	// The real binary joins through its environment (IOTHUB_DATABASE,
+	// IOTHUB_NATS): a device made through its API logs in on node A, and
+	// disabling it there closes that session.
+	t.Run("iothub serve joins", func(t *testing.T) {
+		bin := buildCLI(t)
+		t.Setenv("IOTHUB_DATABASE", dbURL)
+		t.Setenv("IOTHUB_NATS", natsURL)
+		dir := joinCluster(t, a.dir)
+		url, stop := serveBinary(t, bin, dir)
+		defer stop()
+		if _, err := os.Stat(filepath.Join(dir, "iothub.db")); err == nil {
+			t.Fatal("iothub serve made a SQLite file although IOTHUB_DATABASE was set")
+		}
+		admin, err := client.New(url, a.AdminKey(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cn := &testHub{dir: dir, admin: admin} // the API helpers need only admin
+		p := cn.newProduct(t, map[string]any{"name": "via binary"})
+		d := cn.newDevice(t, p, "BIN-1")
+		o := deviceOptions("tcp://"+a.MQTTAddr(), p.ProductKey, d.DeviceKey, d.DeviceSecret, sign.ModeStatic)
+		lost := make(chan time.Time, 1)
+		o.SetConnectionLostHandler(func(paho.Client, error) { lost <- time.Now() })
+		connect(t, o)
+		cn.waitState(t, p.ProductKey, d.DeviceKey, iothub.StateOnline)
+		start := time.Now()
+		do(t, cn.admin, "POST", "/api/v1/products/"+p.ProductKey+"/devices/"+d.DeviceKey+"/disable", nil, nil, 200)
+		select {
+		case <-lost:
+			t.Logf("disable through the binary closed the session on node A after %v", time.Since(start))
+		case <-time.After(3 * time.Second):
+			t.Fatal("disable through the binary did not close the session on node A")
+		}
+	})
+
 	// Both nodes write audit events into one log.
 	events, err := a.Store().AuditEvents(context.Background(), "", 1000)
 	if err != nil {
