@@ -214,7 +214,8 @@ func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string
 	return code
 }
 
-// dialV5 is connectV5 that also returns the open connection.
+// dialV5 is connectV5 that also returns the open connection, for the
+// caller to close.
 func dialV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
 	t.Helper()
 	var c net.Conn
@@ -227,7 +228,6 @@ func dialV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 5,

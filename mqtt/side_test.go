@@ -27,6 +27,7 @@ func TestLoginRacingDisableIsClosed(t *testing.T) {
 	}
 	cid, user, pass := creds(t, "pkr", "dev", d.DeviceSecret, sign.ModeStatic, sign.SHA256)
 	c, code := dialV5(t, h.addr, nil, cid, user, pass)
+	defer c.Close()
 	if code != 0 {
 		t.Fatalf("CONNACK %#x: the cached device should have let the login through to the online write", code)
 	}
