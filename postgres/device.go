@@ -306,7 +306,26 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 	if len(changes) == 0 {
 		return res, nil
 	}
+	// The changes apply in batch order, but their rows are locked first in
+	// key order: two nodes applying overlapping batches (a device moving
+	// from one node to another) then wait for each other instead of
+	// deadlocking.
+	ids := make([]iothub.DeviceID, 0, len(changes))
+	for _, c := range changes {
+		ids = append(ids, c.Device)
+	}
+	slices.SortFunc(ids, compareIDs)
+	ids = slices.Compact(ids)
+	pks, dks := make([]string, len(ids)), make([]string, len(ids))
+	for i, id := range ids {
+		pks[i], dks[i] = id.ProductKey, id.DeviceKey
+	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SELECT 1 FROM devices d JOIN unnest($1::text[], $2::text[]) AS v (pk, dk)
+				ON d.product_key = v.pk AND d.device_key = v.dk
+			ORDER BY d.product_key, d.device_key FOR UPDATE OF d`, pks, dks); err != nil {
+			return wrap("apply device states", err)
+		}
 		for i, c := range changes {
 			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
 			res[i] = nil

@@ -245,3 +245,32 @@ func TestDeleteProductRacingCreateDevice(t *testing.T) {
 		}
 	}
 }
+
+// Two nodes applying login/logout batches over the same devices in
+// opposite orders wait for each other rather than deadlock.
+func TestApplyDeviceStatesAcrossNodes(t *testing.T) {
+	url := pgtest.URL(t)
+	s := newSealer(t)
+	a, b := open(t, url, s), open(t, url, s)
+	must(t, a.CreateProduct(ctx, &iothub.Product{OrgID: iothub.DefaultOrgID, ProductKey: "pk", ProductSecret: "s"}))
+	const n = 20
+	var forward, backward []iothub.StateChange
+	for i := range n {
+		must(t, a.CreateDevice(ctx, &iothub.Device{ProductKey: "pk", DeviceKey: fmt.Sprintf("d%02d", i), DeviceSecret: "s"}))
+		forward = append(forward, iothub.StateChange{Device: iothub.DeviceID{ProductKey: "pk", DeviceKey: fmt.Sprintf("d%02d", i)},
+			State: iothub.StateOnline, At: time.Now()})
+	}
+	for i := n - 1; i >= 0; i-- {
+		backward = append(backward, iothub.StateChange{Device: forward[i].Device, State: iothub.StateOffline, At: time.Now()})
+	}
+	for range 15 {
+		var wg sync.WaitGroup
+		var errA, errB error
+		wg.Add(2)
+		go func() { defer wg.Done(); _, errA = a.ApplyDeviceStates(ctx, forward) }()
+		go func() { defer wg.Done(); _, errB = b.ApplyDeviceStates(ctx, backward) }()
+		wg.Wait()
+		must(t, errA)
+		must(t, errB)
+	}
+}
