@@ -539,6 +539,12 @@ func (l *lockedBuffer) String() string {
 // certificate's life: the agent renews over MQTT with a fresh key,
 // reconnects with the successor, and the hub then supersedes the old one.
 func TestEdgeLibraryRenewsCertificate(t *testing.T) {
+	t.Run("file", func(t *testing.T) { renewFlow(t, false) })
+	t.Run("tpm", func(t *testing.T) { renewFlow(t, true) })
+}
+
+func renewFlow(t *testing.T, useTPM bool) {
+	var ks edge.KeyStore
 	th := startHub(t, "")
 	ctx := context.Background()
 	prod, err := th.admin.CreateProduct(ctx, map[string]any{"name": "renewing", "authMode": "certificate", "dynamicActivation": true})
@@ -552,14 +558,32 @@ func TestEdgeLibraryRenewsCertificate(t *testing.T) {
 	caFile := filepath.Join(work, "ca.pem")
 	os.WriteFile(caFile, th.ChainPEM(), 0o644)
 	state := filepath.Join(work, "state")
+	if useTPM {
+		addr := startSWTPM(t)
+		host, port, _ := net.SplitHostPort(addr)
+		var p int
+		fmt.Sscan(port, &p)
+		tks, err := edge.OpenSWTPM(state, addr, net.JoinHostPort(host, fmt.Sprint(p+1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tks.Close()
+		ks = tks
+	}
 	var logs lockedBuffer
 	states := make(chan string, 100)
 	a, err := edge.New(edge.Config{
+		KeyStore: ks,
 		StateDir: state, CAFile: caFile, Broker: "ssl://" + th.MQTTSAddr(), API: th.HTTPSURL(),
 		ProductKey: prod.ProductKey, ProductSecret: prod.ProductSecret, DeviceKey: "R-1",
 		KeyType: edge.P256, Interval: time.Second, RenewFraction: 1e-9, RequestTimeout: 5 * time.Second,
-		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
-		OnState: func(s string) { states <- s },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		OnState: func(s string) {
+			select {
+			case states <- s:
+			default: // never block the agent
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -600,6 +624,9 @@ func TestEdgeLibraryRenewsCertificate(t *testing.T) {
 	second := readSerial()
 	if first == "" || second == "" || first == second {
 		t.Fatalf("serial before %q after %q", first, second)
+	}
+	if fileKeys, _ := filepath.Glob(filepath.Join(state, "key-*.pem")); useTPM != (len(fileKeys) == 0) {
+		t.Fatalf("TPM=%v but file keys are %v", useTPM, fileKeys)
 	}
 	devPath := "/api/v1/products/" + prod.ProductKey + "/devices/R-1"
 	eventually(t, 30*time.Second, "old certificate superseded once the new one is used", func() bool {
