@@ -48,7 +48,11 @@ type Service struct {
 
 	// revoked maps serial → revocation of hub-issued certificates. It is
 	// copied on write (under mu) so the TLS path reads it without a lock.
-	revoked  atomic.Pointer[revokedSet]
+	revoked atomic.Pointer[revokedSet]
+	// heard holds serials another node announced as revoked while the
+	// store read that confirms them is under way, so the TLS path refuses
+	// them at once. Copied on write under mu, like revoked.
+	heard    atomic.Pointer[map[string]struct{}]
 	mu       sync.RWMutex
 	external map[string]*x509.CertPool // productKey → its verified external CAs
 	pending  map[string]pendingRenewal // new serial → what it supersedes
@@ -120,6 +124,7 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 		return nil, err
 	}
 	s.revoked.Store(&revokedSet{})
+	s.heard.Store(&map[string]struct{}{})
 	s.remember(revoked...)
 	if err := s.loadExternalCAs(ctx); err != nil {
 		return nil, err
@@ -187,13 +192,17 @@ func (s *Service) onEvent(e iothub.Event) {
 	if closed {
 		return
 	}
+	// Refuse the serial from now on: a device reconnecting to this node
+	// before the store read below must not get back in.
+	s.setHeard(e.Serial, true)
 	go func() {
 		defer s.loads.Done()
+		defer s.setHeard(e.Serial, false)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		c, err := s.store.Certificate(ctx, e.Serial)
 		if err != nil || c.RevokedAt == nil {
-			return
+			return // not revoked after all: the announcement alone does not count
 		}
 		if s.remember(c) {
 			if err := s.signCRL(); err != nil {
@@ -274,8 +283,24 @@ func (s *Service) ChainPEM() []byte { return s.a.ChainPEM() }
 // IsRevoked reports from memory whether the hub-issued certificate with
 // serial (lower-case hex) is revoked.
 func (s *Service) IsRevoked(serial string) bool {
-	_, ok := (*s.revoked.Load())[serial]
-	return ok
+	if _, ok := (*s.revoked.Load())[serial]; ok {
+		return true
+	}
+	_, heard := (*s.heard.Load())[serial]
+	return heard
+}
+
+// setHeard adds serial to, or removes it from, the announced-revoked set.
+func (s *Service) setHeard(serial string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := maps.Clone(*s.heard.Load())
+	if on {
+		set[serial] = struct{}{}
+	} else {
+		delete(set, serial)
+	}
+	s.heard.Store(&set)
 }
 
 // Enroll checks csrPEM, issues a certificate for d valid for validDays
