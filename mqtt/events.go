@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/iothub/iothub"
 )
 
@@ -132,6 +134,8 @@ func (s *Server) sweep() {
 					s.endSession(ss) // CONNACK write failed: mochi never calls OnDisconnect
 				case ss.offlineTimeout > 0 && now.Sub(time.Unix(0, ss.lastSeen.Load())) > ss.offlineTimeout:
 					s.kick(ss, codeNotAuthorized, "offline_timeout")
+				case ss.established.Load() && ss.cl.State.Inflight.Len() > maxUnacked:
+					s.kick(ss, packets.ErrQuotaExceeded, "slow_consumer") // reads but does not acknowledge
 				}
 			}
 			if now.Sub(lastTouch) >= s.touchEvery {

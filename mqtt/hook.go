@@ -25,6 +25,7 @@ func (h *hook) Provides(b byte) bool {
 		mochi.OnDisconnect,
 		mochi.OnPublish,
 		mochi.OnPacketRead,
+		mochi.OnPublishDropped,
 	}, []byte{b})
 }
 
@@ -49,7 +50,12 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 
 // OnSessionEstablished runs after the CONNACK: the activation push goes here.
 func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
-	if ss := h.s.lookup(cl); ss != nil && ss.activation {
+	ss := h.s.lookup(cl)
+	if ss == nil {
+		return
+	}
+	ss.established.Store(true)
+	if ss.activation {
 		h.s.pushActivation(ss)
 	}
 }
@@ -67,6 +73,11 @@ func (h *hook) OnPacketRead(cl *mochi.Client, pk packets.Packet) (packets.Packet
 		ss.touch(time.Now())
 	}
 	return pk, nil
+}
+
+// OnPublishDropped delivers a QoS 1 message mochi could not queue.
+func (h *hook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
+	h.s.deliverOverflow(cl, pk)
 }
 
 // OnPublish serves upstream requests and replies to downstream calls.

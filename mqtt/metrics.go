@@ -11,6 +11,7 @@ type metrics struct {
 	handshakeFailures *prometheus.CounterVec
 	kicks             *prometheus.CounterVec
 	revokeLatency     prometheus.Histogram
+	overflow          *prometheus.CounterVec
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -38,11 +39,15 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from hearing a certificate revocation to the end of the session using it.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 5},
 		}),
+		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_mqtt_qos1_overflow_total",
+			Help: "QoS 1 deliveries that found the subscriber's queue full, by outcome (written directly, write_failed, no_packet_id).",
+		}, []string{"outcome"}),
 	}
 	if r == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency} {
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency, m.overflow} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -82,8 +82,16 @@ type Server struct {
 
 // Tuning of the embedded broker for many small devices.
 const (
-	maxWritesPending  = 128                   // per-client outbound queue
-	maxInflight       = 64                    // stored QoS 1 messages per client
+	maxWritesPending = 128 // per-client outbound queue
+	// maxInflight is mochi's cap on stored outbound QoS 1 messages per
+	// client, past which it drops deliveries silently although their
+	// publisher has its PUBACK. It is the packet-id space, so that it never
+	// binds: a full outbound queue slows the publisher instead
+	// (deliverOverflow), and the sweep closes a client holding more than
+	// maxUnacked unacknowledged messages. Entries cost memory only while
+	// messages are unacknowledged, nothing on an idle connection.
+	maxInflight       = 65535
+	maxUnacked        = 1024
 	receiveMaximum    = 64                    // concurrent inbound QoS 1 per client
 	sessionExpirySec  = 15 * 60               // persistent sessions live 15 min after disconnect
 	connectTimeout    = 10 * time.Second      // TLS handshake + CONNECT must arrive within this

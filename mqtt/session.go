@@ -30,11 +30,12 @@ type session struct {
 	offlineTimeout time.Duration // 0: mochi's keepalive deadline only
 	actInfo        []byte        // activation: the thing.activate.info push
 
-	lastSeen atomic.Int64 // unix nanoseconds of the last inbound packet
-	flushed  atomic.Int64 // lastSeen value last written by TouchDevices
-	quiet    atomic.Bool  // closed by the hub after a state change: leave the stored state alone
-	revoked  atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
-	timer    *time.Timer  // certificate expiry or activation deadline
+	lastSeen    atomic.Int64 // unix nanoseconds of the last inbound packet
+	flushed     atomic.Int64 // lastSeen value last written by TouchDevices
+	quiet       atomic.Bool  // closed by the hub after a state change: leave the stored state alone
+	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
+	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
+	timer       *time.Timer  // certificate expiry or activation deadline
 }
 
 // Topic prefixes of a device.
