@@ -125,13 +125,6 @@ func (c *registryCache) dropProduct(pk string) {
 	c.mu.Unlock()
 }
 
-// len reports the number of cached products and devices.
-func (c *registryCache) len() (products, devices int) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.products), len(c.devices)
-}
-
 // evictOne removes one entry, whichever map iteration yields first
 // (Go randomizes it): simple, and fair enough for a bounded cache.
 func evictOne[K comparable, V any](m map[K]V) {

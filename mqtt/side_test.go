@@ -56,6 +56,13 @@ func TestLoginRacingDisableIsClosed(t *testing.T) {
 	}
 }
 
+// len reports the number of cached products and devices.
+func (c *registryCache) len() (products, devices int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.products), len(c.devices)
+}
+
 // Unknown devices are not cached: a device created right after a refused
 // login logs in at once. A cached device is dropped by its bus event.
 func TestLoginCacheMissesAndInvalidation(t *testing.T) {
