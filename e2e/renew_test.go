@@ -4,16 +4,21 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/iothub/iothub/client"
 	"github.com/iothub/iothub/sign"
 )
 
@@ -119,5 +124,49 @@ func TestCertificateRenewalOverMQTT(t *testing.T) {
 	o3.SetTLSConfig(th.tlsTo(t, tlsCert(t, first.Cert, key)))
 	if err := refused(o3); err == nil {
 		t.Fatal("the superseded certificate still logs in")
+	}
+}
+
+// TestHTTPSEnrollmentChecksClientCertificate: over HTTPS, a device may
+// present its certificate; the hub then holds it to the same rules as a
+// mutual-TLS login. Another device's certificate or a revoked one is refused.
+func TestHTTPSEnrollmentChecksClientCertificate(t *testing.T) {
+	th := startHub(t, "")
+	p := th.newProduct(t, map[string]any{"name": "edge", "authMode": "certificate"})
+	a := th.newDevice(t, p, "EDGE-H1")
+	th.newDevice(t, p, "EDGE-H2")
+	certFor := func(dk string) (*tls.Certificate, string) {
+		key, csr := newKeyAndCSR(t, dk)
+		var c issued
+		do(t, th.admin, "POST", "/api/v1/products/"+p.ProductKey+"/devices/"+dk+"/certificates", map[string]any{"csr": csr}, &c, 201)
+		return tlsCert(t, c.Cert, key), c.Serial
+	}
+	own, ownSerial := certFor("EDGE-H1")
+	other, _ := certFor("EDGE-H2")
+	enroll := func(cert *tls.Certificate) int {
+		_, csr := newKeyAndCSR(t, "EDGE-H1")
+		ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+		h := sha256.Sum256([]byte(csr))
+		s, _ := sign.Compute(sign.SHA256, []sign.Pair{{Key: "csrSha256", Value: hex.EncodeToString(h[:])}, {Key: "deviceKey", Value: "EDGE-H1"}, {Key: "productKey", Value: p.ProductKey}, {Key: "timestamp", Value: ts}}, a.DeviceSecret)
+		c, err := client.New(th.HTTPSURL(), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.HTTP.Transport = &http.Transport{TLSClientConfig: th.tlsTo(t, cert)}
+		code, _ := c.Send(t.Context(), "POST", "/device/v1/"+p.ProductKey+"/EDGE-H1/certificates", map[string]any{"csr": csr, "timestamp": ts, "sign": s}, nil)
+		return code
+	}
+	if code := enroll(own); code != 201 {
+		t.Fatalf("own certificate: %d, want 201", code)
+	}
+	if code := enroll(other); code != 401 {
+		t.Fatalf("another device's certificate: %d, want 401", code)
+	}
+	do(t, th.admin, "POST", "/api/v1/certificates/"+ownSerial+"/revoke", map[string]any{"reason": "keyCompromise"}, nil, 200)
+	if code := enroll(own); code != 401 {
+		t.Fatalf("revoked certificate: %d, want 401", code)
+	}
+	if code := enroll(nil); code != 201 {
+		t.Fatalf("no certificate (the secret signature alone): %d, want 201", code)
 	}
 }

@@ -70,6 +70,18 @@ func (s *Server) authenticateDevice(r *http.Request, req deviceSigned, pairs ...
 	if d.State == iothub.StateDisabled {
 		return refuse("device disabled")
 	}
+	// A client certificate presented over HTTPS must be one that could log
+	// this device in over MQTT: chained to a trusted CA, valid, not
+	// revoked, naming this device.
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		prod, err := s.Store.Product(r.Context(), pk)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.Certs.AuthorizeClient(prod, dk, r.TLS.PeerCertificates, s.Now()); err != nil {
+			return refuse("client certificate: " + iothub.ErrorMessage(err))
+		}
+	}
 	return d, nil
 }
 
