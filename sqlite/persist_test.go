@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
@@ -160,73 +159,6 @@ func TestSecretsNeverInFile(t *testing.T) {
 	check("while open")
 	must(t, db.Close())
 	check("after close")
-}
-
-// Many writers and readers at once: no SQLITE_BUSY, no lost writes.
-func TestConcurrentWritersAndReaders(t *testing.T) {
-	env := newEnv(t)
-	db := env.open(t)
-	defer db.Close()
-	mkProduct(t, db, "pk")
-	seedDevices(t, db, "pk", 200)
-	const writers, readers, perWriter = 6, 6, 40
-	var wg sync.WaitGroup
-	errs := make(chan error, writers*perWriter*4+readers*1000)
-	stop := make(chan struct{})
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWriter {
-				dk := fmt.Sprintf("w%d-%03d", w, i)
-				if err := db.CreateDevice(ctx, &iothub.Device{ProductKey: "pk", DeviceKey: dk, DeviceSecret: "s"}); err != nil {
-					errs <- err
-				}
-				seed := fmt.Sprintf("d%07d", (w*perWriter+i)%200)
-				errs <- db.SetDeviceState(ctx, "pk", seed, iothub.StateOnline, time.Now())
-				errs <- db.AppendSamples(ctx, []iothub.Sample{sample("pk", seed, time.Now(), `{"v":1}`)})
-				errs <- db.TouchDevices(ctx, map[iothub.DeviceID]time.Time{{ProductKey: "pk", DeviceKey: seed}: time.Now()})
-			}
-		}()
-	}
-	var rg sync.WaitGroup
-	for r := range readers {
-		rg.Add(1)
-		go func() {
-			defer rg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := db.Device(ctx, "pk", fmt.Sprintf("d%07d", (r*31+i)%200)); err != nil {
-					errs <- err
-					return
-				}
-				if i%20 == 0 {
-					if _, err := db.Devices(ctx, "pk", iothub.DeviceFilter{Limit: 50}); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(stop)
-	rg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	n, err := db.CountDevices(ctx, "pk")
-	must(t, err)
-	if n != 200+writers*perWriter {
-		t.Fatalf("%d devices, want %d", n, 200+writers*perWriter)
-	}
 }
 
 // The file belongs to one process: a second one (another hub on the same

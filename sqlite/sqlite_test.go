@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -51,14 +52,6 @@ func newDB(t testing.TB) *DB {
 	return db
 }
 
-// wantCode fails the test unless err carries code.
-func wantCode(t testing.TB, err error, code string) {
-	t.Helper()
-	if got := iothub.ErrorCode(err); got != code {
-		t.Fatalf("error code %q (%v), want %q", got, err, code)
-	}
-}
-
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
@@ -80,7 +73,15 @@ func mkDevice(t testing.TB, db *DB, pk, dk string) *iothub.Device {
 	return d
 }
 
-func ptime(t time.Time) *time.Time { return &t }
+func mkCert(serial, pk, dk, key string, notBefore time.Time, days int) *iothub.Certificate {
+	return &iothub.Certificate{Serial: serial, OrgID: iothub.DefaultOrgID, ProductKey: pk, DeviceKey: dk,
+		PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
+		NotAfter: notBefore.Add(time.Duration(days) * 24 * time.Hour)}
+}
+
+func sample(pk, dk string, t time.Time, mp string) iothub.Sample {
+	return iothub.Sample{ProductKey: pk, DeviceKey: dk, Time: t, Measurepoints: json.RawMessage(mp)}
+}
 
 // seedDevices inserts n devices ("d0000000"…) into product pk in one
 // transaction, sealing a secret per device, and returns the keys.
