@@ -234,17 +234,6 @@ func Open(cfg Config) (h *Hub, err error) {
 	return h, nil
 }
 
-// TLS policy for every listener: TLS 1.2 or 1.3 only, and for 1.2 only
-// ECDHE key exchange with AEAD ciphers (forward secrecy, no CBC).
-var tls12Suites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-}
-
 // tlsConfig is the server side of every TLS listener. A client certificate
 // is asked for but not verified here: which CA a device may use depends on
 // its product, so the certificate service decides at login.
@@ -252,7 +241,7 @@ var tls12Suites = []uint16{
 func (h *Hub) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		CipherSuites:   tls12Suites,
+		CipherSuites:   iothub.TLS12CipherSuites,
 		GetCertificate: h.chooseCert,
 		ClientAuth:     tls.RequestClientCert,
 	}

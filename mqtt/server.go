@@ -179,14 +179,7 @@ func New(cfg Config) (*Server, error) {
 func serverTLS(base *tls.Config) *tls.Config {
 	c := base.Clone()
 	c.MinVersion = tls.VersionTLS12
-	c.CipherSuites = []uint16{ // TLS 1.2: forward-secret AEAD only (1.3 suites are fixed and all AEAD)
-		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-	}
+	c.CipherSuites = iothub.TLS12CipherSuites
 	// The chain is verified by CertificateService.AuthorizeClient against
 	// the hub CA and the product's verified external CAs, so the handshake
 	// only asks for a certificate.
