@@ -5,12 +5,13 @@ import (
 	"database/sql"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
 // Audit records e; a zero Time is set to now. Ids grow by one per event.
 func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 	if e.Kind == "" {
-		return invalid("audit event needs a kind")
+		return sqlstore.Invalid("audit event needs a kind")
 	}
 	// Ids grow by one across every node: they are allotted under an
 	// advisory lock held until commit.
@@ -20,7 +21,7 @@ func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 			SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM audit_events`,
-			ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason)
+			sqlstore.MS(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason)
 		return wrap("audit", err)
 	})
 }
@@ -28,7 +29,7 @@ func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 // AuditEvents returns an org's newest events first ("" lists every org);
 // limit defaults to DefaultPageSize and is capped at MaxPageSize.
 func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothub.AuditEvent, error) {
-	limit = clampLimit(limit, DefaultPageSize, MaxPageSize)
+	limit = sqlstore.ClampLimit(limit, DefaultPageSize, MaxPageSize)
 	const cols = `SELECT id, time_ms, org_id, kind, product_key, device_key, remote, reason FROM audit_events`
 	q, args := cols+` ORDER BY id DESC LIMIT $1`, []any{limit}
 	if orgID != "" {
@@ -46,7 +47,7 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 		if err := rows.Scan(&e.ID, &t, &e.OrgID, &e.Kind, &e.ProductKey, &e.DeviceKey, &e.Remote, &e.Reason); err != nil {
 			return nil, wrap("audit events", err)
 		}
-		e.Time = fromMS(t)
+		e.Time = sqlstore.FromMS(t)
 		out = append(out, e)
 	}
 	return out, wrap("audit events", rows.Err())
@@ -57,7 +58,7 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error {
 	for _, e := range events {
 		if e.Kind == "" {
-			return invalid("audit event needs a kind")
+			return sqlstore.Invalid("audit event needs a kind")
 		}
 	}
 	if len(events) == 0 {
@@ -70,7 +71,7 @@ func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error 
 		for _, e := range events {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 				SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM audit_events`,
-				ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
+				sqlstore.MS(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
 				return wrap("audit", err)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/seal"
 )
@@ -82,19 +83,19 @@ func stopBench() {
 // seed inserts n devices with sealed secrets, 10 000 per statement.
 func seed(db *DB, pk string, n int) ([]string, error) {
 	keys := make([]string, n)
-	now := ms(time.Now())
+	now := sqlstore.MS(time.Now())
 	for lo := 0; lo < n; lo += 10000 {
 		hi := min(lo+10000, n)
 		dks, assets, secrets := make([]string, 0, hi-lo), make([]string, 0, hi-lo), make([]string, 0, hi-lo)
 		for i := lo; i < hi; i++ {
 			keys[i] = fmt.Sprintf("d%07d", i)
-			sealed, err := db.sealer.Seal(fmt.Sprintf("secret-%s-%d", pk, i), deviceAAD(pk, keys[i]))
+			sealed, err := db.sealer.Seal(fmt.Sprintf("secret-%s-%d", pk, i), sqlstore.DeviceAAD(pk, keys[i]))
 			if err != nil {
 				return nil, err
 			}
 			dks, assets, secrets = append(dks, keys[i]), append(assets, pk+"-"+keys[i]), append(secrets, sealed)
 		}
-		_, err := db.db.Exec(`INSERT INTO devices (`+deviceCols+`)
+		_, err := db.db.Exec(`INSERT INTO devices (`+sqlstore.DeviceCols+`)
 			SELECT $1, $2, dk, asset, '', 'inactive', secret, 1, NULL, NULL, $3
 			FROM unnest($4::text[], $5::text[], $6::text[]) AS v (dk, asset, secret)`,
 			iothub.DefaultOrgID, pk, now, dks, assets, secrets)

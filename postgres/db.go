@@ -27,6 +27,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 	"github.com/iothub/iothub/migrations"
 	"github.com/iothub/iothub/seal"
 )
@@ -91,7 +92,7 @@ func (db *DB) init() error {
 	}
 	_, err = db.db.ExecContext(ctx,
 		`INSERT INTO orgs (id, name, created_at) VALUES ($1, 'default', $2) ON CONFLICT (id) DO NOTHING`,
-		iothub.DefaultOrgID, ms(db.now()))
+		iothub.DefaultOrgID, sqlstore.MS(db.now()))
 	if err != nil {
 		return fmt.Errorf("postgres: default org: %w", err)
 	}
@@ -108,18 +109,7 @@ func (db *DB) Close() error {
 
 // tx runs fn in a read-committed transaction, committing if fn returns nil.
 func (db *DB) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := db.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("postgres: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("postgres: commit: %w", err)
-	}
-	return nil
+	return sqlstore.Tx(ctx, db.db, "postgres", fn)
 }
 
 // Advisory lock keys (first argument of pg_advisory_xact_lock(int, int)).
@@ -146,79 +136,8 @@ func constraint(err error) (kind, detail string) {
 }
 
 // wrap turns an unexpected driver error into an internal error naming op.
-func wrap(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var ie *iothub.Error
-	if errors.As(err, &ie) {
-		return err
-	}
-	return fmt.Errorf("postgres: %s: %w", op, err)
-}
-
-// ms converts a time to unix milliseconds.
-func ms(t time.Time) int64 { return t.UnixMilli() }
-
-// fromMS converts unix milliseconds to a UTC time.
-func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
-
-// nullMS converts an optional time to a nullable column value.
-func nullMS(t *time.Time) any {
-	if t == nil {
-		return nil
-	}
-	return t.UnixMilli()
-}
-
-// timePtr converts a nullable column to an optional time.
-func timePtr(v sql.NullInt64) *time.Time {
-	if !v.Valid {
-		return nil
-	}
-	t := fromMS(v.Int64)
-	return &t
-}
-
-// nowMS is the store's clock truncated to what it keeps: milliseconds.
-func (db *DB) nowMS() time.Time { return fromMS(ms(db.now())) }
+func wrap(op string, err error) error { return sqlstore.Wrap("postgres", op, err) }
 
 // truncMS returns t cut to millisecond precision in UTC, or the store's
 // clock if t is zero.
-func (db *DB) truncMS(t time.Time) time.Time {
-	if t.IsZero() {
-		return db.nowMS()
-	}
-	return fromMS(ms(t))
-}
-
-// bool01 stores a boolean as INTEGER 0/1.
-func bool01(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// clampLimit applies a listing's default and maximum.
-func clampLimit(n, def, maxN int) int {
-	switch {
-	case n <= 0:
-		return def
-	case n > maxN:
-		return maxN
-	}
-	return n
-}
-
-func notFound(format string, args ...any) error {
-	return iothub.Errorf(iothub.ENOTFOUND, format, args...)
-}
-
-func conflict(format string, args ...any) error {
-	return iothub.Errorf(iothub.ECONFLICT, format, args...)
-}
-
-func invalid(format string, args ...any) error {
-	return iothub.Errorf(iothub.EINVALID, format, args...)
-}
+func (db *DB) truncMS(t time.Time) time.Time { return sqlstore.TruncMS(t, db.now) }

@@ -10,44 +10,18 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
-
-const deviceCols = `org_id, product_key, device_key, asset_id, name, state, device_secret, secret_version,
-	last_seen_at, activated_at, created_at`
 
 // Page sizes of the Devices and AuditEvents listings: the default when the
 // caller gives none, and the cap.
 const (
-	DefaultPageSize = 100
-	MaxPageSize     = 1000
+	DefaultPageSize = sqlstore.DefaultPageSize
+	MaxPageSize     = sqlstore.MaxPageSize
 )
 
-// deviceAAD binds a sealed device secret to its row.
-func deviceAAD(productKey, deviceKey string) string {
-	return "device\x00" + productKey + "\x00" + deviceKey
-}
-
-func (db *DB) scanDevice(row interface{ Scan(...any) error }) (*iothub.Device, error) {
-	var (
-		d               iothub.Device
-		sealed, state   string
-		seen, activated sql.NullInt64
-		created         int64
-	)
-	if err := row.Scan(&d.OrgID, &d.ProductKey, &d.DeviceKey, &d.AssetID, &d.Name, &state, &sealed,
-		&d.SecretVersion, &seen, &activated, &created); err != nil {
-		return nil, err
-	}
-	secret, err := db.sealer.Open(sealed, deviceAAD(d.ProductKey, d.DeviceKey))
-	if err != nil {
-		return nil, wrap("device "+d.ProductKey+"/"+d.DeviceKey+" secret", err)
-	}
-	d.DeviceSecret = secret
-	d.State = iothub.DeviceState(state)
-	d.LastSeenAt = timePtr(seen)
-	d.ActivatedAt = timePtr(activated)
-	d.CreatedAt = fromMS(created)
-	return &d, nil
+func (db *DB) scanDevice(row sqlstore.Scanner) (*iothub.Device, error) {
+	return sqlstore.ScanDevice(row, db.sealer, "postgres")
 }
 
 // CreateDevice stores d with its secret sealed. Empty fields are filled
@@ -62,17 +36,17 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 		return err
 	}
 	if d.DeviceSecret == "" {
-		return invalid("device secret must not be empty")
+		return sqlstore.Invalid("device secret must not be empty")
 	}
 	state := d.State
 	if state == "" {
 		state = iothub.StateInactive
 	}
 	if !state.Valid() {
-		return invalid("unknown device state %q", d.State)
+		return sqlstore.Invalid("unknown device state %q", d.State)
 	}
 	if d.SecretVersion < 0 {
-		return invalid("secret version must not be negative")
+		return sqlstore.Invalid("secret version must not be negative")
 	}
 	version := max(d.SecretVersion, 1)
 	asset := d.AssetID
@@ -80,32 +54,32 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 		asset = iothub.RandomString(iothub.ProductKeyLen)
 	}
 	created := db.truncMS(d.CreatedAt)
-	sealed, err := db.sealer.Seal(d.DeviceSecret, deviceAAD(d.ProductKey, d.DeviceKey))
+	sealed, err := db.sealer.Seal(d.DeviceSecret, sqlstore.DeviceAAD(d.ProductKey, d.DeviceKey))
 	if err != nil {
 		return wrap("seal device secret", err)
 	}
 	// One statement, one round trip: the org comes from the product row,
 	// and no row inserted means no such product (or another org's).
 	var org string
-	err = db.db.QueryRowContext(ctx, `INSERT INTO devices (`+deviceCols+`)
+	err = db.db.QueryRowContext(ctx, `INSERT INTO devices (`+sqlstore.DeviceCols+`)
 		SELECT org_id, product_key, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM products
 		WHERE product_key = $1 AND ($11 = '' OR org_id = $11)
 		RETURNING org_id`,
 		d.ProductKey, d.DeviceKey, asset, d.Name, string(state), sealed, version,
-		nullMS(d.LastSeenAt), nullMS(d.ActivatedAt), ms(created), d.OrgID).Scan(&org)
+		sqlstore.NullMS(d.LastSeenAt), sqlstore.NullMS(d.ActivatedAt), sqlstore.MS(created), d.OrgID).Scan(&org)
 	kind, detail := constraint(err)
 	switch {
 	case errors.Is(err, sql.ErrNoRows) || kind == "foreign": // foreign: the product went meanwhile
 		if d.OrgID != "" {
 			if _, perr := db.Product(ctx, d.ProductKey); perr == nil {
-				return invalid("device org %q differs from its product's", d.OrgID)
+				return sqlstore.Invalid("device org %q differs from its product's", d.OrgID)
 			}
 		}
-		return notFound("product %q not found", d.ProductKey)
+		return sqlstore.NotFound("product %q not found", d.ProductKey)
 	case kind == "unique" && strings.Contains(detail, "asset_id"):
-		return conflict("asset id %q is taken", asset)
+		return sqlstore.Conflict("asset id %q is taken", asset)
 	case kind == "unique":
-		return conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
+		return sqlstore.Conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
 	case err != nil:
 		return wrap("create device", err)
 	}
@@ -115,10 +89,10 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 
 // Device returns the device with its secret in clear, or ENOTFOUND.
 func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub.Device, error) {
-	d, err := db.scanDevice(db.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE product_key = $1 AND device_key = $2`,
+	d, err := db.scanDevice(db.db.QueryRowContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices WHERE product_key = $1 AND device_key = $2`,
 		productKey, deviceKey))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("device %q not found in product %q", deviceKey, productKey)
+		return nil, sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 	}
 	return d, wrap("device", err)
 }
@@ -129,18 +103,18 @@ func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub
 // MaxPageSize. An unknown product yields an empty list.
 func (db *DB) Devices(ctx context.Context, productKey string, f iothub.DeviceFilter) ([]*iothub.Device, error) {
 	if f.State != "" && !f.State.Valid() {
-		return nil, invalid("unknown device state %q", f.State)
+		return nil, sqlstore.Invalid("unknown device state %q", f.State)
 	}
-	limit := clampLimit(f.Limit, DefaultPageSize, MaxPageSize)
+	limit := sqlstore.ClampLimit(f.Limit, DefaultPageSize, MaxPageSize)
 	var (
 		rows *sql.Rows
 		err  error
 	)
 	if f.State == "" {
-		rows, err = db.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+		rows, err = db.db.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
 			WHERE product_key = $1 AND device_key > $2 ORDER BY device_key LIMIT $3`, productKey, f.Cursor, limit)
 	} else {
-		rows, err = db.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+		rows, err = db.db.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
 			WHERE product_key = $1 AND state = $2 AND device_key > $3 ORDER BY device_key LIMIT $4`,
 			productKey, string(f.State), f.Cursor, limit)
 	}
@@ -170,9 +144,9 @@ func (db *DB) CountDevices(ctx context.Context, productKey string) (int, error) 
 // activatedAt the first time and moves lastSeenAt forward to at.
 func (db *DB) SetDeviceState(ctx context.Context, productKey, deviceKey string, s iothub.DeviceState, at time.Time) error {
 	if !s.Valid() {
-		return invalid("unknown device state %q", s)
+		return sqlstore.Invalid("unknown device state %q", s)
 	}
-	t := ms(db.truncMS(at))
+	t := sqlstore.MS(db.truncMS(at))
 	online := s == iothub.StateOnline
 	overridesDisabled := s == iothub.StateDisabled || s == iothub.StateInactive
 	res, err := db.db.ExecContext(ctx, `UPDATE devices SET state = $1,
@@ -215,9 +189,9 @@ func (db *DB) EnableDevice(ctx context.Context, productKey, deviceKey string) (i
 // inactive, clears activatedAt and returns the device.
 func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*iothub.Device, error) {
 	if newSecret == "" {
-		return nil, invalid("device secret must not be empty")
+		return nil, sqlstore.Invalid("device secret must not be empty")
 	}
-	sealed, err := db.sealer.Seal(newSecret, deviceAAD(productKey, deviceKey))
+	sealed, err := db.sealer.Seal(newSecret, sqlstore.DeviceAAD(productKey, deviceKey))
 	if err != nil {
 		return nil, wrap("seal device secret", err)
 	}
@@ -226,10 +200,10 @@ func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret 
 		var err error
 		d, err = db.scanDevice(tx.QueryRowContext(ctx, `UPDATE devices
 			SET device_secret = $1, secret_version = secret_version + 1, state = $2, activated_at = NULL
-			WHERE product_key = $3 AND device_key = $4 RETURNING `+deviceCols,
+			WHERE product_key = $3 AND device_key = $4 RETURNING `+sqlstore.DeviceCols,
 			sealed, string(iothub.StateInactive), productKey, deviceKey))
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("device %q not found in product %q", deviceKey, productKey)
+			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 		}
 		return wrap("reset device", err)
 	})
@@ -254,7 +228,7 @@ func (db *DB) TouchDevices(ctx context.Context, seen map[iothub.DeviceID]time.Ti
 	slices.SortFunc(ids, compareIDs)
 	pks, dks, ts := make([]string, len(ids)), make([]string, len(ids)), make([]int64, len(ids))
 	for i, id := range ids {
-		pks[i], dks[i], ts[i] = id.ProductKey, id.DeviceKey, ms(db.truncMS(seen[id]))
+		pks[i], dks[i], ts[i] = id.ProductKey, id.DeviceKey, sqlstore.MS(db.truncMS(seen[id]))
 	}
 	_, err := db.db.ExecContext(ctx, `WITH v AS (
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v (pk, dk, t)),
@@ -276,7 +250,7 @@ func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) er
 			return wrap("delete device", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("device %q not found in product %q", deviceKey, productKey)
+			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 		}
 		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes"} {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE product_key = $1 AND device_key = $2`,
@@ -299,7 +273,7 @@ func compareIDs(a, b iothub.DeviceID) int {
 func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChange) ([]error, error) {
 	for _, c := range changes {
 		if c.State != iothub.StateOnline && c.State != iothub.StateOffline {
-			return nil, invalid("state change to %q: only online and offline", c.State)
+			return nil, sqlstore.Invalid("state change to %q: only online and offline", c.State)
 		}
 	}
 	res := make([]error, len(changes))
@@ -336,7 +310,7 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 				}
 				continue
 			}
-			t := ms(db.truncMS(c.At))
+			t := sqlstore.MS(db.truncMS(c.At))
 			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online',
 					activated_at = COALESCE(activated_at, $1),
 					last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 THEN $1 ELSE last_seen_at END
@@ -350,7 +324,7 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 			var one int
 			switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE product_key = $1 AND device_key = $2`, pk, dk).Scan(&one); {
 			case errors.Is(err, sql.ErrNoRows):
-				res[i] = notFound("device %q not found in product %q", dk, pk)
+				res[i] = sqlstore.NotFound("device %q not found in product %q", dk, pk)
 			case err != nil:
 				return wrap("apply device states", err)
 			default:

@@ -7,21 +7,22 @@ import (
 	"errors"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
 // CreateOrg stores o; CreatedAt is set to now if zero. A taken id is ECONFLICT.
 func (db *DB) CreateOrg(ctx context.Context, o *iothub.Org) error {
 	if o.ID == "" {
-		return invalid("org id must not be empty")
+		return sqlstore.Invalid("org id must not be empty")
 	}
 	if o.Name == "" {
-		return invalid("org name must not be empty")
+		return sqlstore.Invalid("org name must not be empty")
 	}
 	created := db.truncMS(o.CreatedAt)
 	_, err := db.db.ExecContext(ctx, `INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)`,
-		o.ID, o.Name, ms(created))
+		o.ID, o.Name, sqlstore.MS(created))
 	if kind, _ := constraint(err); kind == "unique" {
-		return conflict("org %q already exists", o.ID)
+		return sqlstore.Conflict("org %q already exists", o.ID)
 	}
 	if err != nil {
 		return wrap("create org", err)
@@ -37,12 +38,12 @@ func (db *DB) Org(ctx context.Context, id string) (*iothub.Org, error) {
 	err := db.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM orgs WHERE id = $1`, id).
 		Scan(&o.ID, &o.Name, &created)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("org %q not found", id)
+		return nil, sqlstore.NotFound("org %q not found", id)
 	}
 	if err != nil {
 		return nil, wrap("org", err)
 	}
-	o.CreatedAt = fromMS(created)
+	o.CreatedAt = sqlstore.FromMS(created)
 	return &o, nil
 }
 
@@ -60,7 +61,7 @@ func (db *DB) Orgs(ctx context.Context) ([]*iothub.Org, error) {
 		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
 			return nil, wrap("orgs", err)
 		}
-		o.CreatedAt = fromMS(created)
+		o.CreatedAt = sqlstore.FromMS(created)
 		out = append(out, &o)
 	}
 	return out, wrap("orgs", rows.Err())
@@ -86,8 +87,8 @@ func scanAPIKey(row interface{ Scan(...any) error }) (*iothub.APIKey, error) {
 	k.Role = iothub.Role(role)
 	k.Bootstrap = bootstrap != 0
 	k.Hash = hash
-	k.CreatedAt = fromMS(created)
-	k.RevokedAt = timePtr(revoked)
+	k.CreatedAt = sqlstore.FromMS(created)
+	k.RevokedAt = sqlstore.TimePtr(revoked)
 	return &k, nil
 }
 
@@ -96,23 +97,23 @@ func scanAPIKey(row interface{ Scan(...any) error }) (*iothub.APIKey, error) {
 func (db *DB) CreateAPIKey(ctx context.Context, k *iothub.APIKey) error {
 	switch {
 	case k.ID == "":
-		return invalid("api key id must not be empty")
+		return sqlstore.Invalid("api key id must not be empty")
 	case k.OrgID == "":
-		return invalid("api key needs an orgId")
+		return sqlstore.Invalid("api key needs an orgId")
 	case !k.Role.Valid():
-		return invalid("unknown role %q", k.Role)
+		return sqlstore.Invalid("unknown role %q", k.Role)
 	case len(k.Hash) < 16:
-		return invalid("api key hash is missing or too short")
+		return sqlstore.Invalid("api key hash is missing or too short")
 	}
 	created := db.truncMS(k.CreatedAt)
 	_, err := db.db.ExecContext(ctx, `INSERT INTO api_keys (`+apiKeyCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`,
-		k.ID, k.OrgID, k.Name, string(k.Role), bool01(k.Bootstrap), hex.EncodeToString(k.Hash),
-		ms(created), nullMS(k.RevokedAt))
+		k.ID, k.OrgID, k.Name, string(k.Role), sqlstore.Bool01(k.Bootstrap), hex.EncodeToString(k.Hash),
+		sqlstore.MS(created), sqlstore.NullMS(k.RevokedAt))
 	switch kind, _ := constraint(err); kind {
 	case "unique":
-		return conflict("api key already exists")
+		return sqlstore.Conflict("api key already exists")
 	case "foreign":
-		return notFound("org %q not found", k.OrgID)
+		return sqlstore.NotFound("org %q not found", k.OrgID)
 	}
 	if err != nil {
 		return wrap("create api key", err)
@@ -126,7 +127,7 @@ func (db *DB) APIKeyByHash(ctx context.Context, hash []byte) (*iothub.APIKey, er
 	k, err := scanAPIKey(db.db.QueryRowContext(ctx, `SELECT `+apiKeyCols+` FROM api_keys
 		WHERE hash = $1 AND revoked_at IS NULL`, hex.EncodeToString(hash)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("api key not found")
+		return nil, sqlstore.NotFound("api key not found")
 	}
 	return k, wrap("api key", err)
 }
@@ -157,15 +158,15 @@ func (db *DB) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 		var revoked sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT revoked_at FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE`, id, orgID).Scan(&revoked)
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("api key %q not found", id)
+			return sqlstore.NotFound("api key %q not found", id)
 		}
 		if err != nil {
 			return wrap("revoke api key", err)
 		}
 		if revoked.Valid {
-			return conflict("api key %q is already revoked", id)
+			return sqlstore.Conflict("api key %q is already revoked", id)
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE api_keys SET revoked_at = $1 WHERE id = $2`, ms(db.now()), id)
+		_, err = tx.ExecContext(ctx, `UPDATE api_keys SET revoked_at = $1 WHERE id = $2`, sqlstore.MS(db.now()), id)
 		return wrap("revoke api key", err)
 	})
 }

@@ -5,21 +5,22 @@ import (
 	"database/sql"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
 // Audit records e; a zero Time is set to now. Ids grow by one per event.
 func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 	if e.Kind == "" {
-		return invalid("audit event needs a kind")
+		return sqlstore.Invalid("audit event needs a kind")
 	}
-	_, err := db.stAudit.ExecContext(ctx, ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason)
+	_, err := db.stAudit.ExecContext(ctx, sqlstore.MS(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason)
 	return wrap("audit", err)
 }
 
 // AuditEvents returns an org's newest events first ("" lists every org);
 // limit defaults to DefaultPageSize and is capped at MaxPageSize.
 func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothub.AuditEvent, error) {
-	limit = clampLimit(limit, DefaultPageSize, MaxPageSize)
+	limit = sqlstore.ClampLimit(limit, DefaultPageSize, MaxPageSize)
 	const cols = `SELECT id, time_ms, org_id, kind, product_key, device_key, remote, reason FROM audit_events`
 	q, args := cols+` ORDER BY id DESC LIMIT ?`, []any{limit}
 	if orgID != "" {
@@ -37,7 +38,7 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 		if err := rows.Scan(&e.ID, &t, &e.OrgID, &e.Kind, &e.ProductKey, &e.DeviceKey, &e.Remote, &e.Reason); err != nil {
 			return nil, wrap("audit events", err)
 		}
-		e.Time = fromMS(t)
+		e.Time = sqlstore.FromMS(t)
 		out = append(out, e)
 	}
 	return out, wrap("audit events", rows.Err())
@@ -47,7 +48,7 @@ func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothu
 func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error {
 	for _, e := range events {
 		if e.Kind == "" {
-			return invalid("audit event needs a kind")
+			return sqlstore.Invalid("audit event needs a kind")
 		}
 	}
 	if len(events) == 0 {
@@ -56,7 +57,7 @@ func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error 
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		st := tx.StmtContext(ctx, db.stAudit)
 		for _, e := range events {
-			if _, err := st.ExecContext(ctx, ms(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
+			if _, err := st.ExecContext(ctx, sqlstore.MS(db.truncMS(e.Time)), e.OrgID, e.Kind, e.ProductKey, e.DeviceKey, e.Remote, e.Reason); err != nil {
 				return wrap("audit", err)
 			}
 		}

@@ -7,41 +7,11 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
-const certCols = `serial, org_id, product_key, device_key, public_key_sha256, cert_pem,
-	not_before, not_after, revoked_at, reason, created_at`
-
-func scanCert(row interface{ Scan(...any) error }) (*iothub.Certificate, error) {
-	var (
-		c                           iothub.Certificate
-		notBefore, notAfter, create int64
-		revoked                     sql.NullInt64
-	)
-	if err := row.Scan(&c.Serial, &c.OrgID, &c.ProductKey, &c.DeviceKey, &c.PublicKeySHA256, &c.CertPEM,
-		&notBefore, &notAfter, &revoked, &c.Reason, &create); err != nil {
-		return nil, err
-	}
-	c.NotBefore, c.NotAfter, c.CreatedAt = fromMS(notBefore), fromMS(notAfter), fromMS(create)
-	c.RevokedAt = timePtr(revoked)
-	return &c, nil
-}
-
 func (db *DB) queryCerts(ctx context.Context, op, q string, args ...any) ([]*iothub.Certificate, error) {
-	rows, err := db.read.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, wrap(op, err)
-	}
-	defer rows.Close()
-	out := []*iothub.Certificate{}
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		out = append(out, c)
-	}
-	return out, wrap(op, rows.Err())
+	return sqlstore.QueryCerts(ctx, db.read, "sqlite", op, q, args...)
 }
 
 // CreateCertificate stores c. A taken serial, or a public key already bound
@@ -49,15 +19,15 @@ func (db *DB) queryCerts(ctx context.Context, op, q string, args ...any) ([]*iot
 func (db *DB) CreateCertificate(ctx context.Context, c *iothub.Certificate) error {
 	switch {
 	case c.Serial == "":
-		return invalid("certificate serial must not be empty")
+		return sqlstore.Invalid("certificate serial must not be empty")
 	case c.PublicKeySHA256 == "":
-		return invalid("certificate public key hash must not be empty")
+		return sqlstore.Invalid("certificate public key hash must not be empty")
 	case c.ProductKey == "" || c.DeviceKey == "":
-		return invalid("certificate must name its device")
+		return sqlstore.Invalid("certificate must name its device")
 	case c.CertPEM == "":
-		return invalid("certificate PEM must not be empty")
+		return sqlstore.Invalid("certificate PEM must not be empty")
 	case !c.NotAfter.After(c.NotBefore):
-		return invalid("certificate notAfter must be after notBefore")
+		return sqlstore.Invalid("certificate notAfter must be after notBefore")
 	}
 	created := db.truncMS(c.CreatedAt)
 	err := db.tx(ctx, func(tx *sql.Tx) error {
@@ -66,16 +36,16 @@ func (db *DB) CreateCertificate(ctx context.Context, c *iothub.Certificate) erro
 			WHERE public_key_sha256 = ? AND (product_key <> ? OR device_key <> ?) LIMIT 1`,
 			c.PublicKeySHA256, c.ProductKey, c.DeviceKey).Scan(&pk, &dk)
 		if err == nil {
-			return conflict("public key is already bound to another device")
+			return sqlstore.Conflict("public key is already bound to another device")
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
 			return wrap("create certificate", err)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO certificates (`+certCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		_, err = tx.ExecContext(ctx, `INSERT INTO certificates (`+sqlstore.CertCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
 			c.Serial, c.OrgID, c.ProductKey, c.DeviceKey, c.PublicKeySHA256, c.CertPEM,
-			ms(c.NotBefore), ms(c.NotAfter), nullMS(c.RevokedAt), c.Reason, ms(created))
+			sqlstore.MS(c.NotBefore), sqlstore.MS(c.NotAfter), sqlstore.NullMS(c.RevokedAt), c.Reason, sqlstore.MS(created))
 		if kind, _ := constraint(err); kind == "unique" {
-			return conflict("certificate serial %q already exists", c.Serial)
+			return sqlstore.Conflict("certificate serial %q already exists", c.Serial)
 		}
 		return wrap("create certificate", err)
 	})
@@ -88,25 +58,25 @@ func (db *DB) CreateCertificate(ctx context.Context, c *iothub.Certificate) erro
 
 // Certificate returns the certificate with that serial or ENOTFOUND.
 func (db *DB) Certificate(ctx context.Context, serial string) (*iothub.Certificate, error) {
-	c, err := scanCert(db.read.QueryRowContext(ctx, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial))
+	c, err := sqlstore.ScanCert(db.read.QueryRowContext(ctx, `SELECT `+sqlstore.CertCols+` FROM certificates WHERE serial = ?`, serial))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("certificate %q not found", serial)
+		return nil, sqlstore.NotFound("certificate %q not found", serial)
 	}
 	return c, wrap("certificate", err)
 }
 
 // CertificatesByDevice lists a device's certificates, oldest first.
 func (db *DB) CertificatesByDevice(ctx context.Context, productKey, deviceKey string) ([]*iothub.Certificate, error) {
-	return db.queryCerts(ctx, "certificates by device", `SELECT `+certCols+` FROM certificates
+	return db.queryCerts(ctx, "certificates by device", `SELECT `+sqlstore.CertCols+` FROM certificates
 		WHERE product_key = ? AND device_key = ? ORDER BY created_at, serial`, productKey, deviceKey)
 }
 
 // CertificateByPublicKey returns the newest certificate with that key hash, or ENOTFOUND.
 func (db *DB) CertificateByPublicKey(ctx context.Context, publicKeySHA256 string) (*iothub.Certificate, error) {
-	c, err := scanCert(db.read.QueryRowContext(ctx, `SELECT `+certCols+` FROM certificates
+	c, err := sqlstore.ScanCert(db.read.QueryRowContext(ctx, `SELECT `+sqlstore.CertCols+` FROM certificates
 		WHERE public_key_sha256 = ? ORDER BY created_at DESC, not_before DESC, serial DESC LIMIT 1`, publicKeySHA256))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("no certificate with that public key")
+		return nil, sqlstore.NotFound("no certificate with that public key")
 	}
 	return c, wrap("certificate by public key", err)
 }
@@ -115,22 +85,22 @@ func (db *DB) CertificateByPublicKey(ctx context.Context, publicKeySHA256 string
 // reason name; ENOTFOUND if absent, ECONFLICT if already revoked.
 func (db *DB) RevokeCertificate(ctx context.Context, serial, reason string, at time.Time) error {
 	if reason == "" {
-		return invalid("revocation needs a reason")
+		return sqlstore.Invalid("revocation needs a reason")
 	}
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		var revoked sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT revoked_at FROM certificates WHERE serial = ?`, serial).Scan(&revoked)
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("certificate %q not found", serial)
+			return sqlstore.NotFound("certificate %q not found", serial)
 		}
 		if err != nil {
 			return wrap("revoke certificate", err)
 		}
 		if revoked.Valid {
-			return conflict("certificate %q is already revoked", serial)
+			return sqlstore.Conflict("certificate %q is already revoked", serial)
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE certificates SET revoked_at = ?, reason = ? WHERE serial = ?`,
-			ms(db.truncMS(at)), reason, serial)
+			sqlstore.MS(db.truncMS(at)), reason, serial)
 		return wrap("revoke certificate", err)
 	})
 }
@@ -138,8 +108,8 @@ func (db *DB) RevokeCertificate(ctx context.Context, serial, reason string, at t
 // RevokedCertificates lists every revoked certificate that has not
 // expired, by serial.
 func (db *DB) RevokedCertificates(ctx context.Context) ([]*iothub.Certificate, error) {
-	return db.queryCerts(ctx, "revoked certificates", `SELECT `+certCols+` FROM certificates
-		WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY serial`, ms(db.now()))
+	return db.queryCerts(ctx, "revoked certificates", `SELECT `+sqlstore.CertCols+` FROM certificates
+		WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY serial`, sqlstore.MS(db.now()))
 }
 
 const caCols = `id, org_id, product_key, cert_pem, fingerprint, verification_code, verified, verified_at, created_at`
@@ -156,8 +126,8 @@ func scanCA(row interface{ Scan(...any) error }) (*iothub.ExternalCA, error) {
 		return nil, err
 	}
 	ca.Verified = verified != 0
-	ca.VerifiedAt = timePtr(at)
-	ca.CreatedAt = fromMS(created)
+	ca.VerifiedAt = sqlstore.TimePtr(at)
+	ca.CreatedAt = sqlstore.FromMS(created)
 	return &ca, nil
 }
 
@@ -167,21 +137,21 @@ func scanCA(row interface{ Scan(...any) error }) (*iothub.ExternalCA, error) {
 func (db *DB) CreateExternalCA(ctx context.Context, ca *iothub.ExternalCA) error {
 	switch {
 	case ca.ID == "":
-		return invalid("external CA id must not be empty")
+		return sqlstore.Invalid("external CA id must not be empty")
 	case ca.ProductKey == "":
-		return invalid("external CA needs a productKey")
+		return sqlstore.Invalid("external CA needs a productKey")
 	case ca.CertPEM == "" || ca.Fingerprint == "":
-		return invalid("external CA needs its certificate and fingerprint")
+		return sqlstore.Invalid("external CA needs its certificate and fingerprint")
 	}
 	created := db.truncMS(ca.CreatedAt)
 	_, err := db.write.ExecContext(ctx, `INSERT INTO external_cas (`+caCols+`) VALUES (?,?,?,?,?,?,?,?,?)`,
 		ca.ID, ca.OrgID, ca.ProductKey, ca.CertPEM, ca.Fingerprint, ca.VerificationCode,
-		bool01(ca.Verified), nullMS(ca.VerifiedAt), ms(created))
+		sqlstore.Bool01(ca.Verified), sqlstore.NullMS(ca.VerifiedAt), sqlstore.MS(created))
 	switch kind, _ := constraint(err); kind {
 	case "unique":
-		return conflict("external CA already registered for product %q", ca.ProductKey)
+		return sqlstore.Conflict("external CA already registered for product %q", ca.ProductKey)
 	case "foreign":
-		return notFound("product %q not found", ca.ProductKey)
+		return sqlstore.NotFound("product %q not found", ca.ProductKey)
 	}
 	if err != nil {
 		return wrap("create external CA", err)
@@ -194,7 +164,7 @@ func (db *DB) CreateExternalCA(ctx context.Context, ca *iothub.ExternalCA) error
 func (db *DB) ExternalCA(ctx context.Context, id string) (*iothub.ExternalCA, error) {
 	ca, err := scanCA(db.read.QueryRowContext(ctx, `SELECT `+caCols+` FROM external_cas WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("external CA %q not found", id)
+		return nil, sqlstore.NotFound("external CA %q not found", id)
 	}
 	return ca, wrap("external CA", err)
 }
@@ -225,16 +195,16 @@ func (db *DB) MarkExternalCAVerified(ctx context.Context, id string, at time.Tim
 		var verified int
 		err := tx.QueryRowContext(ctx, `SELECT verified FROM external_cas WHERE id = ?`, id).Scan(&verified)
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("external CA %q not found", id)
+			return sqlstore.NotFound("external CA %q not found", id)
 		}
 		if err != nil {
 			return wrap("verify external CA", err)
 		}
 		if verified != 0 {
-			return conflict("external CA %q is already verified", id)
+			return sqlstore.Conflict("external CA %q is already verified", id)
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE external_cas SET verified = 1, verified_at = ? WHERE id = ?`,
-			ms(db.truncMS(at)), id)
+			sqlstore.MS(db.truncMS(at)), id)
 		return wrap("verify external CA", err)
 	})
 }

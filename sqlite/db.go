@@ -28,6 +28,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 	"github.com/iothub/iothub/migrations"
 	"github.com/iothub/iothub/seal"
 )
@@ -153,7 +154,7 @@ func (db *DB) init() error {
 	}
 	_, err = db.write.ExecContext(ctx,
 		`INSERT INTO orgs (id, name, created_at) VALUES (?, 'default', ?) ON CONFLICT (id) DO NOTHING`,
-		iothub.DefaultOrgID, ms(db.now()))
+		iothub.DefaultOrgID, sqlstore.MS(db.now()))
 	if err != nil {
 		return fmt.Errorf("sqlite: default org: %w", err)
 	}
@@ -166,8 +167,8 @@ func (db *DB) prepare() error {
 		pool *sql.DB
 		q    string
 	}{
-		{&db.stDevice, db.read, `SELECT ` + deviceCols + ` FROM devices WHERE product_key = ? AND device_key = ?`},
-		{&db.stProduct, db.read, `SELECT ` + productCols + ` FROM products WHERE product_key = ?`},
+		{&db.stDevice, db.read, `SELECT ` + sqlstore.DeviceCols + ` FROM devices WHERE product_key = ? AND device_key = ?`},
+		{&db.stProduct, db.read, `SELECT ` + sqlstore.ProductCols + ` FROM products WHERE product_key = ?`},
 		{&db.stTouch, db.write, `UPDATE devices SET last_seen_at = ?
 			WHERE product_key = ? AND device_key = ? AND (last_seen_at IS NULL OR last_seen_at < ?)`},
 		{&db.stSetState, db.write, `UPDATE devices SET state = ?,
@@ -224,18 +225,7 @@ func (db *DB) Close() error {
 
 // tx runs fn in a write transaction, committing if fn returns nil.
 func (db *DB) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := db.write.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("sqlite: begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlite: commit: %w", err)
-	}
-	return nil
+	return sqlstore.Tx(ctx, db.write, "sqlite", fn)
 }
 
 // constraint classifies a constraint violation: "unique" (also primary
@@ -256,80 +246,8 @@ func constraint(err error) (kind, detail string) {
 }
 
 // wrap turns an unexpected driver error into an internal error naming op.
-func wrap(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var ie *iothub.Error
-	if errors.As(err, &ie) {
-		return err
-	}
-	return fmt.Errorf("sqlite: %s: %w", op, err)
-}
-
-// ms converts a time to unix milliseconds.
-func ms(t time.Time) int64 { return t.UnixMilli() }
-
-// fromMS converts unix milliseconds to a UTC time.
-func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
-
-// nullMS converts an optional time to a nullable column value.
-func nullMS(t *time.Time) any {
-	if t == nil {
-		return nil
-	}
-	return t.UnixMilli()
-}
-
-// timePtr converts a nullable column to an optional time.
-func timePtr(v sql.NullInt64) *time.Time {
-	if !v.Valid {
-		return nil
-	}
-	t := fromMS(v.Int64)
-	return &t
-}
-
-// nowMS is the store's clock truncated to what it keeps: milliseconds.
-func (db *DB) nowMS() time.Time { return fromMS(ms(db.now())) }
+func wrap(op string, err error) error { return sqlstore.Wrap("sqlite", op, err) }
 
 // truncMS returns t cut to millisecond precision in UTC, or the store's
 // clock if t is zero.
-func (db *DB) truncMS(t time.Time) time.Time {
-	if t.IsZero() {
-		return db.nowMS()
-	}
-	return fromMS(ms(t))
-}
-
-// bool01 stores a boolean as INTEGER 0/1.
-func bool01(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// clampLimit applies a listing's default and maximum.
-func clampLimit(n, def, maxN int) int {
-	switch {
-	case n <= 0:
-		return def
-	case n > maxN:
-		return maxN
-	}
-	return n
-}
-
-// notFound is the ENOTFOUND error for a missing row.
-func notFound(format string, args ...any) error {
-	return iothub.Errorf(iothub.ENOTFOUND, format, args...)
-}
-
-func conflict(format string, args ...any) error {
-	return iothub.Errorf(iothub.ECONFLICT, format, args...)
-}
-
-func invalid(format string, args ...any) error {
-	return iothub.Errorf(iothub.EINVALID, format, args...)
-}
+func (db *DB) truncMS(t time.Time) time.Time { return sqlstore.TruncMS(t, db.now) }

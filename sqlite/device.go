@@ -8,44 +8,18 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
-
-const deviceCols = `org_id, product_key, device_key, asset_id, name, state, device_secret, secret_version,
-	last_seen_at, activated_at, created_at`
 
 // Page sizes of the Devices and AuditEvents listings: the default when the
 // caller gives none, and the cap.
 const (
-	DefaultPageSize = 100
-	MaxPageSize     = 1000
+	DefaultPageSize = sqlstore.DefaultPageSize
+	MaxPageSize     = sqlstore.MaxPageSize
 )
 
-// deviceAAD binds a sealed device secret to its row.
-func deviceAAD(productKey, deviceKey string) string {
-	return "device\x00" + productKey + "\x00" + deviceKey
-}
-
-func (db *DB) scanDevice(row interface{ Scan(...any) error }) (*iothub.Device, error) {
-	var (
-		d               iothub.Device
-		sealed, state   string
-		seen, activated sql.NullInt64
-		created         int64
-	)
-	if err := row.Scan(&d.OrgID, &d.ProductKey, &d.DeviceKey, &d.AssetID, &d.Name, &state, &sealed,
-		&d.SecretVersion, &seen, &activated, &created); err != nil {
-		return nil, err
-	}
-	secret, err := db.sealer.Open(sealed, deviceAAD(d.ProductKey, d.DeviceKey))
-	if err != nil {
-		return nil, wrap("device "+d.ProductKey+"/"+d.DeviceKey+" secret", err)
-	}
-	d.DeviceSecret = secret
-	d.State = iothub.DeviceState(state)
-	d.LastSeenAt = timePtr(seen)
-	d.ActivatedAt = timePtr(activated)
-	d.CreatedAt = fromMS(created)
-	return &d, nil
+func (db *DB) scanDevice(row sqlstore.Scanner) (*iothub.Device, error) {
+	return sqlstore.ScanDevice(row, db.sealer, "sqlite")
 }
 
 // CreateDevice stores d with its secret sealed. Empty fields are filled
@@ -60,17 +34,17 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 		return err
 	}
 	if d.DeviceSecret == "" {
-		return invalid("device secret must not be empty")
+		return sqlstore.Invalid("device secret must not be empty")
 	}
 	state := d.State
 	if state == "" {
 		state = iothub.StateInactive
 	}
 	if !state.Valid() {
-		return invalid("unknown device state %q", d.State)
+		return sqlstore.Invalid("unknown device state %q", d.State)
 	}
 	if d.SecretVersion < 0 {
-		return invalid("secret version must not be negative")
+		return sqlstore.Invalid("secret version must not be negative")
 	}
 	version := max(d.SecretVersion, 1)
 	asset := d.AssetID
@@ -78,7 +52,7 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 		asset = iothub.RandomString(iothub.ProductKeyLen)
 	}
 	created := db.truncMS(d.CreatedAt)
-	sealed, err := db.sealer.Seal(d.DeviceSecret, deviceAAD(d.ProductKey, d.DeviceKey))
+	sealed, err := db.sealer.Seal(d.DeviceSecret, sqlstore.DeviceAAD(d.ProductKey, d.DeviceKey))
 	if err != nil {
 		return wrap("seal device secret", err)
 	}
@@ -86,22 +60,22 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 	err = db.tx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT org_id FROM products WHERE product_key = ?`, d.ProductKey).Scan(&org)
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("product %q not found", d.ProductKey)
+			return sqlstore.NotFound("product %q not found", d.ProductKey)
 		}
 		if err != nil {
 			return wrap("create device", err)
 		}
 		if d.OrgID != "" && d.OrgID != org {
-			return invalid("device org %q differs from its product's", d.OrgID)
+			return sqlstore.Invalid("device org %q differs from its product's", d.OrgID)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		_, err = tx.ExecContext(ctx, `INSERT INTO devices (`+sqlstore.DeviceCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
 			org, d.ProductKey, d.DeviceKey, asset, d.Name, string(state), sealed, version,
-			nullMS(d.LastSeenAt), nullMS(d.ActivatedAt), ms(created))
+			sqlstore.NullMS(d.LastSeenAt), sqlstore.NullMS(d.ActivatedAt), sqlstore.MS(created))
 		if kind, detail := constraint(err); kind == "unique" {
 			if strings.Contains(detail, "asset_id") {
-				return conflict("asset id %q is taken", asset)
+				return sqlstore.Conflict("asset id %q is taken", asset)
 			}
-			return conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
+			return sqlstore.Conflict("device %q already exists in product %q", d.DeviceKey, d.ProductKey)
 		}
 		return wrap("create device", err)
 	})
@@ -116,7 +90,7 @@ func (db *DB) CreateDevice(ctx context.Context, d *iothub.Device) error {
 func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub.Device, error) {
 	d, err := db.scanDevice(db.stDevice.QueryRowContext(ctx, productKey, deviceKey))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("device %q not found in product %q", deviceKey, productKey)
+		return nil, sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 	}
 	return d, wrap("device", err)
 }
@@ -127,18 +101,18 @@ func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub
 // MaxPageSize. An unknown product yields an empty list.
 func (db *DB) Devices(ctx context.Context, productKey string, f iothub.DeviceFilter) ([]*iothub.Device, error) {
 	if f.State != "" && !f.State.Valid() {
-		return nil, invalid("unknown device state %q", f.State)
+		return nil, sqlstore.Invalid("unknown device state %q", f.State)
 	}
-	limit := clampLimit(f.Limit, DefaultPageSize, MaxPageSize)
+	limit := sqlstore.ClampLimit(f.Limit, DefaultPageSize, MaxPageSize)
 	var (
 		rows *sql.Rows
 		err  error
 	)
 	if f.State == "" {
-		rows, err = db.read.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+		rows, err = db.read.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
 			WHERE product_key = ? AND device_key > ? ORDER BY device_key LIMIT ?`, productKey, f.Cursor, limit)
 	} else {
-		rows, err = db.read.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices
+		rows, err = db.read.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
 			WHERE product_key = ? AND state = ? AND device_key > ? ORDER BY device_key LIMIT ?`,
 			productKey, string(f.State), f.Cursor, limit)
 	}
@@ -168,9 +142,9 @@ func (db *DB) CountDevices(ctx context.Context, productKey string) (int, error) 
 // activatedAt the first time and moves lastSeenAt forward to at.
 func (db *DB) SetDeviceState(ctx context.Context, productKey, deviceKey string, s iothub.DeviceState, at time.Time) error {
 	if !s.Valid() {
-		return invalid("unknown device state %q", s)
+		return sqlstore.Invalid("unknown device state %q", s)
 	}
-	t := ms(db.truncMS(at))
+	t := sqlstore.MS(db.truncMS(at))
 	online := s == iothub.StateOnline
 	overridesDisabled := s == iothub.StateDisabled || s == iothub.StateInactive
 	res, err := db.stSetState.ExecContext(ctx, string(s), online, t, online, t, t, productKey, deviceKey, overridesDisabled)
@@ -209,9 +183,9 @@ func (db *DB) EnableDevice(ctx context.Context, productKey, deviceKey string) (i
 // inactive, clears activatedAt and returns the device.
 func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*iothub.Device, error) {
 	if newSecret == "" {
-		return nil, invalid("device secret must not be empty")
+		return nil, sqlstore.Invalid("device secret must not be empty")
 	}
-	sealed, err := db.sealer.Seal(newSecret, deviceAAD(productKey, deviceKey))
+	sealed, err := db.sealer.Seal(newSecret, sqlstore.DeviceAAD(productKey, deviceKey))
 	if err != nil {
 		return nil, wrap("seal device secret", err)
 	}
@@ -220,10 +194,10 @@ func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret 
 		var err error
 		d, err = db.scanDevice(tx.QueryRowContext(ctx, `UPDATE devices
 			SET device_secret = ?, secret_version = secret_version + 1, state = ?, activated_at = NULL
-			WHERE product_key = ? AND device_key = ? RETURNING `+deviceCols,
+			WHERE product_key = ? AND device_key = ? RETURNING `+sqlstore.DeviceCols,
 			sealed, string(iothub.StateInactive), productKey, deviceKey))
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("device %q not found in product %q", deviceKey, productKey)
+			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 		}
 		return wrap("reset device", err)
 	})
@@ -242,7 +216,7 @@ func (db *DB) TouchDevices(ctx context.Context, seen map[iothub.DeviceID]time.Ti
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		st := tx.StmtContext(ctx, db.stTouch)
 		for id, at := range seen {
-			t := ms(db.truncMS(at))
+			t := sqlstore.MS(db.truncMS(at))
 			if _, err := st.ExecContext(ctx, t, id.ProductKey, id.DeviceKey, t); err != nil {
 				return wrap("touch devices", err)
 			}
@@ -260,7 +234,7 @@ func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) er
 			return wrap("delete device", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("device %q not found in product %q", deviceKey, productKey)
+			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 		}
 		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes"} {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE product_key = ? AND device_key = ?`,
@@ -278,7 +252,7 @@ func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) er
 func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChange) ([]error, error) {
 	for _, c := range changes {
 		if c.State != iothub.StateOnline && c.State != iothub.StateOffline {
-			return nil, invalid("state change to %q: only online and offline", c.State)
+			return nil, sqlstore.Invalid("state change to %q: only online and offline", c.State)
 		}
 	}
 	res := make([]error, len(changes))
@@ -298,7 +272,7 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 				}
 				continue
 			}
-			t := ms(db.truncMS(c.At))
+			t := sqlstore.MS(db.truncMS(c.At))
 			r, err := setState.ExecContext(ctx, string(iothub.StateOnline), true, t, true, t, t, pk, dk, false)
 			if err != nil {
 				return wrap("apply device states", err)
@@ -309,7 +283,7 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 			var one int
 			switch err := exists.QueryRowContext(ctx, pk, dk).Scan(&one); {
 			case errors.Is(err, sql.ErrNoRows):
-				res[i] = notFound("device %q not found in product %q", dk, pk)
+				res[i] = sqlstore.NotFound("device %q not found in product %q", dk, pk)
 			case err != nil:
 				return wrap("apply device states", err)
 			default:

@@ -6,81 +6,32 @@ import (
 	"errors"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
-const productCols = `org_id, product_key, product_secret, name, auth_mode, dynamic_activation, auto_register,
-	device_limit, offline_timeout_sec, max_cert_days, created_at`
-
-// productAAD binds a sealed product secret to its row.
-func productAAD(productKey string) string { return "product\x00" + productKey }
-
-func (db *DB) scanProduct(row interface{ Scan(...any) error }) (*iothub.Product, error) {
-	var (
-		p         iothub.Product
-		sealed    string
-		dyn, auto int
-		created   int64
-		mode      string
-	)
-	if err := row.Scan(&p.OrgID, &p.ProductKey, &sealed, &p.Name, &mode, &dyn, &auto,
-		&p.DeviceLimit, &p.OfflineTimeoutSec, &p.MaxCertDays, &created); err != nil {
-		return nil, err
-	}
-	secret, err := db.sealer.Open(sealed, productAAD(p.ProductKey))
-	if err != nil {
-		return nil, wrap("product "+p.ProductKey+" secret", err)
-	}
-	p.ProductSecret = secret
-	p.AuthMode = iothub.AuthMode(mode)
-	p.DynamicActivation = dyn != 0
-	p.AutoRegister = auto != 0
-	p.CreatedAt = fromMS(created)
-	return &p, nil
-}
-
-// checkProduct validates the fields a product row needs and fills the
-// authentication mode's default.
-func checkProduct(p *iothub.Product) error {
-	if err := iothub.ValidateKey("productKey", p.ProductKey); err != nil {
-		return err
-	}
-	if p.OrgID == "" {
-		return invalid("product needs an orgId")
-	}
-	if p.ProductSecret == "" {
-		return invalid("product secret must not be empty")
-	}
-	if p.AuthMode == "" {
-		p.AuthMode = iothub.AuthSecret
-	}
-	if !p.AuthMode.Valid() {
-		return invalid("authMode must be %q or %q", iothub.AuthSecret, iothub.AuthCertificate)
-	}
-	if p.DeviceLimit < 0 || p.OfflineTimeoutSec < 0 || p.MaxCertDays < 0 {
-		return invalid("product limits must not be negative")
-	}
-	return nil
+func (db *DB) scanProduct(row sqlstore.Scanner) (*iothub.Product, error) {
+	return sqlstore.ScanProduct(row, db.sealer, "sqlite")
 }
 
 // CreateProduct stores p with its secret sealed. CreatedAt is set to now if
 // zero. A taken ProductKey is ECONFLICT, an unknown org ENOTFOUND.
 func (db *DB) CreateProduct(ctx context.Context, p *iothub.Product) error {
-	if err := checkProduct(p); err != nil {
+	if err := sqlstore.CheckProduct(p); err != nil {
 		return err
 	}
 	created := db.truncMS(p.CreatedAt)
-	sealed, err := db.sealer.Seal(p.ProductSecret, productAAD(p.ProductKey))
+	sealed, err := db.sealer.Seal(p.ProductSecret, sqlstore.ProductAAD(p.ProductKey))
 	if err != nil {
 		return wrap("seal product secret", err)
 	}
-	_, err = db.write.ExecContext(ctx, `INSERT INTO products (`+productCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
-		p.OrgID, p.ProductKey, sealed, p.Name, string(p.AuthMode), bool01(p.DynamicActivation), bool01(p.AutoRegister),
-		p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, ms(created))
+	_, err = db.write.ExecContext(ctx, `INSERT INTO products (`+sqlstore.ProductCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		p.OrgID, p.ProductKey, sealed, p.Name, string(p.AuthMode), sqlstore.Bool01(p.DynamicActivation), sqlstore.Bool01(p.AutoRegister),
+		p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, sqlstore.MS(created))
 	switch kind, _ := constraint(err); kind {
 	case "unique":
-		return conflict("product %q already exists", p.ProductKey)
+		return sqlstore.Conflict("product %q already exists", p.ProductKey)
 	case "foreign":
-		return notFound("org %q not found", p.OrgID)
+		return sqlstore.NotFound("org %q not found", p.OrgID)
 	}
 	if err != nil {
 		return wrap("create product", err)
@@ -93,14 +44,14 @@ func (db *DB) CreateProduct(ctx context.Context, p *iothub.Product) error {
 func (db *DB) Product(ctx context.Context, productKey string) (*iothub.Product, error) {
 	p, err := db.scanProduct(db.stProduct.QueryRowContext(ctx, productKey))
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("product %q not found", productKey)
+		return nil, sqlstore.NotFound("product %q not found", productKey)
 	}
 	return p, wrap("product", err)
 }
 
 // Products lists an org's products ("" lists all) by ProductKey, secrets in clear.
 func (db *DB) Products(ctx context.Context, orgID string) ([]*iothub.Product, error) {
-	rows, err := db.read.QueryContext(ctx, `SELECT `+productCols+` FROM products
+	rows, err := db.read.QueryContext(ctx, `SELECT `+sqlstore.ProductCols+` FROM products
 		WHERE ? = '' OR org_id = ? ORDER BY product_key`, orgID, orgID)
 	if err != nil {
 		return nil, wrap("products", err)
@@ -121,10 +72,10 @@ func (db *DB) Products(ctx context.Context, orgID string) ([]*iothub.Product, er
 // anew: this is how a ProductSecret is rotated), auth mode, activation
 // flags and limits. OrgID must match the stored one; CreatedAt is kept.
 func (db *DB) UpdateProduct(ctx context.Context, p *iothub.Product) error {
-	if err := checkProduct(p); err != nil {
+	if err := sqlstore.CheckProduct(p); err != nil {
 		return err
 	}
-	sealed, err := db.sealer.Seal(p.ProductSecret, productAAD(p.ProductKey))
+	sealed, err := db.sealer.Seal(p.ProductSecret, sqlstore.ProductAAD(p.ProductKey))
 	if err != nil {
 		return wrap("seal product secret", err)
 	}
@@ -133,23 +84,23 @@ func (db *DB) UpdateProduct(ctx context.Context, p *iothub.Product) error {
 		var created int64
 		err := tx.QueryRowContext(ctx, `SELECT org_id, created_at FROM products WHERE product_key = ?`, p.ProductKey).Scan(&org, &created)
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("product %q not found", p.ProductKey)
+			return sqlstore.NotFound("product %q not found", p.ProductKey)
 		}
 		if err != nil {
 			return wrap("update product", err)
 		}
 		if org != p.OrgID {
-			return invalid("a product cannot move to another org")
+			return sqlstore.Invalid("a product cannot move to another org")
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE products SET product_secret = ?, name = ?, auth_mode = ?,
 			dynamic_activation = ?, auto_register = ?, device_limit = ?, offline_timeout_sec = ?, max_cert_days = ?
 			WHERE product_key = ?`,
-			sealed, p.Name, string(p.AuthMode), bool01(p.DynamicActivation), bool01(p.AutoRegister),
+			sealed, p.Name, string(p.AuthMode), sqlstore.Bool01(p.DynamicActivation), sqlstore.Bool01(p.AutoRegister),
 			p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, p.ProductKey)
 		if err != nil {
 			return wrap("update product", err)
 		}
-		p.CreatedAt = fromMS(created)
+		p.CreatedAt = sqlstore.FromMS(created)
 		return nil
 	})
 }
@@ -161,7 +112,7 @@ func (db *DB) DeleteProduct(ctx context.Context, productKey string) error {
 		var one int
 		err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE product_key = ? LIMIT 1`, productKey).Scan(&one)
 		if err == nil {
-			return conflict("product %q still has devices", productKey)
+			return sqlstore.Conflict("product %q still has devices", productKey)
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
 			return wrap("delete product", err)
@@ -171,7 +122,7 @@ func (db *DB) DeleteProduct(ctx context.Context, productKey string) error {
 			return wrap("delete product", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("product %q not found", productKey)
+			return sqlstore.NotFound("product %q not found", productKey)
 		}
 		return nil
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 	"github.com/iothub/iothub/seal"
 )
 
@@ -91,14 +92,14 @@ func seedDevices(t testing.TB, db *DB, pk string, n int) []string {
 	must(t, db.write.QueryRow(`SELECT org_id FROM products WHERE product_key = ?`, pk).Scan(&org))
 	tx, err := db.write.Begin()
 	must(t, err)
-	st, err := tx.Prepare(`INSERT INTO devices (` + deviceCols + `) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
+	st, err := tx.Prepare(`INSERT INTO devices (` + sqlstore.DeviceCols + `) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
 	must(t, err)
 	keys := make([]string, n)
-	now := ms(time.Now())
+	now := sqlstore.MS(time.Now())
 	for i := range n {
 		dk := fmt.Sprintf("d%07d", i)
 		keys[i] = dk
-		sealed, err := db.sealer.Seal(fmt.Sprintf("secret-%s-%d", pk, i), deviceAAD(pk, dk))
+		sealed, err := db.sealer.Seal(fmt.Sprintf("secret-%s-%d", pk, i), sqlstore.DeviceAAD(pk, dk))
 		must(t, err)
 		if _, err := st.Exec(org, pk, dk, pk+"-"+dk, "", string(iothub.StateInactive), sealed, 1, nil, nil, now); err != nil {
 			tx.Rollback()

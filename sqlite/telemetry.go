@@ -8,6 +8,7 @@ import (
 	"errors"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/internal/sqlstore"
 )
 
 // HistoryPerDevice is how many posts AppendSamples keeps per device; older
@@ -23,13 +24,13 @@ const DefaultSampleLimit = 100
 func parsePoints(raw json.RawMessage) (string, map[string]string, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
-		return "", nil, invalid("measurepoints must be a JSON object")
+		return "", nil, sqlstore.Invalid("measurepoints must be a JSON object")
 	}
 	var buf bytes.Buffer
 	points := make(map[string]string, len(m))
 	for name, v := range m {
 		if name == "" {
-			return "", nil, invalid("measurepoint names must not be empty")
+			return "", nil, sqlstore.Invalid("measurepoint names must not be empty")
 		}
 		buf.Reset()
 		_ = json.Compact(&buf, v) // valid: Unmarshal accepted it
@@ -55,7 +56,7 @@ func (db *DB) AppendSamples(ctx context.Context, samples []iothub.Sample) error 
 	var order []iothub.DeviceID
 	for _, s := range samples {
 		if s.ProductKey == "" || s.DeviceKey == "" {
-			return invalid("sample must name its device")
+			return sqlstore.Invalid("sample must name its device")
 		}
 		body, points, err := parsePoints(s.Measurepoints)
 		if err != nil {
@@ -65,7 +66,7 @@ func (db *DB) AppendSamples(ctx context.Context, samples []iothub.Sample) error 
 		if _, ok := byDevice[id]; !ok {
 			order = append(order, id)
 		}
-		byDevice[id] = append(byDevice[id], item{ms(db.truncMS(s.Time)), body, points})
+		byDevice[id] = append(byDevice[id], item{sqlstore.MS(db.truncMS(s.Time)), body, points})
 	}
 	if len(order) == 0 {
 		return nil
@@ -122,7 +123,7 @@ func (db *DB) LatestPoints(ctx context.Context, productKey, deviceKey string) ([
 		if err := rows.Scan(&p.Name, &v, &t); err != nil {
 			return nil, wrap("latest points", err)
 		}
-		p.Value, p.Time = json.RawMessage(v), fromMS(t)
+		p.Value, p.Time = json.RawMessage(v), sqlstore.FromMS(t)
 		out = append(out, p)
 	}
 	return out, wrap("latest points", rows.Err())
@@ -132,7 +133,7 @@ func (db *DB) LatestPoints(ctx context.Context, productKey, deviceKey string) ([
 // order); limit defaults to DefaultSampleLimit and is capped at
 // HistoryPerDevice.
 func (db *DB) RecentSamples(ctx context.Context, productKey, deviceKey string, limit int) ([]iothub.Sample, error) {
-	limit = clampLimit(limit, DefaultSampleLimit, HistoryPerDevice)
+	limit = sqlstore.ClampLimit(limit, DefaultSampleLimit, HistoryPerDevice)
 	rows, err := db.read.QueryContext(ctx, `SELECT time_ms, measurepoints FROM telemetry_samples
 		WHERE product_key = ? AND device_key = ? ORDER BY seq DESC LIMIT ?`, productKey, deviceKey, limit)
 	if err != nil {
@@ -146,7 +147,7 @@ func (db *DB) RecentSamples(ctx context.Context, productKey, deviceKey string, l
 		if err := rows.Scan(&t, &m); err != nil {
 			return nil, wrap("recent samples", err)
 		}
-		out = append(out, iothub.Sample{ProductKey: productKey, DeviceKey: deviceKey, Time: fromMS(t), Measurepoints: json.RawMessage(m)})
+		out = append(out, iothub.Sample{ProductKey: productKey, DeviceKey: deviceKey, Time: sqlstore.FromMS(t), Measurepoints: json.RawMessage(m)})
 	}
 	return out, wrap("recent samples", rows.Err())
 }
@@ -157,7 +158,7 @@ func (db *DB) deviceExists(ctx context.Context, tx *sql.Tx, productKey, deviceKe
 	var one int
 	err := tx.StmtContext(ctx, db.stDeviceExists).QueryRowContext(ctx, productKey, deviceKey).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
-		return notFound("device %q not found in product %q", deviceKey, productKey)
+		return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
 	}
 	return wrap("device exists", err)
 }
@@ -169,15 +170,15 @@ func (db *DB) SetAttributes(ctx context.Context, productKey, deviceKey string, a
 	var buf bytes.Buffer
 	for name, v := range attrs {
 		if name == "" {
-			return invalid("attribute names must not be empty")
+			return sqlstore.Invalid("attribute names must not be empty")
 		}
 		buf.Reset()
 		if err := json.Compact(&buf, v); err != nil {
-			return invalid("attribute %q is not valid JSON", name)
+			return sqlstore.Invalid("attribute %q is not valid JSON", name)
 		}
 		clean[name] = buf.String()
 	}
-	now := ms(db.now())
+	now := sqlstore.MS(db.now())
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		if err := db.deviceExists(ctx, tx, productKey, deviceKey); err != nil {
 			return err
