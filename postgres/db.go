@@ -37,9 +37,14 @@ var _ iothub.Store = (*DB)(nil)
 // MaxConns caps the connections one DB holds to the server.
 const MaxConns = 16
 
+// core is an alias so the embedded field stays unexported.
+type core = sqlstore.Core
+
 // DB is the PostgreSQL store. It is safe for concurrent use, also by
 // several processes on one database.
 type DB struct {
+	*core // orgs, api keys, …: the statements both stores share
+
 	db     *sql.DB
 	sealer *seal.Sealer
 	now    func() time.Time
@@ -65,6 +70,8 @@ func Open(url string, s *seal.Sealer) (*DB, error) {
 	sqldb.SetMaxIdleConns(MaxConns)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	db := &DB{db: sqldb, sealer: s, now: time.Now}
+	db.core = &core{Name: "postgres", Read: sqldb, Write: sqldb, Sealer: s, Now: db.now,
+		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE"}
 	if err := db.init(); err != nil {
 		sqldb.Close()
 		return nil, err

@@ -40,8 +40,13 @@ var _ iothub.Store = (*DB)(nil)
 // variable so tests can shorten it.
 var busyTimeout = 10 * time.Second
 
+// core is an alias so the embedded field stays unexported.
+type core = sqlstore.Core
+
 // DB is the SQLite store. It is safe for concurrent use.
 type DB struct {
+	*core // orgs, api keys, …: the statements both stores share
+
 	write  *sql.DB // exactly one connection: every write goes through it
 	read   *sql.DB // query-only pool
 	sealer *seal.Sealer
@@ -105,6 +110,7 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
+	db.core = &core{Name: "sqlite", Read: db.read, Write: db.write, Sealer: s, Now: db.now, Constraint: constraint}
 	return db, nil
 }
 

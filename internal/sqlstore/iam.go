@@ -1,0 +1,173 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+
+	"github.com/iothub/iothub"
+)
+
+// CreateOrg stores o; CreatedAt is set to now if zero. A taken id is ECONFLICT.
+func (c *Core) CreateOrg(ctx context.Context, o *iothub.Org) error {
+	if o.ID == "" {
+		return Invalid("org id must not be empty")
+	}
+	if o.Name == "" {
+		return Invalid("org name must not be empty")
+	}
+	created := c.truncMS(o.CreatedAt)
+	_, err := c.Write.ExecContext(ctx, c.q(`INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)`),
+		o.ID, o.Name, MS(created))
+	if kind, _ := c.Constraint(err); kind == "unique" {
+		return Conflict("org %q already exists", o.ID)
+	}
+	if err != nil {
+		return c.wrap("create org", err)
+	}
+	o.CreatedAt = created
+	return nil
+}
+
+// Org returns the org with that id or ENOTFOUND.
+func (c *Core) Org(ctx context.Context, id string) (*iothub.Org, error) {
+	var o iothub.Org
+	var created int64
+	err := c.Read.QueryRowContext(ctx, c.q(`SELECT id, name, created_at FROM orgs WHERE id = ?`), id).
+		Scan(&o.ID, &o.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, NotFound("org %q not found", id)
+	}
+	if err != nil {
+		return nil, c.wrap("org", err)
+	}
+	o.CreatedAt = FromMS(created)
+	return &o, nil
+}
+
+// Orgs lists every org, oldest first.
+func (c *Core) Orgs(ctx context.Context) ([]*iothub.Org, error) {
+	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT id, name, created_at FROM orgs ORDER BY created_at, id`))
+	if err != nil {
+		return nil, c.wrap("orgs", err)
+	}
+	defer rows.Close()
+	out := []*iothub.Org{}
+	for rows.Next() {
+		var o iothub.Org
+		var created int64
+		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
+			return nil, c.wrap("orgs", err)
+		}
+		o.CreatedAt = FromMS(created)
+		out = append(out, &o)
+	}
+	return out, c.wrap("orgs", rows.Err())
+}
+
+// APIKeyCols lists api_keys columns in the order ScanAPIKey reads them.
+const APIKeyCols = `id, org_id, name, role, bootstrap, hash, created_at, revoked_at`
+
+// ScanAPIKey reads an APIKeyCols row.
+func ScanAPIKey(row Scanner) (*iothub.APIKey, error) {
+	var (
+		k         iothub.APIKey
+		role, h   string
+		bootstrap int
+		created   int64
+		revoked   sql.NullInt64
+	)
+	if err := row.Scan(&k.ID, &k.OrgID, &k.Name, &role, &bootstrap, &h, &created, &revoked); err != nil {
+		return nil, err
+	}
+	hash, err := hex.DecodeString(h)
+	if err != nil {
+		return nil, err
+	}
+	k.Role = iothub.Role(role)
+	k.Bootstrap = bootstrap != 0
+	k.Hash = hash
+	k.CreatedAt = FromMS(created)
+	k.RevokedAt = TimePtr(revoked)
+	return &k, nil
+}
+
+// CreateAPIKey stores k, which carries only the hash of the key (stored as
+// hex). A taken id or hash is ECONFLICT; an unknown org ENOTFOUND.
+func (c *Core) CreateAPIKey(ctx context.Context, k *iothub.APIKey) error {
+	switch {
+	case k.ID == "":
+		return Invalid("api key id must not be empty")
+	case k.OrgID == "":
+		return Invalid("api key needs an orgId")
+	case !k.Role.Valid():
+		return Invalid("unknown role %q", k.Role)
+	case len(k.Hash) < 16:
+		return Invalid("api key hash is missing or too short")
+	}
+	created := c.truncMS(k.CreatedAt)
+	_, err := c.Write.ExecContext(ctx, c.q(`INSERT INTO api_keys (`+APIKeyCols+`) VALUES (?,?,?,?,?,?,?,?)`),
+		k.ID, k.OrgID, k.Name, string(k.Role), Bool01(k.Bootstrap), hex.EncodeToString(k.Hash),
+		MS(created), NullMS(k.RevokedAt))
+	switch kind, _ := c.Constraint(err); kind {
+	case "unique":
+		return Conflict("api key already exists")
+	case "foreign":
+		return NotFound("org %q not found", k.OrgID)
+	}
+	if err != nil {
+		return c.wrap("create api key", err)
+	}
+	k.CreatedAt = created
+	return nil
+}
+
+// APIKeyByHash returns the unrevoked key with that hash or ENOTFOUND.
+func (c *Core) APIKeyByHash(ctx context.Context, hash []byte) (*iothub.APIKey, error) {
+	k, err := ScanAPIKey(c.Read.QueryRowContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
+		WHERE hash = ? AND revoked_at IS NULL`), hex.EncodeToString(hash)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, NotFound("api key not found")
+	}
+	return k, c.wrap("api key", err)
+}
+
+// APIKeys lists an org's keys, revoked ones included ("" lists all).
+func (c *Core) APIKeys(ctx context.Context, orgID string) ([]*iothub.APIKey, error) {
+	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
+		WHERE ? = '' OR org_id = ? ORDER BY created_at, id`), orgID, orgID)
+	if err != nil {
+		return nil, c.wrap("api keys", err)
+	}
+	defer rows.Close()
+	out := []*iothub.APIKey{}
+	for rows.Next() {
+		k, err := ScanAPIKey(rows)
+		if err != nil {
+			return nil, c.wrap("api keys", err)
+		}
+		out = append(out, k)
+	}
+	return out, c.wrap("api keys", rows.Err())
+}
+
+// RevokeAPIKey revokes key id of org orgID now. A key absent from that org
+// is ENOTFOUND; one already revoked ECONFLICT.
+func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		var revoked sql.NullInt64
+		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM api_keys WHERE id = ? AND org_id = ?`+c.ForUpdate), id, orgID).Scan(&revoked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return NotFound("api key %q not found", id)
+		}
+		if err != nil {
+			return c.wrap("revoke api key", err)
+		}
+		if revoked.Valid {
+			return Conflict("api key %q is already revoked", id)
+		}
+		_, err = tx.ExecContext(ctx, c.q(`UPDATE api_keys SET revoked_at = ? WHERE id = ?`), MS(c.Now()), id)
+		return c.wrap("revoke api key", err)
+	})
+}
