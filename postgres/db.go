@@ -43,7 +43,7 @@ type core = sqlstore.Core
 // DB is the PostgreSQL store. It is safe for concurrent use, also by
 // several processes on one database.
 type DB struct {
-	*core // orgs, api keys, products: the statements both stores share
+	*core // orgs, api keys, products, certificates: the statements both stores share
 
 	db     *sql.DB
 	sealer *seal.Sealer
@@ -71,7 +71,7 @@ func Open(url string, s *seal.Sealer) (*DB, error) {
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	db := &DB{db: sqldb, sealer: s, now: time.Now}
 	db.core = &core{Name: "postgres", Read: sqldb, Write: sqldb, Sealer: s, Now: db.now,
-		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE"}
+		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE", LockKey: lockKey}
 	if err := db.init(); err != nil {
 		sqldb.Close()
 		return nil, err
@@ -124,6 +124,13 @@ const (
 	lockAudit     = 0x10711 // audit id allotment
 	lockPublicKey = 0x10712 // binding of one public key hash
 )
+
+// lockKey serializes the binding of one public key across nodes until
+// the transaction ends.
+func lockKey(ctx context.Context, tx *sql.Tx, publicKeySHA256 string) error {
+	_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockPublicKey, publicKeySHA256)
+	return err
+}
 
 // constraint classifies a constraint violation: "unique" (also primary
 // key), "foreign" or "" for anything else. detail is the violated

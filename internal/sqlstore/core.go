@@ -27,6 +27,10 @@ type Core struct {
 	// key), "foreign" or "" for anything else, with a detail that names the
 	// table and column(s).
 	Constraint func(error) (kind, detail string)
+	// LockKey, if set, runs first in the transaction that binds a
+	// certificate's public key, to keep other writers from binding the
+	// same key meanwhile.
+	LockKey func(ctx context.Context, tx *sql.Tx, publicKeySHA256 string) error
 	// Numbered turns the statements' ? placeholders into $1, $2, ….
 	Numbered bool
 	// ForUpdate is appended to a read that a transaction then writes

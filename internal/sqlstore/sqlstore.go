@@ -112,9 +112,9 @@ func ScanCert(row Scanner) (*iothub.Certificate, error) {
 	return &c, nil
 }
 
-// QueryCerts runs q on pool and scans every row; op names the query in
+// queryCerts runs q on pool and scans every row; op names the query in
 // errors.
-func QueryCerts(ctx context.Context, pool *sql.DB, prefix, op, q string, args ...any) ([]*iothub.Certificate, error) {
+func queryCerts(ctx context.Context, pool *sql.DB, prefix, op, q string, args ...any) ([]*iothub.Certificate, error) {
 	rows, err := pool.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, Wrap(prefix, op, err)
