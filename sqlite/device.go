@@ -95,49 +95,6 @@ func (db *DB) Device(ctx context.Context, productKey, deviceKey string) (*iothub
 	return d, wrap("device", err)
 }
 
-// Devices lists a product's devices in DeviceKey order, secrets in clear.
-// f.State filters by state; f.Cursor is the last DeviceKey of the previous
-// page; f.Limit defaults to DefaultPageSize and is capped at
-// MaxPageSize. An unknown product yields an empty list.
-func (db *DB) Devices(ctx context.Context, productKey string, f iothub.DeviceFilter) ([]*iothub.Device, error) {
-	if f.State != "" && !f.State.Valid() {
-		return nil, sqlstore.Invalid("unknown device state %q", f.State)
-	}
-	limit := sqlstore.ClampLimit(f.Limit, DefaultPageSize, MaxPageSize)
-	var (
-		rows *sql.Rows
-		err  error
-	)
-	if f.State == "" {
-		rows, err = db.read.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
-			WHERE product_key = ? AND device_key > ? ORDER BY device_key LIMIT ?`, productKey, f.Cursor, limit)
-	} else {
-		rows, err = db.read.QueryContext(ctx, `SELECT `+sqlstore.DeviceCols+` FROM devices
-			WHERE product_key = ? AND state = ? AND device_key > ? ORDER BY device_key LIMIT ?`,
-			productKey, string(f.State), f.Cursor, limit)
-	}
-	if err != nil {
-		return nil, wrap("devices", err)
-	}
-	defer rows.Close()
-	out := make([]*iothub.Device, 0, min(limit, 64))
-	for rows.Next() {
-		d, err := db.scanDevice(rows)
-		if err != nil {
-			return nil, wrap("devices", err)
-		}
-		out = append(out, d)
-	}
-	return out, wrap("devices", rows.Err())
-}
-
-// CountDevices counts a product's devices.
-func (db *DB) CountDevices(ctx context.Context, productKey string) (int, error) {
-	var n int
-	err := db.read.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE product_key = ?`, productKey).Scan(&n)
-	return n, wrap("count devices", err)
-}
-
 // SetDeviceState records a state change at time at. Going online sets
 // activatedAt the first time and moves lastSeenAt forward to at.
 func (db *DB) SetDeviceState(ctx context.Context, productKey, deviceKey string, s iothub.DeviceState, at time.Time) error {
@@ -179,34 +136,6 @@ func (db *DB) EnableDevice(ctx context.Context, productKey, deviceKey string) (i
 	return iothub.DeviceState(state), nil
 }
 
-// ResetDevice replaces the secret, bumps SecretVersion, sets the device
-// inactive, clears activatedAt and returns the device.
-func (db *DB) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret string) (*iothub.Device, error) {
-	if newSecret == "" {
-		return nil, sqlstore.Invalid("device secret must not be empty")
-	}
-	sealed, err := db.sealer.Seal(newSecret, sqlstore.DeviceAAD(productKey, deviceKey))
-	if err != nil {
-		return nil, wrap("seal device secret", err)
-	}
-	var d *iothub.Device
-	err = db.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		d, err = db.scanDevice(tx.QueryRowContext(ctx, `UPDATE devices
-			SET device_secret = ?, secret_version = secret_version + 1, state = ?, activated_at = NULL
-			WHERE product_key = ? AND device_key = ? RETURNING `+sqlstore.DeviceCols,
-			sealed, string(iothub.StateInactive), productKey, deviceKey))
-		if errors.Is(err, sql.ErrNoRows) {
-			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
-		}
-		return wrap("reset device", err)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, nil
-}
-
 // TouchDevices moves lastSeenAt forward for many devices in one
 // transaction. Devices that no longer exist are skipped.
 func (db *DB) TouchDevices(ctx context.Context, seen map[iothub.DeviceID]time.Time) error {
@@ -219,27 +148,6 @@ func (db *DB) TouchDevices(ctx context.Context, seen map[iothub.DeviceID]time.Ti
 			t := sqlstore.MS(db.truncMS(at))
 			if _, err := st.ExecContext(ctx, t, id.ProductKey, id.DeviceKey, t); err != nil {
 				return wrap("touch devices", err)
-			}
-		}
-		return nil
-	})
-}
-
-// DeleteDevice removes a device with its telemetry and attributes. Its
-// certificates stay, for audit and the CRL.
-func (db *DB) DeleteDevice(ctx context.Context, productKey, deviceKey string) error {
-	return db.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE product_key = ? AND device_key = ?`, productKey, deviceKey)
-		if err != nil {
-			return wrap("delete device", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return sqlstore.NotFound("device %q not found in product %q", deviceKey, productKey)
-		}
-		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes"} {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE product_key = ? AND device_key = ?`,
-				productKey, deviceKey); err != nil {
-				return wrap("delete device", err)
 			}
 		}
 		return nil
