@@ -43,7 +43,7 @@ type core = sqlstore.Core
 // DB is the PostgreSQL store. It is safe for concurrent use, also by
 // several processes on one database.
 type DB struct {
-	*core // orgs, api keys, products, certificates, device listing and removal: the statements both stores share
+	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes: the statements both stores share
 
 	db     *sql.DB
 	sealer *seal.Sealer
@@ -71,7 +71,7 @@ func Open(url string, s *seal.Sealer) (*DB, error) {
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	db := &DB{db: sqldb, sealer: s, now: time.Now}
 	db.core = &core{Name: "postgres", Read: sqldb, Write: sqldb, Sealer: s, Now: db.now,
-		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE", LockKey: lockKey}
+		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE", LockKey: lockKey, DeviceExists: db.deviceExists}
 	if err := db.init(); err != nil {
 		sqldb.Close()
 		return nil, err

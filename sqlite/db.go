@@ -45,7 +45,7 @@ type core = sqlstore.Core
 
 // DB is the SQLite store. It is safe for concurrent use.
 type DB struct {
-	*core // orgs, api keys, products, certificates, device listing and removal: the statements both stores share
+	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes: the statements both stores share
 
 	write  *sql.DB // exactly one connection: every write goes through it
 	read   *sql.DB // query-only pool
@@ -110,7 +110,8 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	db.core = &core{Name: "sqlite", Read: db.read, Write: db.write, Sealer: s, Now: db.now, Constraint: constraint}
+	db.core = &core{Name: "sqlite", Read: db.read, Write: db.write, Sealer: s, Now: db.now,
+		Constraint: constraint, DeviceExists: db.deviceExists}
 	return db, nil
 }
 

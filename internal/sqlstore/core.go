@@ -31,6 +31,9 @@ type Core struct {
 	// certificate's public key, to keep other writers from binding the
 	// same key meanwhile.
 	LockKey func(ctx context.Context, tx *sql.Tx, publicKeySHA256 string) error
+	// DeviceExists fails with ENOTFOUND if the device is absent; tx is a
+	// write transaction, in which the store may lock the device's row.
+	DeviceExists func(ctx context.Context, tx *sql.Tx, productKey, deviceKey string) error
 	// Numbered turns the statements' ? placeholders into $1, $2, ….
 	Numbered bool
 	// ForUpdate is appended to a read that a transaction then writes
