@@ -26,33 +26,6 @@ func (db *DB) Audit(ctx context.Context, e iothub.AuditEvent) error {
 	})
 }
 
-// AuditEvents returns an org's newest events first ("" lists every org);
-// limit defaults to DefaultPageSize and is capped at MaxPageSize.
-func (db *DB) AuditEvents(ctx context.Context, orgID string, limit int) ([]iothub.AuditEvent, error) {
-	limit = sqlstore.ClampLimit(limit, DefaultPageSize, MaxPageSize)
-	const cols = `SELECT id, time_ms, org_id, kind, product_key, device_key, remote, reason FROM audit_events`
-	q, args := cols+` ORDER BY id DESC LIMIT $1`, []any{limit}
-	if orgID != "" {
-		q, args = cols+` WHERE org_id = $1 ORDER BY id DESC LIMIT $2`, []any{orgID, limit}
-	}
-	rows, err := db.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, wrap("audit events", err)
-	}
-	defer rows.Close()
-	out := []iothub.AuditEvent{}
-	for rows.Next() {
-		var e iothub.AuditEvent
-		var t int64
-		if err := rows.Scan(&e.ID, &t, &e.OrgID, &e.Kind, &e.ProductKey, &e.DeviceKey, &e.Remote, &e.Reason); err != nil {
-			return nil, wrap("audit events", err)
-		}
-		e.Time = sqlstore.FromMS(t)
-		out = append(out, e)
-	}
-	return out, wrap("audit events", rows.Err())
-}
-
 // AuditBatch records events in one transaction, in order, with ids
 // allotted under the same lock as Audit.
 func (db *DB) AuditBatch(ctx context.Context, events []iothub.AuditEvent) error {

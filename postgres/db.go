@@ -43,7 +43,7 @@ type core = sqlstore.Core
 // DB is the PostgreSQL store. It is safe for concurrent use, also by
 // several processes on one database.
 type DB struct {
-	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes: the statements both stores share
+	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes, audit listing: the statements both stores share
 
 	db     *sql.DB
 	sealer *seal.Sealer

@@ -45,7 +45,7 @@ type core = sqlstore.Core
 
 // DB is the SQLite store. It is safe for concurrent use.
 type DB struct {
-	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes: the statements both stores share
+	*core // orgs, api keys, products, certificates, device listing and removal, telemetry reads, attributes, audit listing: the statements both stores share
 
 	write  *sql.DB // exactly one connection: every write goes through it
 	read   *sql.DB // query-only pool
