@@ -70,8 +70,8 @@ func Open(url string, s *seal.Sealer) (*DB, error) {
 	sqldb.SetMaxIdleConns(MaxConns)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
 	db := &DB{db: sqldb, sealer: s, now: time.Now}
-	db.core = &core{Name: "postgres", Read: sqldb, Write: sqldb, Sealer: s, Now: db.now,
-		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE", LockKey: lockKey, DeviceExists: db.deviceExists}
+	db.core = sqlstore.New(sqlstore.Config{Name: "postgres", Read: sqldb, Write: sqldb, Sealer: s, Now: db.now,
+		Constraint: constraint, Numbered: true, ForUpdate: " FOR UPDATE", LockKey: lockKey, DeviceExists: db.deviceExists})
 	if err := db.init(); err != nil {
 		sqldb.Close()
 		return nil, err

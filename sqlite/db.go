@@ -110,8 +110,8 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	db.core = &core{Name: "sqlite", Read: db.read, Write: db.write, Sealer: s, Now: db.now,
-		Constraint: constraint, DeviceExists: db.deviceExists}
+	db.core = sqlstore.New(sqlstore.Config{Name: "sqlite", Read: db.read, Write: db.write, Sealer: s, Now: db.now,
+		Constraint: constraint, DeviceExists: db.deviceExists})
 	return db, nil
 }
 

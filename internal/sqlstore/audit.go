@@ -15,7 +15,7 @@ func (c *Core) AuditEvents(ctx context.Context, orgID string, limit int) ([]ioth
 	if orgID != "" {
 		q, args = cols+` WHERE org_id = ? ORDER BY id DESC LIMIT ?`, []any{orgID, limit}
 	}
-	rows, err := c.Read.QueryContext(ctx, c.q(q), args...)
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(q), args...)
 	if err != nil {
 		return nil, c.wrap("audit events", err)
 	}

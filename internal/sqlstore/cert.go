@@ -26,8 +26,8 @@ func (c *Core) CreateCertificate(ctx context.Context, cert *iothub.Certificate) 
 	}
 	created := c.truncMS(cert.CreatedAt)
 	err := c.tx(ctx, func(tx *sql.Tx) error {
-		if c.LockKey != nil {
-			if err := c.LockKey(ctx, tx, cert.PublicKeySHA256); err != nil {
+		if c.cfg.LockKey != nil {
+			if err := c.cfg.LockKey(ctx, tx, cert.PublicKeySHA256); err != nil {
 				return c.wrap("create certificate", err)
 			}
 		}
@@ -44,7 +44,7 @@ func (c *Core) CreateCertificate(ctx context.Context, cert *iothub.Certificate) 
 		_, err = tx.ExecContext(ctx, c.q(`INSERT INTO certificates (`+CertCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
 			cert.Serial, cert.OrgID, cert.ProductKey, cert.DeviceKey, cert.PublicKeySHA256, cert.CertPEM,
 			MS(cert.NotBefore), MS(cert.NotAfter), NullMS(cert.RevokedAt), cert.Reason, MS(created))
-		if kind, _ := c.Constraint(err); kind == "unique" {
+		if kind, _ := c.cfg.Constraint(err); kind == "unique" {
 			return Conflict("certificate serial %q already exists", cert.Serial)
 		}
 		return c.wrap("create certificate", err)
@@ -58,7 +58,7 @@ func (c *Core) CreateCertificate(ctx context.Context, cert *iothub.Certificate) 
 
 // Certificate returns the certificate with that serial or ENOTFOUND.
 func (c *Core) Certificate(ctx context.Context, serial string) (*iothub.Certificate, error) {
-	cert, err := ScanCert(c.Read.QueryRowContext(ctx, c.q(`SELECT `+CertCols+` FROM certificates WHERE serial = ?`), serial))
+	cert, err := ScanCert(c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT `+CertCols+` FROM certificates WHERE serial = ?`), serial))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, NotFound("certificate %q not found", serial)
 	}
@@ -67,13 +67,13 @@ func (c *Core) Certificate(ctx context.Context, serial string) (*iothub.Certific
 
 // CertificatesByDevice lists a device's certificates, oldest first.
 func (c *Core) CertificatesByDevice(ctx context.Context, productKey, deviceKey string) ([]*iothub.Certificate, error) {
-	return queryCerts(ctx, c.Read, c.Name, "certificates by device", c.q(`SELECT `+CertCols+` FROM certificates
+	return queryCerts(ctx, c.cfg.Read, c.cfg.Name, "certificates by device", c.q(`SELECT `+CertCols+` FROM certificates
 		WHERE product_key = ? AND device_key = ? ORDER BY created_at, serial`), productKey, deviceKey)
 }
 
 // CertificateByPublicKey returns the newest certificate with that key hash, or ENOTFOUND.
 func (c *Core) CertificateByPublicKey(ctx context.Context, publicKeySHA256 string) (*iothub.Certificate, error) {
-	cert, err := ScanCert(c.Read.QueryRowContext(ctx, c.q(`SELECT `+CertCols+` FROM certificates
+	cert, err := ScanCert(c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT `+CertCols+` FROM certificates
 		WHERE public_key_sha256 = ? ORDER BY created_at DESC, not_before DESC, serial DESC LIMIT 1`), publicKeySHA256))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, NotFound("no certificate with that public key")
@@ -89,7 +89,7 @@ func (c *Core) RevokeCertificate(ctx context.Context, serial, reason string, at 
 	}
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		var revoked sql.NullInt64
-		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM certificates WHERE serial = ?`+c.ForUpdate), serial).Scan(&revoked)
+		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM certificates WHERE serial = ?`+c.cfg.ForUpdate), serial).Scan(&revoked)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("certificate %q not found", serial)
 		}
@@ -108,8 +108,8 @@ func (c *Core) RevokeCertificate(ctx context.Context, serial, reason string, at 
 // RevokedCertificates lists every revoked certificate that has not
 // expired, by serial.
 func (c *Core) RevokedCertificates(ctx context.Context) ([]*iothub.Certificate, error) {
-	return queryCerts(ctx, c.Read, c.Name, "revoked certificates", c.q(`SELECT `+CertCols+` FROM certificates
-		WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY serial`), MS(c.Now()))
+	return queryCerts(ctx, c.cfg.Read, c.cfg.Name, "revoked certificates", c.q(`SELECT `+CertCols+` FROM certificates
+		WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY serial`), MS(c.cfg.Now()))
 }
 
 const caCols = `id, org_id, product_key, cert_pem, fingerprint, verification_code, verified, verified_at, created_at`
@@ -144,10 +144,10 @@ func (c *Core) CreateExternalCA(ctx context.Context, ca *iothub.ExternalCA) erro
 		return Invalid("external CA needs its certificate and fingerprint")
 	}
 	created := c.truncMS(ca.CreatedAt)
-	_, err := c.Write.ExecContext(ctx, c.q(`INSERT INTO external_cas (`+caCols+`) VALUES (?,?,?,?,?,?,?,?,?)`),
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO external_cas (`+caCols+`) VALUES (?,?,?,?,?,?,?,?,?)`),
 		ca.ID, ca.OrgID, ca.ProductKey, ca.CertPEM, ca.Fingerprint, ca.VerificationCode,
 		Bool01(ca.Verified), NullMS(ca.VerifiedAt), MS(created))
-	switch kind, _ := c.Constraint(err); kind {
+	switch kind, _ := c.cfg.Constraint(err); kind {
 	case "unique":
 		return Conflict("external CA already registered for product %q", ca.ProductKey)
 	case "foreign":
@@ -162,7 +162,7 @@ func (c *Core) CreateExternalCA(ctx context.Context, ca *iothub.ExternalCA) erro
 
 // ExternalCA returns the external CA with that id or ENOTFOUND.
 func (c *Core) ExternalCA(ctx context.Context, id string) (*iothub.ExternalCA, error) {
-	ca, err := scanCA(c.Read.QueryRowContext(ctx, c.q(`SELECT `+caCols+` FROM external_cas WHERE id = ?`), id))
+	ca, err := scanCA(c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT `+caCols+` FROM external_cas WHERE id = ?`), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, NotFound("external CA %q not found", id)
 	}
@@ -171,7 +171,7 @@ func (c *Core) ExternalCA(ctx context.Context, id string) (*iothub.ExternalCA, e
 
 // ExternalCAs lists a product's external CAs, oldest first.
 func (c *Core) ExternalCAs(ctx context.Context, productKey string) ([]*iothub.ExternalCA, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT `+caCols+` FROM external_cas
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+caCols+` FROM external_cas
 		WHERE product_key = ? ORDER BY created_at, id`), productKey)
 	if err != nil {
 		return nil, c.wrap("external CAs", err)
@@ -193,7 +193,7 @@ func (c *Core) ExternalCAs(ctx context.Context, productKey string) ([]*iothub.Ex
 func (c *Core) MarkExternalCAVerified(ctx context.Context, id string, at time.Time) error {
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		var verified int
-		err := tx.QueryRowContext(ctx, c.q(`SELECT verified FROM external_cas WHERE id = ?`+c.ForUpdate), id).Scan(&verified)
+		err := tx.QueryRowContext(ctx, c.q(`SELECT verified FROM external_cas WHERE id = ?`+c.cfg.ForUpdate), id).Scan(&verified)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("external CA %q not found", id)
 		}

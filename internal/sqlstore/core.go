@@ -10,12 +10,8 @@ import (
 	"github.com/iothub/iothub/seal"
 )
 
-// Core implements the iothub.Store methods whose statements are the same
-// in both stores apart from placeholders and row locks. A store embeds it
-// and supplies its pools, its sealer and clock and a classifier of its
-// driver's constraint violations; hot paths and statements that differ
-// stay in the store.
-type Core struct {
+// Config is what a store supplies to its Core.
+type Config struct {
 	// Name prefixes unexpected errors ("sqlite", "postgres").
 	Name string
 	// Read serves queries; Write serves writes and transactions. They may
@@ -42,9 +38,21 @@ type Core struct {
 	ForUpdate string
 }
 
+// Core implements the iothub.Store methods whose statements are the same
+// in both stores apart from placeholders and row locks. A store embeds it
+// and supplies its pools, its sealer and clock and a classifier of its
+// driver's constraint violations; hot paths and statements that differ
+// stay in the store.
+// Its configuration stays in an unexported field, so a store embedding
+// *Core promotes only the store methods.
+type Core struct{ cfg Config }
+
+// New returns the Core of a store.
+func New(cfg Config) *Core { return &Core{cfg: cfg} }
+
 // q adapts a statement written with ? placeholders to the driver.
 func (c *Core) q(s string) string {
-	if !c.Numbered {
+	if !c.cfg.Numbered {
 		return s
 	}
 	return Numbered(s)
@@ -68,10 +76,10 @@ func Numbered(s string) string {
 	return b.String()
 }
 
-func (c *Core) wrap(op string, err error) error { return Wrap(c.Name, op, err) }
+func (c *Core) wrap(op string, err error) error { return Wrap(c.cfg.Name, op, err) }
 
 func (c *Core) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return Tx(ctx, c.Write, c.Name, fn)
+	return Tx(ctx, c.cfg.Write, c.cfg.Name, fn)
 }
 
-func (c *Core) truncMS(t time.Time) time.Time { return TruncMS(t, c.Now) }
+func (c *Core) truncMS(t time.Time) time.Time { return TruncMS(t, c.cfg.Now) }

@@ -22,10 +22,10 @@ func (c *Core) Devices(ctx context.Context, productKey string, f iothub.DeviceFi
 		err  error
 	)
 	if f.State == "" {
-		rows, err = c.Read.QueryContext(ctx, c.q(`SELECT `+DeviceCols+` FROM devices
+		rows, err = c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+DeviceCols+` FROM devices
 			WHERE product_key = ? AND device_key > ? ORDER BY device_key LIMIT ?`), productKey, f.Cursor, limit)
 	} else {
-		rows, err = c.Read.QueryContext(ctx, c.q(`SELECT `+DeviceCols+` FROM devices
+		rows, err = c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+DeviceCols+` FROM devices
 			WHERE product_key = ? AND state = ? AND device_key > ? ORDER BY device_key LIMIT ?`),
 			productKey, string(f.State), f.Cursor, limit)
 	}
@@ -35,7 +35,7 @@ func (c *Core) Devices(ctx context.Context, productKey string, f iothub.DeviceFi
 	defer rows.Close()
 	out := make([]*iothub.Device, 0, min(limit, 64))
 	for rows.Next() {
-		d, err := ScanDevice(rows, c.Sealer, c.Name)
+		d, err := ScanDevice(rows, c.cfg.Sealer, c.cfg.Name)
 		if err != nil {
 			return nil, c.wrap("devices", err)
 		}
@@ -47,7 +47,7 @@ func (c *Core) Devices(ctx context.Context, productKey string, f iothub.DeviceFi
 // CountDevices counts a product's devices.
 func (c *Core) CountDevices(ctx context.Context, productKey string) (int, error) {
 	var n int
-	err := c.Read.QueryRowContext(ctx, c.q(`SELECT COUNT(*) FROM devices WHERE product_key = ?`), productKey).Scan(&n)
+	err := c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT COUNT(*) FROM devices WHERE product_key = ?`), productKey).Scan(&n)
 	return n, c.wrap("count devices", err)
 }
 
@@ -57,7 +57,7 @@ func (c *Core) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret
 	if newSecret == "" {
 		return nil, Invalid("device secret must not be empty")
 	}
-	sealed, err := c.Sealer.Seal(newSecret, DeviceAAD(productKey, deviceKey))
+	sealed, err := c.cfg.Sealer.Seal(newSecret, DeviceAAD(productKey, deviceKey))
 	if err != nil {
 		return nil, c.wrap("seal device secret", err)
 	}
@@ -67,7 +67,7 @@ func (c *Core) ResetDevice(ctx context.Context, productKey, deviceKey, newSecret
 		d, err = ScanDevice(tx.QueryRowContext(ctx, c.q(`UPDATE devices
 			SET device_secret = ?, secret_version = secret_version + 1, state = ?, activated_at = NULL
 			WHERE product_key = ? AND device_key = ? RETURNING `)+DeviceCols,
-			sealed, string(iothub.StateInactive), productKey, deviceKey), c.Sealer, c.Name)
+			sealed, string(iothub.StateInactive), productKey, deviceKey), c.cfg.Sealer, c.cfg.Name)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("device %q not found in product %q", deviceKey, productKey)
 		}

@@ -18,9 +18,9 @@ func (c *Core) CreateOrg(ctx context.Context, o *iothub.Org) error {
 		return Invalid("org name must not be empty")
 	}
 	created := c.truncMS(o.CreatedAt)
-	_, err := c.Write.ExecContext(ctx, c.q(`INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)`),
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)`),
 		o.ID, o.Name, MS(created))
-	if kind, _ := c.Constraint(err); kind == "unique" {
+	if kind, _ := c.cfg.Constraint(err); kind == "unique" {
 		return Conflict("org %q already exists", o.ID)
 	}
 	if err != nil {
@@ -34,7 +34,7 @@ func (c *Core) CreateOrg(ctx context.Context, o *iothub.Org) error {
 func (c *Core) Org(ctx context.Context, id string) (*iothub.Org, error) {
 	var o iothub.Org
 	var created int64
-	err := c.Read.QueryRowContext(ctx, c.q(`SELECT id, name, created_at FROM orgs WHERE id = ?`), id).
+	err := c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT id, name, created_at FROM orgs WHERE id = ?`), id).
 		Scan(&o.ID, &o.Name, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, NotFound("org %q not found", id)
@@ -48,7 +48,7 @@ func (c *Core) Org(ctx context.Context, id string) (*iothub.Org, error) {
 
 // Orgs lists every org, oldest first.
 func (c *Core) Orgs(ctx context.Context) ([]*iothub.Org, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT id, name, created_at FROM orgs ORDER BY created_at, id`))
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT id, name, created_at FROM orgs ORDER BY created_at, id`))
 	if err != nil {
 		return nil, c.wrap("orgs", err)
 	}
@@ -107,10 +107,10 @@ func (c *Core) CreateAPIKey(ctx context.Context, k *iothub.APIKey) error {
 		return Invalid("api key hash is missing or too short")
 	}
 	created := c.truncMS(k.CreatedAt)
-	_, err := c.Write.ExecContext(ctx, c.q(`INSERT INTO api_keys (`+APIKeyCols+`) VALUES (?,?,?,?,?,?,?,?)`),
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO api_keys (`+APIKeyCols+`) VALUES (?,?,?,?,?,?,?,?)`),
 		k.ID, k.OrgID, k.Name, string(k.Role), Bool01(k.Bootstrap), hex.EncodeToString(k.Hash),
 		MS(created), NullMS(k.RevokedAt))
-	switch kind, _ := c.Constraint(err); kind {
+	switch kind, _ := c.cfg.Constraint(err); kind {
 	case "unique":
 		return Conflict("api key already exists")
 	case "foreign":
@@ -125,7 +125,7 @@ func (c *Core) CreateAPIKey(ctx context.Context, k *iothub.APIKey) error {
 
 // APIKeyByHash returns the unrevoked key with that hash or ENOTFOUND.
 func (c *Core) APIKeyByHash(ctx context.Context, hash []byte) (*iothub.APIKey, error) {
-	k, err := ScanAPIKey(c.Read.QueryRowContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
+	k, err := ScanAPIKey(c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
 		WHERE hash = ? AND revoked_at IS NULL`), hex.EncodeToString(hash)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, NotFound("api key not found")
@@ -135,7 +135,7 @@ func (c *Core) APIKeyByHash(ctx context.Context, hash []byte) (*iothub.APIKey, e
 
 // APIKeys lists an org's keys, revoked ones included ("" lists all).
 func (c *Core) APIKeys(ctx context.Context, orgID string) ([]*iothub.APIKey, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
 		WHERE ? = '' OR org_id = ? ORDER BY created_at, id`), orgID, orgID)
 	if err != nil {
 		return nil, c.wrap("api keys", err)
@@ -157,7 +157,7 @@ func (c *Core) APIKeys(ctx context.Context, orgID string) ([]*iothub.APIKey, err
 func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		var revoked sql.NullInt64
-		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM api_keys WHERE id = ? AND org_id = ?`+c.ForUpdate), id, orgID).Scan(&revoked)
+		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM api_keys WHERE id = ? AND org_id = ?`+c.cfg.ForUpdate), id, orgID).Scan(&revoked)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("api key %q not found", id)
 		}
@@ -167,7 +167,7 @@ func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 		if revoked.Valid {
 			return Conflict("api key %q is already revoked", id)
 		}
-		_, err = tx.ExecContext(ctx, c.q(`UPDATE api_keys SET revoked_at = ? WHERE id = ?`), MS(c.Now()), id)
+		_, err = tx.ExecContext(ctx, c.q(`UPDATE api_keys SET revoked_at = ? WHERE id = ?`), MS(c.cfg.Now()), id)
 		return c.wrap("revoke api key", err)
 	})
 }

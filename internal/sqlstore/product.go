@@ -15,14 +15,14 @@ func (c *Core) CreateProduct(ctx context.Context, p *iothub.Product) error {
 		return err
 	}
 	created := c.truncMS(p.CreatedAt)
-	sealed, err := c.Sealer.Seal(p.ProductSecret, ProductAAD(p.ProductKey))
+	sealed, err := c.cfg.Sealer.Seal(p.ProductSecret, ProductAAD(p.ProductKey))
 	if err != nil {
 		return c.wrap("seal product secret", err)
 	}
-	_, err = c.Write.ExecContext(ctx, c.q(`INSERT INTO products (`+ProductCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
+	_, err = c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO products (`+ProductCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
 		p.OrgID, p.ProductKey, sealed, p.Name, string(p.AuthMode), Bool01(p.DynamicActivation), Bool01(p.AutoRegister),
 		p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, MS(created))
-	switch kind, _ := c.Constraint(err); kind {
+	switch kind, _ := c.cfg.Constraint(err); kind {
 	case "unique":
 		return Conflict("product %q already exists", p.ProductKey)
 	case "foreign":
@@ -37,7 +37,7 @@ func (c *Core) CreateProduct(ctx context.Context, p *iothub.Product) error {
 
 // Products lists an org's products ("" lists all) by ProductKey, secrets in clear.
 func (c *Core) Products(ctx context.Context, orgID string) ([]*iothub.Product, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT `+ProductCols+` FROM products
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+ProductCols+` FROM products
 		WHERE ? = '' OR org_id = ? ORDER BY product_key`), orgID, orgID)
 	if err != nil {
 		return nil, c.wrap("products", err)
@@ -45,7 +45,7 @@ func (c *Core) Products(ctx context.Context, orgID string) ([]*iothub.Product, e
 	defer rows.Close()
 	out := []*iothub.Product{}
 	for rows.Next() {
-		p, err := ScanProduct(rows, c.Sealer, c.Name)
+		p, err := ScanProduct(rows, c.cfg.Sealer, c.cfg.Name)
 		if err != nil {
 			return nil, c.wrap("products", err)
 		}
@@ -61,14 +61,14 @@ func (c *Core) UpdateProduct(ctx context.Context, p *iothub.Product) error {
 	if err := CheckProduct(p); err != nil {
 		return err
 	}
-	sealed, err := c.Sealer.Seal(p.ProductSecret, ProductAAD(p.ProductKey))
+	sealed, err := c.cfg.Sealer.Seal(p.ProductSecret, ProductAAD(p.ProductKey))
 	if err != nil {
 		return c.wrap("seal product secret", err)
 	}
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		var org string
 		var created int64
-		err := tx.QueryRowContext(ctx, c.q(`SELECT org_id, created_at FROM products WHERE product_key = ?`+c.ForUpdate), p.ProductKey).Scan(&org, &created)
+		err := tx.QueryRowContext(ctx, c.q(`SELECT org_id, created_at FROM products WHERE product_key = ?`+c.cfg.ForUpdate), p.ProductKey).Scan(&org, &created)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("product %q not found", p.ProductKey)
 		}
@@ -104,7 +104,7 @@ func (c *Core) DeleteProduct(ctx context.Context, productKey string) error {
 			return c.wrap("delete product", err)
 		}
 		res, err := tx.ExecContext(ctx, c.q(`DELETE FROM products WHERE product_key = ?`), productKey)
-		if kind, _ := c.Constraint(err); kind == "foreign" { // a device arrived meanwhile
+		if kind, _ := c.cfg.Constraint(err); kind == "foreign" { // a device arrived meanwhile
 			return Conflict("product %q still has devices", productKey)
 		}
 		if err != nil {

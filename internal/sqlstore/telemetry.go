@@ -74,7 +74,7 @@ func GroupSamples(samples []iothub.Sample, trunc func(time.Time) time.Time) ([]i
 // LatestPoints returns the latest value of each of a device's points by
 // name (empty for an unknown device).
 func (c *Core) LatestPoints(ctx context.Context, productKey, deviceKey string) ([]iothub.Point, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT name, value, time_ms FROM telemetry_points
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT name, value, time_ms FROM telemetry_points
 		WHERE product_key = ? AND device_key = ? ORDER BY name`), productKey, deviceKey)
 	if err != nil {
 		return nil, c.wrap("latest points", err)
@@ -99,7 +99,7 @@ func (c *Core) LatestPoints(ctx context.Context, productKey, deviceKey string) (
 // HistoryPerDevice.
 func (c *Core) RecentSamples(ctx context.Context, productKey, deviceKey string, limit int) ([]iothub.Sample, error) {
 	limit = ClampLimit(limit, DefaultSampleLimit, HistoryPerDevice)
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT time_ms, measurepoints FROM telemetry_samples
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT time_ms, measurepoints FROM telemetry_samples
 		WHERE product_key = ? AND device_key = ? ORDER BY seq DESC LIMIT ?`), productKey, deviceKey, limit)
 	if err != nil {
 		return nil, c.wrap("recent samples", err)
@@ -132,9 +132,9 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 		}
 		clean[name] = buf.String()
 	}
-	now := MS(c.Now())
+	now := MS(c.cfg.Now())
 	return c.tx(ctx, func(tx *sql.Tx) error {
-		if err := c.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
+		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
 			return err
 		}
 		for name, v := range clean {
@@ -152,7 +152,7 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 
 // Attributes returns a device's attributes (empty for an unknown device).
 func (c *Core) Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error) {
-	rows, err := c.Read.QueryContext(ctx, c.q(`SELECT name, value FROM attributes
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT name, value FROM attributes
 		WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
 	if err != nil {
 		return nil, c.wrap("attributes", err)
@@ -173,7 +173,7 @@ func (c *Core) Attributes(ctx context.Context, productKey, deviceKey string) (ma
 // ignored). ENOTFOUND if the device is absent.
 func (c *Core) DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error {
 	return c.tx(ctx, func(tx *sql.Tx) error {
-		if err := c.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
+		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
 			return err
 		}
 		for _, name := range names {
