@@ -33,31 +33,7 @@ import (
 // database at dbURL and whose bus is the NATS server at natsURL.
 func startNode(t *testing.T, dir, dbURL, natsURL string) *testHub {
 	t.Helper()
-	level := slog.LevelWarn
-	if os.Getenv("IOTHUB_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
-	h, err := hub.Open(hub.Config{
-		DataDir:     dir,
-		MQTTAddr:    "127.0.0.1:0",
-		MQTTSAddr:   "127.0.0.1:0",
-		HTTPAddr:    "127.0.0.1:0",
-		HTTPSAddr:   "127.0.0.1:0",
-		Hostnames:   []string{"localhost", "127.0.0.1"},
-		DatabaseURL: dbURL,
-		NATSURL:     natsURL,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-	})
-	if err != nil {
-		t.Fatalf("hub.Open: %v", err)
-	}
-	admin, err := client.New(h.HTTPURL(), h.AdminKey(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	th := &testHub{Hub: h, dir: dir, admin: admin}
-	t.Cleanup(th.stop)
-	return th
+	return startHubWith(t, dir, hub.Config{DatabaseURL: dbURL, NATSURL: natsURL})
 }
 
 // joinCluster prepares a second node's data directory the way an operator

@@ -31,6 +31,12 @@ type testHub struct {
 // listener on a free loopback port, and closes it when the test ends.
 func startHub(t testing.TB, dir string) *testHub {
 	t.Helper()
+	return startHubWith(t, dir, hub.Config{})
+}
+
+// startHubWith is startHub with extra settings (database, bus) taken from extra.
+func startHubWith(t testing.TB, dir string, extra hub.Config) *testHub {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
@@ -39,13 +45,15 @@ func startHub(t testing.TB, dir string) *testHub {
 		level = slog.LevelDebug
 	}
 	h, err := hub.Open(hub.Config{
-		DataDir:   dir,
-		MQTTAddr:  "127.0.0.1:0",
-		MQTTSAddr: "127.0.0.1:0",
-		HTTPAddr:  "127.0.0.1:0",
-		HTTPSAddr: "127.0.0.1:0",
-		Hostnames: []string{"localhost", "127.0.0.1"},
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		DataDir:     dir,
+		MQTTAddr:    "127.0.0.1:0",
+		MQTTSAddr:   "127.0.0.1:0",
+		HTTPAddr:    "127.0.0.1:0",
+		HTTPSAddr:   "127.0.0.1:0",
+		Hostnames:   []string{"localhost", "127.0.0.1"},
+		DatabaseURL: extra.DatabaseURL,
+		NATSURL:     extra.NATSURL,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		t.Fatalf("hub.Open: %v", err)
