@@ -193,6 +193,13 @@ type TelemetryStore interface {
 	SetAttributes(ctx context.Context, productKey, deviceKey string, attrs map[string]json.RawMessage) error
 	Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error)
 	DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error
+	// AppendEvents stores event posts and trims each device's history.
+	AppendEvents(ctx context.Context, events []DeviceEvent) error
+	RecentEvents(ctx context.Context, productKey, deviceKey string, limit int) ([]DeviceEvent, error)
+	// SetTags merges tags; DeleteTags removes names.
+	SetTags(ctx context.Context, productKey, deviceKey string, tags map[string]string) error
+	Tags(ctx context.Context, productKey, deviceKey string) (map[string]string, error)
+	DeleteTags(ctx context.Context, productKey, deviceKey string, names []string) error
 }
 
 // AuditEvent is one security-relevant fact: a login, a refusal, an
