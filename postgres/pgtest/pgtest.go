@@ -228,6 +228,20 @@ func (c *Cluster) CreateDatabase() (string, error) {
 	return c.url(name), nil
 }
 
+// Restart stops the server at once (immediate mode: no checkpoint, as in
+// a crash) and starts it again on the same port and data, so that clients
+// see their connections dropped and then accepted again.
+func (c *Cluster) Restart() error {
+	// With -l the new server's output goes to the log, not to a pipe that
+	// run would wait on for as long as the server lives.
+	out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.dir, "log"),
+		"-m", "immediate", "-w", "-t", "60", "restart")
+	if err != nil {
+		return fmt.Errorf("pgtest: pg_ctl restart: %v: %s", err, out)
+	}
+	return nil
+}
+
 // Stop stops the server at once and removes its directory.
 func (c *Cluster) Stop() {
 	if c.admin != nil {
