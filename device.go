@@ -182,14 +182,33 @@ type Point struct {
 	Time  time.Time       `json:"time"`
 }
 
+// Caps on what one device may store and one read may return (F6). A post
+// or attribute over its cap is refused where it enters (the MQTT reply
+// says so) and nothing of it is stored. With HistoryPerDevice posts kept,
+// a device's history is at most 1000 × MaxSampleBytes (64 MiB).
+const (
+	// MaxSampleBytes caps the measurepoints object of one stored post.
+	MaxSampleBytes = 64 << 10
+	// MaxAttributesPerDevice caps how many attributes one device holds.
+	MaxAttributesPerDevice = 256
+	// MaxAttributeBytes caps one attribute value (compact JSON).
+	MaxAttributeBytes = 8 << 10
+	// MaxTelemetryReadBytes caps the posts one history read returns: rows
+	// are read one at a time and the read stops before passing it.
+	MaxTelemetryReadBytes = 4 << 20
+)
+
 // TelemetryStore keeps the latest value of each measurepoint and a bounded
 // history of posts per device.
 type TelemetryStore interface {
 	// AppendSamples stores posts, updates the latest points and trims history.
 	AppendSamples(ctx context.Context, samples []Sample) error
 	LatestPoints(ctx context.Context, productKey, deviceKey string) ([]Point, error)
+	// RecentSamples returns up to limit of the newest posts, newest first,
+	// no more than MaxTelemetryReadBytes of them.
 	RecentSamples(ctx context.Context, productKey, deviceKey string, limit int) ([]Sample, error)
-	// SetAttributes merges attributes; DeleteAttributes removes names.
+	// SetAttributes merges attributes (ETOOLARGE past MaxAttributesPerDevice
+	// or MaxAttributeBytes, nothing written); DeleteAttributes removes names.
 	SetAttributes(ctx context.Context, productKey, deviceKey string, attrs map[string]json.RawMessage) error
 	Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error)
 	DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error

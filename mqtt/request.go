@@ -197,6 +197,9 @@ func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) 
 	if len(mp) < 2 || mp[0] != '{' {
 		return iothub.Sample{}, codeBadFormat, "measurepoints must be an object"
 	}
+	if len(mp) > iothub.MaxSampleBytes { // F6
+		return iothub.Sample{}, codeTooLarge, "measurepoints over the 64 KiB cap of a stored post"
+	}
 	t := s.now()
 	if p.Time != nil && *p.Time > 0 {
 		t = time.UnixMilli(*p.Time)
@@ -258,7 +261,13 @@ func (s *Server) updateAttributes(ctx context.Context, ss *session, params json.
 	if err := json.Unmarshal(params, &p); err != nil || len(p.Attributes) == 0 {
 		return nil, codeBadFormat, "params must be {attributes:{…}}"
 	}
-	if err := s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes); err != nil {
+	switch err := s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes); iothub.ErrorCode(err) {
+	case "":
+	case iothub.ETOOLARGE: // F6
+		return nil, codeTooLarge, iothub.ErrorMessage(err)
+	case iothub.EINVALID:
+		return nil, codeBadFormat, iothub.ErrorMessage(err)
+	default:
 		return nil, codeInternal, "store error"
 	}
 	return nil, codeOK, ""

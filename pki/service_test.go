@@ -274,12 +274,22 @@ func TestBinding(t *testing.T) {
 	if cs := e.deviceCerts(t, e.p, "dev2"); len(cs) != 0 {
 		t.Fatalf("dev2 got %d certificates", len(cs))
 	}
-	// The same device may use its key again, up to the cap.
-	if _, err := e.svc.Enroll(ctx, e.p, d1, csr, 0); err != nil {
+	// F9: the same device enrolling the same key again (a retry) gets the
+	// certificate it already holds, and the cap is not spent on it.
+	again, err := e.svc.Enroll(ctx, e.p, d1, csr, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0); err != nil {
-		t.Fatal(err)
+	if again.Serial != c1.Serial {
+		t.Fatalf("a retried enrollment issued %s, want the same certificate %s", again.Serial, c1.Serial)
+	}
+	if cs := e.deviceCerts(t, e.p, "dev1"); len(cs) != 1 {
+		t.Fatalf("after a retry dev1 holds %d certificates, want 1", len(cs))
+	}
+	for range 2 {
+		if _, err := e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, err = e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0)
 	wantCode(t, err, iothub.ECONFLICT)

@@ -120,7 +120,7 @@ func seedDevices(t testing.TB, db iothub.Store, pk string, n int) []string {
 
 func mkCert(serial, pk, dk, key string, notBefore time.Time, days int) *iothub.Certificate {
 	return &iothub.Certificate{Serial: serial, OrgID: iothub.DefaultOrgID, ProductKey: pk, DeviceKey: dk,
-		PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
+		AssetID: pk + "/" + dk, PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
 		NotAfter: notBefore.Add(time.Duration(days) * 24 * time.Hour)}
 }
 
@@ -547,10 +547,10 @@ func testCertificates(t *testing.T, db iothub.Store) {
 	wantCode(t, err, iothub.ENOTFOUND)
 
 	must(t, db.CreateCertificate(ctx, mkCert("0b01", "pk", "d2", "key2", now, 30)))
-	list, err := db.CertificatesByDevice(ctx, "pk", "d1")
+	list, err := db.CertificatesByAsset(ctx, "pk/d1")
 	must(t, err)
 	if len(list) != 2 || list[0].Serial != "0a01" || list[1].Serial != "0a02" {
-		t.Fatalf("CertificatesByDevice = %+v", list)
+		t.Fatalf("CertificatesByAsset = %+v", list)
 	}
 
 	// Revocation, and the CRL list leaves out expired certificates.
@@ -850,7 +850,7 @@ func testDeleteDeviceRemovesDataKeepsCertificates(t *testing.T, db iothub.Store)
 	if len(pb) != 1 || len(ab) != 1 || len(sb) != 1 {
 		t.Fatalf("the other device lost data: %d points, %d attributes, %d samples", len(pb), len(ab), len(sb))
 	}
-	certs, err := db.CertificatesByDevice(ctx, "pk", "a")
+	certs, err := db.CertificatesByAsset(ctx, "pk/a")
 	must(t, err)
 	if len(certs) != 1 {
 		t.Fatalf("certificates of the deleted device: %d, want 1 kept", len(certs))

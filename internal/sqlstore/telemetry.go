@@ -106,11 +106,15 @@ func (c *Core) RecentSamples(ctx context.Context, productKey, deviceKey string, 
 	}
 	defer rows.Close()
 	out := []iothub.Sample{}
+	total := 0
 	for rows.Next() {
 		var t int64
 		var m string
 		if err := rows.Scan(&t, &m); err != nil {
 			return nil, c.wrap("recent samples", err)
+		}
+		if total += len(m); total > iothub.MaxTelemetryReadBytes && len(out) > 0 {
+			break // F6: one read holds a bounded amount
 		}
 		out = append(out, iothub.Sample{ProductKey: productKey, DeviceKey: deviceKey, Time: FromMS(t), Measurepoints: json.RawMessage(m)})
 	}
@@ -130,11 +134,20 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 		if err := json.Compact(&buf, v); err != nil {
 			return Invalid("attribute %q is not valid JSON", name)
 		}
+		if buf.Len() > iothub.MaxAttributeBytes || len(name) > iothub.MaxKeyLen {
+			return iothub.Errorf(iothub.ETOOLARGE, "attribute %.64q is over %d bytes (or its name over %d)", name, iothub.MaxAttributeBytes, iothub.MaxKeyLen)
+		}
 		clean[name] = buf.String()
+	}
+	if len(clean) > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d attributes", iothub.MaxAttributesPerDevice)
 	}
 	now := MS(c.cfg.Now())
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
+			return err
+		}
+		if err := c.checkAttributeCount(ctx, tx, productKey, deviceKey, clean); err != nil {
 			return err
 		}
 		for name, v := range clean {
@@ -148,6 +161,33 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 		}
 		return nil
 	})
+}
+
+// checkAttributeCount fails with ETOOLARGE if merging names into the
+// device's attributes would pass MaxAttributesPerDevice.
+func (c *Core) checkAttributeCount(ctx context.Context, tx *sql.Tx, productKey, deviceKey string, names map[string]string) error {
+	rows, err := tx.QueryContext(ctx, c.q(`SELECT name FROM attributes WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	if err != nil {
+		return c.wrap("set attributes", err)
+	}
+	defer rows.Close()
+	n := len(names)
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return c.wrap("set attributes", err)
+		}
+		if _, dup := names[name]; !dup {
+			n++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return c.wrap("set attributes", err)
+	}
+	if n > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d attributes", iothub.MaxAttributesPerDevice)
+	}
+	return nil
 }
 
 // Attributes returns a device's attributes (empty for an unknown device).
