@@ -580,3 +580,82 @@ func TestCertificateLookup(t *testing.T) {
 	_, err = e.svc.Certificate(ctx, "abc")
 	wantCode(t, err, iothub.ENOTFOUND)
 }
+
+// F8: a renewal's pending supersession is stored: a service started
+// afterwards on the same store (a restart, or another node) revokes the
+// old certificate once the new one logs in there.
+func TestAuditF8SupersessionSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	d := e.device(t, e.p, "dev1")
+	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Close()
+	restarted := e.service(t)
+	restarted.NoteUsed(ctx, b.Serial)
+	if !restarted.IsRevoked(a.Serial) {
+		t.Fatal("after a restart the renewed-away certificate stays valid once the new one is used")
+	}
+	old, err := restarted.Certificate(ctx, a.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.Reason != "superseded" {
+		t.Fatalf("old certificate revoked as %q, want superseded", old.Reason)
+	}
+	// Done: nothing is left to supersede.
+	rows, err := e.db.Supersessions(ctx)
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("supersessions left: %v %v", rows, err)
+	}
+}
+
+// F10: OCSP answers are cached per serial until their nextUpdate (no new
+// signature meanwhile) and re-signed at once when the certificate is revoked.
+func TestAuditF10OCSPCachedUntilNextUpdate(t *testing.T) {
+	e := newEnv(t)
+	c, err := e.svc.Enroll(ctx, e.p, e.device(t, e.p, "dev1"), goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := parsePEMCert(t, c.CertPEM)
+	issuing := shared.IssuingCA()
+	req, err := ocsp.CreateRequest(leaf, issuing, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	clock := t0
+	e.svc.now = func() time.Time { return clock }
+	ask := func() ([]byte, *ocsp.Response) {
+		raw, err := e.svc.OCSP(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := ocsp.ParseResponseForCert(raw, leaf, issuing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw, resp
+	}
+	first, r1 := ask()
+	clock = t0.Add(OCSPValidity / 2)
+	if again, _ := ask(); !bytes.Equal(again, first) {
+		t.Fatal("a second request before nextUpdate was signed anew")
+	}
+	clock = r1.NextUpdate.Add(time.Second)
+	if _, r := ask(); !r.ThisUpdate.After(r1.ThisUpdate) {
+		t.Fatal("past nextUpdate the cached answer was served")
+	}
+	if _, err := e.svc.Revoke(ctx, c.Serial, "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	if _, r := ask(); r.Status != ocsp.Revoked {
+		t.Fatalf("after revocation OCSP says %d, want revoked", r.Status)
+	}
+}
