@@ -3,9 +3,16 @@
 -- +goose Up
 -- F4: a certificate belongs to a device's identity (its assetId), not to its
 -- key strings, so a re-created device or a re-used productKey inherits nothing.
+-- A certificate goes to the device now under its keys only if that device
+-- existed, in the same org, when the certificate was issued; the others
+-- belonged to a deleted predecessor and are revoked (cessationOfOperation,
+-- dated at their issue: no later time is known portably).
 ALTER TABLE certificates ADD COLUMN asset_id TEXT NOT NULL DEFAULT '';
 UPDATE certificates SET asset_id = COALESCE((SELECT d.asset_id FROM devices d
-    WHERE d.product_key = certificates.product_key AND d.device_key = certificates.device_key), '');
+    WHERE d.product_key = certificates.product_key AND d.device_key = certificates.device_key
+      AND d.org_id = certificates.org_id AND d.created_at <= certificates.created_at), '');
+UPDATE certificates SET revoked_at = created_at, reason = 'cessationOfOperation'
+    WHERE asset_id = '' AND revoked_at IS NULL;
 CREATE INDEX certificates_asset ON certificates (asset_id);
 
 -- F8: the certificates a renewal supersedes, revoked once the new one logs in
