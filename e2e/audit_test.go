@@ -31,6 +31,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/hub"
+	"github.com/iothub/iothub/nats/natstest"
+	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/sign"
 	"golang.org/x/crypto/ocsp"
 	_ "modernc.org/sqlite"
@@ -489,4 +491,77 @@ func ocspRequest(t *testing.T, th *testHub, c issued) []byte {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// F7, F8, F9 across nodes sharing one PostgreSQL database and one NATS
+// server: a CA removed through node A stops its leaves on node B; a
+// renewal made on node A supersedes the old certificate once the new one
+// logs in on node B; a signed request used on node A is refused on node B.
+func TestAuditClusterF7F8F9(t *testing.T) {
+	dbURL := pgtest.Standalone(t)
+	natsURL := natstest.URL(t)
+	a := startNode(t, t.TempDir(), dbURL, natsURL)
+	b := startNode(t, joinCluster(t, a.dir), dbURL, natsURL)
+	p := a.newProduct(t, map[string]any{"name": "cluster", "authMode": "certificate"})
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	// F9: one use, whichever node sees it.
+	d9 := a.newDevice(t, p, "EDGE-9")
+	_, csr := newKeyAndCSR(t, "EDGE-9")
+	h := sha256.Sum256([]byte(csr))
+	body := signedBody(d9.DeviceSecret, p.ProductKey, "EDGE-9", time.Now(), sign.Pair{Key: "csrSha256", Value: hex.EncodeToString(h[:])})
+	body["csr"] = csr
+	path := "/device/v1/" + p.ProductKey + "/EDGE-9/certificates"
+	do(t, a.as(t, ""), "POST", path, body, nil, 201)
+	do(t, b.as(t, ""), "POST", path, body, nil, 401)
+
+	// F7: removal on A holds on B.
+	d7 := a.newDevice(t, p, "OEM-1")
+	id, leaf := externalCA(t, a, p)
+	l, k := leaf("OEM-1", 7001)
+	eventually("a leaf of the CA verified on node A does not log in on node B", func() bool { return b.mtlsLogin(t, p.ProductKey, d7, l, k) == nil })
+	do(t, a.admin, "DELETE", "/api/v1/cas/"+id, nil, nil, 204)
+	eventually("a leaf of the CA removed on node A still logs in on node B", func() bool { return b.mtlsLogin(t, p.ProductKey, d7, l, k) != nil })
+
+	// F8: renewed on A, used on B.
+	d8 := a.newDevice(t, p, "EDGE-8")
+	first, key, _ := a.enrollCert(t, p.ProductKey, "EDGE-8")
+	o := deviceOptions("ssl://"+a.MQTTSAddr(), p.ProductKey, d8.DeviceKey, d8.DeviceSecret, sign.ModeStatic)
+	o.SetTLSConfig(a.tlsTo(t, tlsCert(t, first.Cert, key)))
+	c := connect(t, o)
+	replies := make(chan []byte, 1)
+	topic := "/sys/" + p.ProductKey + "/EDGE-8/thing/certificate/renew"
+	c.Subscribe(topic+"_reply", 1, func(_ paho.Client, m paho.Message) { replies <- m.Payload() }).Wait()
+	newKey, newCSR := newKeyAndCSR(t, "EDGE-8")
+	req, _ := json.Marshal(map[string]any{"id": "1", "version": "1.0", "method": "thing.certificate.renew", "params": map[string]string{"csr": newCSR}})
+	c.Publish(topic, 1, false, req).Wait()
+	var rep struct {
+		Code int
+		Data struct{ Serial, Cert string }
+	}
+	select {
+	case m := <-replies:
+		json.Unmarshal(m, &rep)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal reply")
+	}
+	if rep.Code != 200 {
+		t.Fatalf("renewal answered %d", rep.Code)
+	}
+	c.Disconnect(50)
+	renewed := issued{Serial: rep.Data.Serial, Cert: rep.Data.Cert}
+	eventually("the renewed certificate does not log in on node B", func() bool { return b.mtlsLogin(t, p.ProductKey, d8, renewed, newKey) == nil })
+	eventually("the certificate renewed away on node A stays valid after its successor logged in on node B", func() bool {
+		_, st := certStatus(t, b.admin, first.Serial)
+		return st == "revoked/superseded"
+	})
 }

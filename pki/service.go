@@ -190,6 +190,14 @@ func (s *Service) tick(now time.Time) {
 // onEvent keeps the revoked set in step with revocations made by other
 // hub nodes sharing the store. It must not block: it loads in a goroutine.
 func (s *Service) onEvent(e iothub.Event) {
+	if e.Kind == iothub.EventCertRenewed {
+		s.background(func(ctx context.Context) {
+			if err := s.loadSupersessions(ctx); err != nil {
+				s.log.Error("pki: load supersessions", "err", err)
+			}
+		})
+		return
+	}
 	if e.Kind == iothub.EventProductChanged && e.ProductKey != "" {
 		s.background(func(ctx context.Context) {
 			if err := s.reloadExternal(ctx, e.ProductKey); err != nil {
@@ -426,6 +434,7 @@ func (s *Service) enroll(ctx context.Context, p *iothub.Product, d *iothub.Devic
 		s.mu.Lock()
 		s.pending[c.Serial] = pendingRenewal{supersedes: valid, due: due}
 		s.mu.Unlock()
+		s.publish(ctx, iothub.Event{Kind: iothub.EventCertRenewed, ProductKey: c.ProductKey, DeviceKey: c.DeviceKey, Serial: c.Serial})
 	}
 	s.log.Info("pki: certificate issued", "serial", c.Serial, "productKey", c.ProductKey, "deviceKey", c.DeviceKey, "renewal", renew)
 	return c, nil

@@ -344,6 +344,9 @@ func TestRenew(t *testing.T) {
 	if old.Reason != "superseded" || old.RevokedAt == nil {
 		t.Fatalf("old certificate %+v", old)
 	}
+	if ev := e.nextEvent(t); ev.Kind != iothub.EventCertRenewed || ev.Serial != b.Serial {
+		t.Fatalf("event %+v, want the renewal announced", ev)
+	}
 	if ev := e.nextEvent(t); ev.Serial != a.Serial || ev.Reason != "superseded" {
 		t.Fatalf("event %+v", ev)
 	}
