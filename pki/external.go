@@ -44,6 +44,10 @@ func (s *Service) loadExternalCAs(ctx context.Context) error {
 // CAs with what the store holds: its verified CAs and their revoked
 // leaves. A product that is gone, or has no verified CA, trusts none.
 func (s *Service) reloadExternal(ctx context.Context, productKey string) error {
+	// One reload at a time: a reload that read the store earlier must not
+	// overwrite one that read it later.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	cas, err := s.store.ExternalCAs(ctx, productKey)
 	if err != nil {
 		return err

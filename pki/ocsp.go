@@ -60,6 +60,9 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 	der, err := ocsp.CreateResponse(s.a.issuing, s.a.issuing, tmpl, s.a.issuingKey)
 	if err == nil && tmpl.Status != ocsp.Unknown {
 		s.ocspCache.put(serial, req.HashAlgorithm, der, tmpl.NextUpdate)
+		if tmpl.Status == ocsp.Good && s.IsRevoked(serial) {
+			s.ocspCache.drop(serial) // revoked while this answer was signed
+		}
 	}
 	return der, err
 }

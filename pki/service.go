@@ -58,6 +58,7 @@ type Service struct {
 	// extRevoked maps productKey → revoked leaves of its external CAs, by
 	// externalLeafKey. Replaced whole on change, read under mu.
 	extRevoked map[string]map[string]struct{}
+	reloadMu   sync.Mutex                // serializes reloadExternal
 	pending    map[string]pendingRenewal // new serial → what it supersedes
 	ocspCache  ocspCache                 // signed OCSP responses until their nextUpdate
 	crl        atomic.Pointer[signedCRL] // current CRL
