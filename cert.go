@@ -70,8 +70,8 @@ type CertStore interface {
 	// AddSupersessions records that the certificate newSerial, issued by a
 	// renewal, supersedes olds: they are revoked once it logs in or at due.
 	AddSupersessions(ctx context.Context, newSerial string, olds []string, due time.Time) error
-	// Supersessions lists every pending supersession.
-	Supersessions(ctx context.Context) ([]Supersession, error)
+	// Supersessions lists the pending supersessions of newSerial ("": all).
+	Supersessions(ctx context.Context, newSerial string) ([]Supersession, error)
 	// DeleteSupersessions forgets the supersessions of newSerial (done or moot).
 	DeleteSupersessions(ctx context.Context, newSerial string) error
 

@@ -182,22 +182,6 @@ type Point struct {
 	Time  time.Time       `json:"time"`
 }
 
-// Caps on what one device may store and one read may return (F6). A post
-// or attribute over its cap is refused where it enters (the MQTT reply
-// says so) and nothing of it is stored. With HistoryPerDevice posts kept,
-// a device's history is at most 1000 × MaxSampleBytes (64 MiB).
-const (
-	// MaxSampleBytes caps the measurepoints object of one stored post.
-	MaxSampleBytes = 64 << 10
-	// MaxAttributesPerDevice caps how many attributes one device holds.
-	MaxAttributesPerDevice = 256
-	// MaxAttributeBytes caps one attribute value (compact JSON).
-	MaxAttributeBytes = 8 << 10
-	// MaxTelemetryReadBytes caps the posts one history read returns: rows
-	// are read one at a time and the read stops before passing it.
-	MaxTelemetryReadBytes = 4 << 20
-)
-
 // TelemetryStore keeps the latest value of each measurepoint and a bounded
 // history of posts per device.
 type TelemetryStore interface {
@@ -212,6 +196,13 @@ type TelemetryStore interface {
 	SetAttributes(ctx context.Context, productKey, deviceKey string, attrs map[string]json.RawMessage) error
 	Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error)
 	DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error
+	// AppendEvents stores event posts and trims each device's history.
+	AppendEvents(ctx context.Context, events []DeviceEvent) error
+	RecentEvents(ctx context.Context, productKey, deviceKey string, limit int) ([]DeviceEvent, error)
+	// SetTags merges tags; DeleteTags removes names.
+	SetTags(ctx context.Context, productKey, deviceKey string, tags map[string]string) error
+	Tags(ctx context.Context, productKey, deviceKey string) (map[string]string, error)
+	DeleteTags(ctx context.Context, productKey, deviceKey string, names []string) error
 }
 
 // AuditEvent is one security-relevant fact: a login, a refusal, an

@@ -22,8 +22,10 @@ func (s *Server) registerDevices() {
 	s.api("POST", dev+"/services/{serviceId}", iothub.RoleOperator, s.invokeService)
 	s.api("POST", dev+"/measurepoints/set", iothub.RoleOperator, s.setMeasurepoints)
 	s.api("GET", dev+"/measurepoints", iothub.RoleViewer, s.latestMeasurepoints)
-	s.api("GET", dev+"/telemetry", iothub.RoleViewer, s.recentTelemetry)
-	s.api("GET", dev+"/attributes", iothub.RoleViewer, s.deviceAttributes)
+	s.api("GET", dev+"/telemetry", iothub.RoleViewer, s.deviceData("samples", recent(s, iothub.Store.RecentSamples)))
+	s.api("GET", dev+"/events", iothub.RoleViewer, s.deviceData("events", recent(s, iothub.Store.RecentEvents)))
+	s.api("GET", dev+"/attributes", iothub.RoleViewer, s.deviceData("attributes", all(s, iothub.Store.Attributes)))
+	s.api("GET", dev+"/tags", iothub.RoleViewer, s.deviceData("tags", all(s, iothub.Store.Tags)))
 }
 
 // device loads {pk}/{dk} for p: 404 when absent or in another org.
@@ -228,32 +230,36 @@ func (s *Server) latestMeasurepoints(w http.ResponseWriter, r *http.Request, p i
 	return nil
 }
 
-func (s *Server) recentTelemetry(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	d, err := s.device(r.Context(), p, r)
-	if err != nil {
-		return err
+// deviceData answers a read of one device's data as {key: read(…)}.
+func (s *Server) deviceData(key string, read func(r *http.Request, d *iothub.Device) (any, error)) func(http.ResponseWriter, *http.Request, iothub.Principal) error {
+	return func(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+		d, err := s.device(r.Context(), p, r)
+		if err != nil {
+			return err
+		}
+		v, err := read(r, d)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, map[string]any{key: v})
+		return nil
 	}
-	limit, err := queryInt(r, "limit", 100, 1000)
-	if err != nil {
-		return err
-	}
-	samples, err := s.Store.RecentSamples(r.Context(), d.ProductKey, d.DeviceKey, limit)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"samples": samples})
-	return nil
 }
 
-func (s *Server) deviceAttributes(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	d, err := s.device(r.Context(), p, r)
-	if err != nil {
-		return err
+// recent reads a device's newest posts with the request's ?limit.
+func recent[T any](s *Server, list func(iothub.Store, context.Context, string, string, int) ([]T, error)) func(*http.Request, *iothub.Device) (any, error) {
+	return func(r *http.Request, d *iothub.Device) (any, error) {
+		limit, err := queryInt(r, "limit", 100, 1000)
+		if err != nil {
+			return nil, err
+		}
+		return list(s.Store, r.Context(), d.ProductKey, d.DeviceKey, limit)
 	}
-	attrs, err := s.Store.Attributes(r.Context(), d.ProductKey, d.DeviceKey)
-	if err != nil {
-		return err
+}
+
+// all reads one of a device's name/value sets.
+func all[T any](s *Server, read func(iothub.Store, context.Context, string, string) (T, error)) func(*http.Request, *iothub.Device) (any, error) {
+	return func(r *http.Request, d *iothub.Device) (any, error) {
+		return read(s.Store, r.Context(), d.ProductKey, d.DeviceKey)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"attributes": attrs})
-	return nil
 }

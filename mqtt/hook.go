@@ -87,9 +87,18 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if ss == nil {
 		return pk, packets.ErrRejectPacket
 	}
-	if h.s.handlePublish(ss, pk.TopicName, pk.Payload) {
-		// Handled by the hub: acknowledged, not routed to subscribers.
+	switch h.s.handlePublish(ss, pk.TopicName, pk.Payload) {
+	case answered:
+		// Served by the hub, and stored if it carried data: acknowledged,
+		// not routed to subscribers.
 		return pk, packets.CodeSuccessIgnore
+	case notStored:
+		// MQTT 5 says why in the PUBACK; MQTT 3.1.1 has no negative
+		// PUBACK, so none is sent and the client resends the message.
+		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
+			return pk, packets.ErrUnspecifiedError
+		}
+		return pk, packets.ErrRejectPacket
 	}
 	return pk, nil
 }

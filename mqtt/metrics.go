@@ -12,6 +12,8 @@ type metrics struct {
 	kicks             *prometheus.CounterVec
 	revokeLatency     prometheus.Histogram
 	overflow          *prometheus.CounterVec
+	notStored         *prometheus.CounterVec
+	qos0Dropped       prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -43,11 +45,19 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			Name: "iothub_mqtt_qos1_overflow_total",
 			Help: "QoS 1 deliveries that found the subscriber's queue full, by outcome (written directly, write_failed, no_packet_id).",
 		}, []string{"outcome"}),
+		notStored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "iothub_store_refused_total",
+			Help: "Posts the store could not take (disk full, database down), refused to their device with a retry code, by kind.",
+		}, []string{"kind"}),
+		qos0Dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iothub_mqtt_qos0_dropped_total",
+			Help: "QoS 0 deliveries dropped because the subscriber's outbound queue was full (a loss MQTT allows).",
+		}),
 	}
 	if r == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency, m.overflow} {
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency, m.overflow, m.notStored, m.qos0Dropped} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -24,12 +24,17 @@ import (
 // are the same device: it slows only itself. It costs no memory while the
 // queue has room.
 func (s *Server) deliverOverflow(cl *mochi.Client, pk packets.Packet) {
-	if pk.FixedHeader.Qos == 0 || cl.Closed() {
+	if cl.Closed() {
 		return
 	}
 	sub, ok := s.broker.Topics.Subscribers(pk.TopicName).Subscriptions[cl.ID]
-	if !ok || sub.Qos == 0 {
-		return // delivered at QoS 0: dropping it is allowed
+	if pk.FixedHeader.Qos == 0 || !ok || sub.Qos == 0 {
+		// Delivered at QoS 0: dropping it is allowed, and counted.
+		s.met.qos0Dropped.Inc()
+		s.qos0Warn.Do(func() {
+			s.log.Warn("mqtt: QoS 0 deliveries dropped: a subscriber's queue is full", "client", cl.ID)
+		})
+		return
 	}
 	out := pk.Copy(false)
 	out.FixedHeader.Qos = 1 // the hub's maximum

@@ -24,7 +24,14 @@ const (
 	codeEmpty        = 1251
 	codeMismatch     = 1260
 	codeInternal     = 500
+	// codeNotStored answers a post the store could not take (disk full,
+	// database down): nothing was stored and the device should retry. Its
+	// PUBACK is withheld (MQTT 5: reason 0x80), so an SDK resends it.
+	codeNotStored = 503
 )
+
+// msgNotStored is the reply message of codeNotStored.
+const msgNotStored = "not stored: the hub cannot store data right now; retry later"
 
 // request is an upstream request envelope.
 type request struct {
@@ -88,40 +95,92 @@ type replyEnvelope struct {
 // /sys/ prefix) must carry: "thing/event/x/post" → "thing.event.x.post".
 func methodFor(rel string) string { return strings.ReplaceAll(rel, "/", ".") }
 
-// handlePublish serves a publish from a device. It reports whether the
-// hub consumed it (then it is not routed to subscribers).
-func (s *Server) handlePublish(ss *session, topic string, payload []byte) bool {
+// outcome is what became of a device's publish.
+type outcome int
+
+const (
+	// routed: not for the hub; mochi routes it to subscribers.
+	routed outcome = iota
+	// answered: served by the hub (whatever the reply code); acknowledged.
+	answered
+	// notStored: the store could not take it; the device was told to retry
+	// and the publish is not acknowledged.
+	notStored
+)
+
+// handlePublish serves a publish from a device. A request that stores
+// data returns only once the data is committed (or refused), so that its
+// reply and its PUBACK, sent after, mean "stored".
+func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcome {
 	if ss.activation {
 		// The only topic an activation session may publish to is the
 		// activation reply, which needs no action.
-		return true
+		return answered
 	}
 	if !strings.HasPrefix(topic, ss.sysPrefix) {
-		return false
+		return routed
 	}
 	rel := topic[len(ss.sysPrefix):]
 	if strings.HasSuffix(rel, replySuffix) {
-		return s.deliverReply(ss, strings.TrimSuffix(rel, replySuffix), payload)
+		if s.deliverReply(ss, strings.TrimSuffix(rel, replySuffix), payload) {
+			return answered
+		}
+		return routed
 	}
 	handler, ok := upstream(rel)
 	if !ok {
-		return false
+		return routed
 	}
 	req, err := parseRequest(payload, s.maxPay)
 	if err != nil {
 		re := err.(*requestError)
 		s.reply(ss, topic, req.ID, re.Code, nil, re.Msg)
-		return true
+		return answered
 	}
 	if req.Method != methodFor(rel) {
 		s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
-		return true
+		return answered
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	data, code, msg := handler(s, ctx, ss, req.Params)
 	s.reply(ss, topic, req.ID, code, data, msg)
-	return true
+	if code == codeNotStored {
+		s.refused(ss)
+		return notStored
+	}
+	ss.refusals.Store(0)
+	return answered
+}
+
+// refusalsBeforeDisconnect is how many posts in a row a session may see
+// refused for want of storage before the hub ends it, so that SDKs with
+// an offline buffer keep their data and resume after reconnecting.
+const refusalsBeforeDisconnect = 3
+
+// refused counts a post refused for want of storage and ends the session
+// once the condition lasts.
+func (s *Server) refused(ss *session) {
+	if ss.refusals.Add(1) == refusalsBeforeDisconnect {
+		s.kick(ss, packets.ErrServerBusy, "store_unavailable")
+	}
+}
+
+// storeCode turns a store error into a reply code: a refusal of the data
+// itself is the device's fault (1220); anything else means not stored.
+func storeCode(err error) (int, string) {
+	switch iothub.ErrorCode(err) {
+	case "":
+		return codeOK, ""
+	case iothub.EINVALID:
+		return codeBadFormat, iothub.ErrorMessage(err)
+	case iothub.ETOOLARGE: // F6: over a per-post or per-device cap
+		return codeTooLarge, iothub.ErrorMessage(err)
+	case iothub.ENOTFOUND:
+		return codeNotFound, "device not found"
+	default:
+		return codeNotStored, msgNotStored
+	}
 }
 
 type handlerFn func(s *Server, ctx context.Context, ss *session, params json.RawMessage) (any, int, string)
@@ -136,18 +195,24 @@ func upstream(rel string) (handlerFn, bool) {
 	case "thing/attribute/update":
 		return (*Server).updateAttributes, true
 	case "thing/attribute/query":
-		return (*Server).queryAttributes, true
+		return queryNames("attributes", iothub.Store.Attributes), true
 	case "thing/attribute/delete":
-		return (*Server).deleteAttributes, true
-	case "thing/tag/update", "thing/tag/query", "thing/tag/delete":
-		return (*Server).acceptOnly, true
+		return deleteNames("attributes", iothub.Store.DeleteAttributes), true
+	case "thing/tag/update":
+		return (*Server).updateTags, true
+	case "thing/tag/query":
+		return queryNames("tags", iothub.Store.Tags), true
+	case "thing/tag/delete":
+		return deleteNames("tags", iothub.Store.DeleteTags), true
 	case "thing/device/register":
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
 		return (*Server).renewCertificate, true
 	}
-	if strings.HasPrefix(rel, "thing/event/") && strings.HasSuffix(rel, "/post") && len(rel) > len("thing/event//post") {
-		return (*Server).postEvent, true
+	if id, ok := strings.CutPrefix(rel, "thing/event/"); ok {
+		if id, ok := strings.CutSuffix(id, "/post"); ok && id != "" && !strings.Contains(id, "/") {
+			return eventHandler(id), true
+		}
 	}
 	return nil, false
 }
@@ -189,23 +254,27 @@ type postParams struct {
 }
 
 // sample checks one post and makes it a Sample of the session's device.
+// The measurepoints pass the store's own rules here, so that a post the
+// store would refuse never joins a batch.
 func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) {
 	if (p.ProductKey != "" && p.ProductKey != ss.dev.ProductKey) || (p.DeviceKey != "" && p.DeviceKey != ss.dev.DeviceKey) {
 		return iothub.Sample{}, codeNoPermission, "entry belongs to another device"
 	}
-	mp := bytes.TrimSpace(p.Measurepoints)
-	if len(mp) < 2 || mp[0] != '{' {
-		return iothub.Sample{}, codeBadFormat, "measurepoints must be an object"
+	mp, err := iothub.ParseMeasurepoints(p.Measurepoints)
+	if err != nil {
+		code, msg := storeCode(err)
+		return iothub.Sample{}, code, msg
 	}
-	if len(mp) > iothub.MaxSampleBytes { // F6
-		return iothub.Sample{}, codeTooLarge, "measurepoints over the 64 KiB cap of a stored post"
+	return iothub.Sample{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Time: s.postTime(p.Time),
+		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""
+}
+
+// postTime is a post's sample time: its own when it carries one, else now.
+func (s *Server) postTime(ms *int64) time.Time {
+	if ms != nil && *ms > 0 {
+		return time.UnixMilli(*ms).UTC()
 	}
-	t := s.now()
-	if p.Time != nil && *p.Time > 0 {
-		t = time.UnixMilli(*p.Time)
-	}
-	return iothub.Sample{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Time: t.UTC(),
-		Measurepoints: json.RawMessage(append([]byte(nil), mp...))}, codeOK, ""
+	return s.now().UTC()
 }
 
 func (s *Server) postMeasurepoints(_ context.Context, ss *session, params json.RawMessage) (any, int, string) {
@@ -217,14 +286,20 @@ func (s *Server) postMeasurepoints(_ context.Context, ss *session, params json.R
 	if code != codeOK {
 		return nil, code, msg
 	}
-	s.samples.Add(smp)
-	return nil, codeOK, ""
+	code, msg = storeCode(s.samples.Write([]iothub.Sample{smp}))
+	return nil, code, msg
 }
+
+// maxBatchEntries caps the entries of one batch post.
+const maxBatchEntries = 1000
 
 func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params json.RawMessage) (any, int, string) {
 	var ps []postParams
 	if err := json.Unmarshal(params, &ps); err != nil || len(ps) == 0 {
 		return nil, codeBadFormat, "params must be a non-empty list of posts"
+	}
+	if len(ps) > maxBatchEntries {
+		return nil, codeBadFormat, "too many entries in one batch"
 	}
 	out := make([]iothub.Sample, 0, len(ps))
 	for _, p := range ps {
@@ -234,24 +309,32 @@ func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params js
 		}
 		out = append(out, smp)
 	}
-	for _, smp := range out {
-		s.samples.Add(smp)
-	}
-	return nil, codeOK, ""
+	code, msg := storeCode(s.samples.Write(out))
+	return nil, code, msg
 }
 
-func (s *Server) postEvent(_ context.Context, _ *session, params json.RawMessage) (any, int, string) {
-	var p struct {
-		Events json.RawMessage `json:"events"`
+// eventHandler serves thing/event/{id}/post for one event identifier.
+func eventHandler(eventID string) handlerFn {
+	return func(s *Server, _ context.Context, ss *session, params json.RawMessage) (any, int, string) {
+		var p struct {
+			Events json.RawMessage `json:"events"`
+			Time   *int64          `json:"time"`
+		}
+		if err := json.Unmarshal(params, &p); err != nil {
+			return nil, codeBadFormat, "params must be {events, time}"
+		}
+		if err := iothub.ValidateEventID(eventID); err != nil {
+			return nil, codeBadFormat, iothub.ErrorMessage(err)
+		}
+		fields, err := iothub.ParseMeasurepoints(p.Events)
+		if err != nil {
+			return nil, codeBadFormat, "events: " + iothub.ErrorMessage(err)
+		}
+		e := iothub.DeviceEvent{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, EventID: eventID,
+			Time: s.postTime(p.Time), Events: json.RawMessage(fields.Body)}
+		code, msg := storeCode(s.events.Write([]iothub.DeviceEvent{e}))
+		return nil, code, msg
 	}
-	if err := json.Unmarshal(params, &p); err != nil {
-		return nil, codeBadFormat, "params must be {events, time}"
-	}
-	return nil, codeOK, ""
-}
-
-func (s *Server) acceptOnly(context.Context, *session, json.RawMessage) (any, int, string) {
-	return nil, codeOK, ""
 }
 
 func (s *Server) updateAttributes(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
@@ -261,64 +344,98 @@ func (s *Server) updateAttributes(ctx context.Context, ss *session, params json.
 	if err := json.Unmarshal(params, &p); err != nil || len(p.Attributes) == 0 {
 		return nil, codeBadFormat, "params must be {attributes:{…}}"
 	}
-	switch err := s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes); iothub.ErrorCode(err) {
-	case "":
-	case iothub.ETOOLARGE: // F6
-		return nil, codeTooLarge, iothub.ErrorMessage(err)
-	case iothub.EINVALID:
-		return nil, codeBadFormat, iothub.ErrorMessage(err)
-	default:
-		return nil, codeInternal, "store error"
-	}
-	return nil, codeOK, ""
+	code, msg := storeCode(s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes))
+	return nil, code, msg
 }
 
-// attributeNames reads {"attributes":["a",…]} or a bare list.
-func attributeNames(params json.RawMessage) ([]string, bool) {
-	var p struct {
-		Attributes []string `json:"attributes"`
-	}
+// nameList reads the names of a query or delete: {field:["a",…]} or a
+// bare list; no params means no names (every entry, for a query).
+func nameList(params json.RawMessage, field string) ([]string, bool) {
 	if len(bytes.TrimSpace(params)) == 0 || string(params) == "null" {
 		return nil, true
-	}
-	if err := json.Unmarshal(params, &p); err == nil {
-		return p.Attributes, true
 	}
 	var names []string
 	if err := json.Unmarshal(params, &names); err == nil {
 		return names, true
 	}
-	return nil, false
+	var p map[string][]string
+	if err := json.Unmarshal(params, &p); err != nil {
+		return nil, false
+	}
+	return p[field], true
 }
 
-func (s *Server) queryAttributes(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
-	names, ok := attributeNames(params)
+// queryNames serves a query of a device's name/value set (attributes,
+// tags): the named entries, or all of them.
+func queryNames[V any](field string, read func(iothub.Store, context.Context, string, string) (map[string]V, error)) handlerFn {
+	return func(s *Server, ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
+		names, ok := nameList(params, field)
+		if !ok {
+			return nil, codeBadFormat, "params must be {" + field + ":[…]}"
+		}
+		all, err := read(s.cfg.Store, ctx, ss.dev.ProductKey, ss.dev.DeviceKey)
+		if err != nil {
+			return nil, codeInternal, "store error"
+		}
+		return pick(all, names), codeOK, ""
+	}
+}
+
+// deleteNames serves a delete of named entries of a device's name/value set.
+func deleteNames(field string, del func(iothub.Store, context.Context, string, string, []string) error) handlerFn {
+	return func(s *Server, ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
+		names, ok := nameList(params, field)
+		if !ok || len(names) == 0 {
+			return nil, codeBadFormat, "params must be {" + field + ":[…]}"
+		}
+		code, msg := storeCode(del(s.cfg.Store, ctx, ss.dev.ProductKey, ss.dev.DeviceKey, names))
+		return nil, code, msg
+	}
+}
+
+// tagEntry is one entry of thing.tag.update.
+type tagEntry struct {
+	TagKey   string `json:"tagKey"`
+	TagValue string `json:"tagValue"`
+}
+
+// parseTags reads thing.tag.update params: the SDKs' list of {tagKey,
+// tagValue}, or {"tags":{name:value}}.
+func parseTags(params json.RawMessage) (map[string]string, bool) {
+	var entries []tagEntry
+	if err := json.Unmarshal(params, &entries); err == nil {
+		tags := make(map[string]string, len(entries))
+		for _, e := range entries {
+			tags[e.TagKey] = e.TagValue
+		}
+		return tags, len(tags) > 0
+	}
+	var p struct {
+		Tags map[string]string `json:"tags"`
+	}
+	err := json.Unmarshal(params, &p)
+	return p.Tags, err == nil && len(p.Tags) > 0
+}
+
+func (s *Server) updateTags(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
+	tags, ok := parseTags(params)
 	if !ok {
-		return nil, codeBadFormat, "params must be {attributes:[…]}"
+		return nil, codeBadFormat, "params must be a list of {tagKey, tagValue} or {tags:{…}} with string values"
 	}
-	all, err := s.cfg.Store.Attributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey)
-	if err != nil {
-		return nil, codeInternal, "store error"
-	}
+	code, msg := storeCode(s.cfg.Store.SetTags(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, tags))
+	return nil, code, msg
+}
+
+// pick returns the named entries of all, or all when no name is given.
+func pick[V any](all map[string]V, names []string) map[string]V {
 	if len(names) == 0 {
-		return all, codeOK, ""
+		return all
 	}
-	out := make(map[string]json.RawMessage, len(names))
+	out := make(map[string]V, len(names))
 	for _, n := range names {
 		if v, ok := all[n]; ok {
 			out[n] = v
 		}
 	}
-	return out, codeOK, ""
-}
-
-func (s *Server) deleteAttributes(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
-	names, ok := attributeNames(params)
-	if !ok || len(names) == 0 {
-		return nil, codeBadFormat, "params must be {attributes:[…]}"
-	}
-	if err := s.cfg.Store.DeleteAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, names); err != nil {
-		return nil, codeInternal, "store error"
-	}
-	return nil, codeOK, ""
+	return out
 }

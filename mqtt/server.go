@@ -21,6 +21,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/manage"
@@ -72,10 +73,12 @@ type Server struct {
 	callSeq atomic.Uint64
 	callTag string
 
-	limits  *limiters
-	samples *sampleWriter
-	side    *sideWriter    // login/logout states and audit rows, batched
-	reg     *registryCache // nil without a bus: nothing would invalidate it
+	limits   *limiters
+	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
+	samples  *groupWriter[iothub.Sample]
+	events   *groupWriter[iothub.DeviceEvent]
+	side     *sideWriter    // login/logout states and audit rows, batched
+	reg      *registryCache // nil without a bus: nothing would invalidate it
 
 	touchEvery time.Duration
 	unsub      func()
@@ -102,6 +105,7 @@ const (
 	activationSession = 60 * time.Second      // a mode-3 session is closed after this
 	sideInterval      = 20 * time.Millisecond // login side effects are written this often…
 	sideBatch         = 512                   // …or once this many are queued
+	writeBatch        = 1000                  // posts (or events) per group commit at most
 )
 
 // New builds a Server. Call ListenTCP and/or ListenTLS, then Serve, and
@@ -166,6 +170,7 @@ func New(cfg Config) (*Server, error) {
 		callTag:    hex.EncodeToString(tag),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
+		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
 	}
 	if cfg.TLS != nil {
@@ -177,9 +182,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
 	}
-	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
+	s.samples = newGroupWriter(cfg.Store.AppendSamples, writeBatch, s.notStored("measurepoints"))
+	s.events = newGroupWriter(cfg.Store.AppendEvents, writeBatch, s.notStored("events"))
 	s.side = newSideWriter(cfg.Store, cfg.Logger, s.refuseLate, sideInterval, sideBatch)
 	return s, nil
+}
+
+// notStored counts the posts of a kind that the store refused, and says
+// so in the log at most once a second.
+func (s *Server) notStored(kind string) func(items int, err error) {
+	var warn rate.Sometimes
+	warn.Interval = time.Second
+	return func(items int, err error) {
+		s.met.notStored.WithLabelValues(kind).Add(float64(items))
+		warn.Do(func() {
+			s.log.Warn("mqtt: posts not stored; their devices are told to retry", "kind", kind, "items", items, "error", err)
+		})
+	}
 }
 
 // serverTLS applies the hub's TLS policy to a copy of base.
@@ -249,6 +268,7 @@ func (s *Server) Close() error {
 		close(s.stop)
 		s.wg.Wait()
 		s.samples.Close()
+		s.events.Close()
 		s.side.Close() // after the broker: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
 	})

@@ -35,6 +35,7 @@ type session struct {
 	quiet       atomic.Bool  // closed by the hub after a state change: leave the stored state alone
 	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
 	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
+	refusals    atomic.Int32 // posts refused in a row for want of storage
 	timer       *time.Timer  // certificate expiry or activation deadline
 }
 

@@ -2,46 +2,75 @@ package mqtt
 
 import (
 	"context"
-	"log/slog"
+	"errors"
 	"sync"
 	"time"
-
-	"github.com/iothub/iothub"
 )
 
-// sampleWriter batches measurepoint posts: a flood of posts costs one
-// store transaction per batch (up to max samples, or every interval), not
-// one per message. Close writes everything accepted.
-type sampleWriter struct {
-	store    iothub.TelemetryStore
-	log      *slog.Logger
-	in       chan iothub.Sample
-	interval time.Duration
-	max      int
-	mu       sync.RWMutex
-	closed   bool
-	done     chan struct{}
+// errWriterClosed refuses a write that arrives after Close.
+var errWriterClosed = errors.New("mqtt: the hub is stopping")
+
+// groupWriter stores what devices post by group commit: a write waits
+// until the transaction holding it has committed (or failed), and every
+// write that arrives while a transaction runs joins the next one, so a
+// flood of posts costs one transaction per batch, not one per message, and
+// a device waits about one commit for its answer.
+//
+// A failed batch is split and its halves retried, so that a write the
+// store refuses fails alone and the others are stored. Splitting stops
+// once a batch has spent splitBudget: a store that is down fails every
+// write of the batch instead of being asked 2n times.
+type groupWriter[T any] struct {
+	commit      func(ctx context.Context, items []T) error
+	in          chan *groupWrite[T]
+	maxItems    int
+	timeout     time.Duration // per commit attempt
+	splitBudget time.Duration // per batch, retries included
+	onFailure   func(items int, err error)
+
+	mu     sync.RWMutex
+	closed bool
+	done   chan struct{}
 }
 
-func newSampleWriter(store iothub.TelemetryStore, log *slog.Logger, interval time.Duration, max int) *sampleWriter {
-	w := &sampleWriter{store: store, log: log, in: make(chan iothub.Sample, 4*max), interval: interval, max: max, done: make(chan struct{})}
+// groupWrite is one caller's items and where its outcome goes.
+type groupWrite[T any] struct {
+	items []T
+	done  chan error
+}
+
+// newGroupWriter starts a writer that stores through commit, at most
+// maxItems per transaction; onFailure hears of every write refused.
+func newGroupWriter[T any](commit func(context.Context, []T) error, maxItems int, onFailure func(items int, err error)) *groupWriter[T] {
+	w := &groupWriter[T]{
+		commit:   commit,
+		in:       make(chan *groupWrite[T], 4*maxItems),
+		maxItems: maxItems, timeout: 5 * time.Second, splitBudget: 2 * time.Second,
+		onFailure: onFailure,
+		done:      make(chan struct{}),
+	}
 	go w.run()
 	return w
 }
 
-// Add queues a sample; it blocks while the queue is full (back-pressure on
-// the device's connection). After Close it drops the sample.
-func (w *sampleWriter) Add(s iothub.Sample) {
+// Write stores items and returns once they are committed, or the error
+// that kept them out. It blocks while the queue is full (back-pressure on
+// the device's connection), and fails with errWriterClosed after Close.
+func (w *groupWriter[T]) Write(items []T) error {
+	gw := &groupWrite[T]{items: items, done: make(chan error, 1)}
 	w.mu.RLock()
-	defer w.mu.RUnlock()
 	if w.closed {
-		return
+		w.mu.RUnlock()
+		return errWriterClosed
 	}
-	w.in <- s
+	w.in <- gw
+	w.mu.RUnlock()
+	return <-gw.done
 }
 
-// Close stops accepting samples and returns once every queued one is written.
-func (w *sampleWriter) Close() {
+// Close stops accepting writes and returns once every queued one has been
+// committed or refused.
+func (w *groupWriter[T]) Close() {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -53,35 +82,68 @@ func (w *sampleWriter) Close() {
 	<-w.done
 }
 
-func (w *sampleWriter) run() {
+func (w *groupWriter[T]) run() {
 	defer close(w.done)
-	t := time.NewTicker(w.interval)
-	defer t.Stop()
-	batch := make([]iothub.Sample, 0, w.max)
-	flush := func() {
-		if len(batch) == 0 {
+	batch := make([]*groupWrite[T], 0, w.maxItems)
+	for first := range w.in {
+		batch = append(batch[:0], first)
+		n := len(first.items)
+		// Take whatever else is already waiting: the group of this commit.
+	drain:
+		for n < w.maxItems {
+			select {
+			case gw, ok := <-w.in:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, gw)
+				n += len(gw.items)
+			default:
+				break drain
+			}
+		}
+		w.flush(batch, n)
+		clear(batch)
+	}
+}
+
+// flush commits batch, splitting it on failure within the split budget,
+// and answers every write in it.
+func (w *groupWriter[T]) flush(batch []*groupWrite[T], n int) {
+	deadline := time.Now().Add(w.splitBudget)
+	var attempt func(part []*groupWrite[T], n int)
+	attempt = func(part []*groupWrite[T], n int) {
+		items := make([]T, 0, n)
+		for _, gw := range part {
+			items = append(items, gw.items...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+		err := w.commit(ctx, items)
+		cancel()
+		if err == nil {
+			for _, gw := range part {
+				gw.done <- nil
+			}
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := w.store.AppendSamples(ctx, batch); err != nil {
-			w.log.Error("mqtt: storing measurepoints", "samples", len(batch), "error", err)
-		}
-		cancel()
-		batch = batch[:0]
-	}
-	for {
-		select {
-		case s, ok := <-w.in:
-			if !ok {
-				flush()
-				return
+		if len(part) == 1 || time.Now().After(deadline) {
+			w.onFailure(len(items), err)
+			for _, gw := range part {
+				gw.done <- err
 			}
-			batch = append(batch, s)
-			if len(batch) >= w.max {
-				flush()
-			}
-		case <-t.C:
-			flush()
+			return
 		}
+		half := len(part) / 2
+		attempt(part[:half], countItems(part[:half]))
+		attempt(part[half:], countItems(part[half:]))
 	}
+	attempt(batch, n)
+}
+
+func countItems[T any](part []*groupWrite[T]) int {
+	n := 0
+	for _, gw := range part {
+		n += len(gw.items)
+	}
+	return n
 }

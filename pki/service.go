@@ -60,6 +60,7 @@ type Service struct {
 	extRevoked map[string]map[string]struct{}
 	reloadMu   sync.Mutex                // serializes reloadExternal
 	pending    map[string]pendingRenewal // new serial → what it supersedes
+	checked    map[string]struct{}       // serials storedRenewal asked the store about
 	ocspCache  ocspCache                 // signed OCSP responses until their nextUpdate
 	crl        atomic.Pointer[signedCRL] // current CRL
 	crlSign    sync.Mutex                // one CRL signing at a time, so a newer never loses to an older
@@ -118,6 +119,7 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 		external:   map[string]*x509.CertPool{},
 		extRevoked: map[string]map[string]struct{}{},
 		pending:    map[string]pendingRenewal{},
+		checked:    map[string]struct{}{},
 		seed:       maphash.MakeSeed(),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
@@ -457,6 +459,10 @@ func (s *Service) NoteUsed(ctx context.Context, serial string) {
 	_, found := s.pending[serial]
 	s.mu.RUnlock()
 	if !found {
+		// F8: a renewal made on another node may not have reached this one.
+		if pr, ok := s.storedRenewal(ctx, serial); ok {
+			s.supersede(ctx, serial, pr)
+		}
 		return
 	}
 	s.mu.Lock()
@@ -467,6 +473,54 @@ func (s *Service) NoteUsed(ctx context.Context, serial string) {
 		s.supersede(ctx, serial, pr)
 	}
 }
+
+// pendingOf groups stored supersessions by new serial; those whose new
+// certificate is revoked are moot and listed apart.
+func (s *Service) pendingOf(rows []iothub.Supersession) (map[string]pendingRenewal, []string) {
+	pending := map[string]pendingRenewal{}
+	var moot []string
+	for _, r := range rows {
+		if s.IsRevoked(r.New) {
+			moot = append(moot, r.New)
+			continue
+		}
+		pr := pending[r.New]
+		pr.supersedes = append(pr.supersedes, r.Old)
+		pr.due = r.Due
+		pending[r.New] = pr
+	}
+	return pending, moot
+}
+
+// storedRenewal asks the store, once per serial and process, whether
+// serial is a renewal this node has not loaded yet (made on another node
+// a moment ago): the renewal is stored before its certificate is handed
+// out, so the first login with it always finds it.
+func (s *Service) storedRenewal(ctx context.Context, serial string) (pendingRenewal, bool) {
+	s.mu.RLock()
+	_, checked := s.checked[serial]
+	s.mu.RUnlock()
+	if checked {
+		return pendingRenewal{}, false
+	}
+	rows, err := s.store.Supersessions(ctx, serial)
+	if err != nil {
+		s.log.Error("pki: read supersessions", "serial", serial, "err", err)
+		return pendingRenewal{}, false
+	}
+	s.mu.Lock()
+	if len(s.checked) >= maxChecked {
+		clear(s.checked)
+	}
+	s.checked[serial] = struct{}{}
+	s.mu.Unlock()
+	pending, _ := s.pendingOf(rows)
+	pr, ok := pending[serial]
+	return pr, ok
+}
+
+// maxChecked caps the serials storedRenewal remembers having asked about.
+const maxChecked = 100000
 
 // supersedeDue revokes what renewals superseded once their grace ended.
 func (s *Service) supersedeDue(ctx context.Context, now time.Time) {
@@ -507,22 +561,11 @@ func (s *Service) supersede(ctx context.Context, by string, pr pendingRenewal) {
 // stored ones, so renewals made before a restart or on another node are
 // carried out here too. Those whose new certificate is revoked are moot.
 func (s *Service) loadSupersessions(ctx context.Context) error {
-	rows, err := s.store.Supersessions(ctx)
+	rows, err := s.store.Supersessions(ctx, "")
 	if err != nil {
 		return err
 	}
-	pending := map[string]pendingRenewal{}
-	var moot []string
-	for _, r := range rows {
-		if s.IsRevoked(r.New) {
-			moot = append(moot, r.New)
-			continue
-		}
-		pr := pending[r.New]
-		pr.supersedes = append(pr.supersedes, r.Old)
-		pr.due = r.Due
-		pending[r.New] = pr
-	}
+	pending, moot := s.pendingOf(rows)
 	s.mu.Lock()
 	s.pending = pending
 	s.mu.Unlock()

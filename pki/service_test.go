@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/inmem"
 )
 
 var serialRE = regexp.MustCompile(`^[1-9a-f][0-9a-f]*$`)
@@ -612,7 +614,7 @@ func TestAuditF8SupersessionSurvivesRestart(t *testing.T) {
 		t.Fatalf("old certificate revoked as %q, want superseded", old.Reason)
 	}
 	// Done: nothing is left to supersede.
-	rows, err := e.db.Supersessions(ctx)
+	rows, err := e.db.Supersessions(ctx, "")
 	if err != nil || len(rows) != 0 {
 		t.Fatalf("supersessions left: %v %v", rows, err)
 	}
@@ -660,5 +662,30 @@ func TestAuditF10OCSPCachedUntilNextUpdate(t *testing.T) {
 	}
 	if _, r := ask(); r.Status != ocsp.Revoked {
 		t.Fatalf("after revocation OCSP says %d, want revoked", r.Status)
+	}
+}
+
+// F8: a node that has not heard of a renewal made on another node (no
+// shared bus here) still supersedes once the new certificate logs in to
+// it: the renewal is in the store before the certificate is handed out.
+func TestAuditF8SupersessionReachesANodeThatMissedTheEvent(t *testing.T) {
+	e := newEnv(t)
+	other, err := NewService(shared, e.db, inmem.NewBus(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	d := e.device(t, e.p, "dev1")
+	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.NoteUsed(ctx, b.Serial)
+	if !other.IsRevoked(a.Serial) {
+		t.Fatal("the other node did not supersede the old certificate when the new one logged in there")
 	}
 }

@@ -96,7 +96,7 @@ func TestTwoNodesShareOneDatabase(t *testing.T) {
 	files, err := fs.Glob(migrations.FS, "*.sql")
 	must(t, err)
 	if versions != len(files) {
-		t.Fatalf("%d applied migrations, want %d (each once)", versions, len(files))
+		t.Fatalf("%d applied migrations, want %d: each once", versions, len(files))
 	}
 	orgs, err := b.Orgs(ctx)
 	must(t, err)

@@ -57,6 +57,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Telemetry", testTelemetry},
 		{"TelemetryHistoryBound", testTelemetryHistoryBound},
 		{"Attributes", testAttributes},
+		{"EventsAndTags", testEventsAndTags},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
 	} {
@@ -830,6 +831,55 @@ func testAttributes(t *testing.T, db iothub.Store) {
 	}
 }
 
+func testEventsAndTags(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "a")
+	t0 := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	ev := func(dk, id, body string, at time.Time) iothub.DeviceEvent {
+		return iothub.DeviceEvent{ProductKey: "pk", DeviceKey: dk, EventID: id, Time: at, Events: json.RawMessage(body)}
+	}
+	must(t, db.AppendEvents(ctx, []iothub.DeviceEvent{
+		ev("a", "alarm", `{"level": 3}`, t0),
+		ev("ghost", "alarm", `{"level": 1}`, t0), // deleted meanwhile: dropped
+		ev("a", "door", `{"open": true}`, t0.Add(time.Second)),
+	}))
+	got, err := db.RecentEvents(ctx, "pk", "a", 0)
+	must(t, err)
+	if len(got) != 2 || got[0].EventID != "door" || string(got[0].Events) != `{"open":true}` ||
+		got[1].EventID != "alarm" || !got[1].Time.Equal(t0) || got[1].DeviceKey != "a" {
+		t.Fatalf("RecentEvents = %+v", got)
+	}
+	// A bad event anywhere in the batch refuses the whole batch.
+	for _, bad := range []iothub.DeviceEvent{ev("a", "x", `[1]`, t0), ev("a", "", `{}`, t0), ev("a", "x", `{"": 1}`, t0), ev("", "x", `{}`, t0)} {
+		wantCode(t, db.AppendEvents(ctx, []iothub.DeviceEvent{ev("a", "ok", `{}`, t0), bad}), iothub.EINVALID)
+	}
+	if got, _ := db.RecentEvents(ctx, "pk", "a", 0); len(got) != 2 {
+		t.Fatalf("a refused batch stored events: %+v", got)
+	}
+
+	must(t, db.SetTags(ctx, "pk", "a", map[string]string{"site": "north", "floor": "2"}))
+	must(t, db.SetTags(ctx, "pk", "a", map[string]string{"floor": "3"}))
+	wantCode(t, db.SetTags(ctx, "pk", "a", map[string]string{"": "x"}), iothub.EINVALID)
+	wantCode(t, db.SetTags(ctx, "pk", "ghost", map[string]string{"a": "x"}), iothub.ENOTFOUND)
+	tags, err := db.Tags(ctx, "pk", "a")
+	must(t, err)
+	if len(tags) != 2 || tags["site"] != "north" || tags["floor"] != "3" {
+		t.Fatalf("Tags = %v", tags)
+	}
+	must(t, db.DeleteTags(ctx, "pk", "a", []string{"site", "never-set"}))
+	if tags, _ := db.Tags(ctx, "pk", "a"); len(tags) != 1 || tags["floor"] != "3" {
+		t.Fatalf("after delete: %v", tags)
+	}
+	must(t, db.DeleteDevice(ctx, "pk", "a"))
+	mkDevice(t, db, "pk", "a")
+	if got, _ := db.RecentEvents(ctx, "pk", "a", 0); len(got) != 0 {
+		t.Fatalf("a re-created device inherited events: %+v", got)
+	}
+	if tags, _ := db.Tags(ctx, "pk", "a"); len(tags) != 0 {
+		t.Fatalf("a re-created device inherited tags: %v", tags)
+	}
+}
+
 func testDeleteDeviceRemovesDataKeepsCertificates(t *testing.T, db iothub.Store) {
 	mkProduct(t, db, "pk")
 	mkDevice(t, db, "pk", "a")
@@ -961,14 +1011,17 @@ func testSupersessions(t *testing.T, db iothub.Store) {
 	must(t, db.AddSupersessions(ctx, "new1", []string{"old1", "old2"}, due))
 	must(t, db.AddSupersessions(ctx, "new1", []string{"old1"}, due)) // idempotent
 	must(t, db.AddSupersessions(ctx, "new2", []string{"old3"}, due))
-	list, err := db.Supersessions(ctx)
+	list, err := db.Supersessions(ctx, "")
 	must(t, err)
 	if len(list) != 3 || list[0].New != "new1" || list[0].Old != "old1" || !list[0].Due.Equal(due) {
 		t.Fatalf("Supersessions = %+v", list)
 	}
 	must(t, db.DeleteSupersessions(ctx, "new1"))
-	if list, _ := db.Supersessions(ctx); len(list) != 1 || list[0].New != "new2" {
+	if list, _ := db.Supersessions(ctx, ""); len(list) != 1 || list[0].New != "new2" {
 		t.Fatalf("after delete: %+v", list)
+	}
+	if list, _ := db.Supersessions(ctx, "new2"); len(list) != 1 || list[0].Old != "old3" {
+		t.Fatalf("Supersessions(new2) = %+v", list)
 	}
 }
 

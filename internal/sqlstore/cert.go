@@ -229,9 +229,11 @@ func (c *Core) AddSupersessions(ctx context.Context, newSerial string, olds []st
 	})
 }
 
-// Supersessions lists every pending supersession by new serial.
-func (c *Core) Supersessions(ctx context.Context) ([]iothub.Supersession, error) {
-	rows, err := c.cfg.Read.QueryContext(ctx, `SELECT new_serial, old_serial, due_at FROM cert_supersessions ORDER BY new_serial, old_serial`)
+// Supersessions lists the pending supersessions of newSerial, or every
+// one when it is "", by new serial.
+func (c *Core) Supersessions(ctx context.Context, newSerial string) ([]iothub.Supersession, error) {
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT new_serial, old_serial, due_at FROM cert_supersessions
+		WHERE new_serial = ? OR ? = '' ORDER BY new_serial, old_serial`), newSerial, newSerial)
 	if err != nil {
 		return nil, c.wrap("supersessions", err)
 	}

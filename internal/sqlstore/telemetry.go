@@ -18,28 +18,6 @@ const HistoryPerDevice = 1000
 // caller gives no limit.
 const DefaultSampleLimit = 100
 
-// ParsePoints decodes a measurepoint post, a JSON object of name to value,
-// and returns it and each value in compact form.
-func ParsePoints(raw json.RawMessage) (string, map[string]string, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
-		return "", nil, Invalid("measurepoints must be a JSON object")
-	}
-	var buf bytes.Buffer
-	points := make(map[string]string, len(m))
-	for name, v := range m {
-		if name == "" {
-			return "", nil, Invalid("measurepoint names must not be empty")
-		}
-		buf.Reset()
-		_ = json.Compact(&buf, v) // valid: Unmarshal accepted it
-		points[name] = buf.String()
-	}
-	buf.Reset()
-	_ = json.Compact(&buf, raw)
-	return buf.String(), points, nil
-}
-
 // SampleItem is one checked post of a batch: its time in milliseconds, its
 // compact body and each point's compact value.
 type SampleItem struct {
@@ -58,7 +36,7 @@ func GroupSamples(samples []iothub.Sample, trunc func(time.Time) time.Time) ([]i
 		if s.ProductKey == "" || s.DeviceKey == "" {
 			return nil, nil, Invalid("sample must name its device")
 		}
-		body, points, err := ParsePoints(s.Measurepoints)
+		mp, err := iothub.ParseMeasurepoints(s.Measurepoints)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -66,7 +44,7 @@ func GroupSamples(samples []iothub.Sample, trunc func(time.Time) time.Time) ([]i
 		if _, ok := byDevice[id]; !ok {
 			order = append(order, id)
 		}
-		byDevice[id] = append(byDevice[id], SampleItem{MS(trunc(s.Time)), body, points})
+		byDevice[id] = append(byDevice[id], SampleItem{MS(trunc(s.Time)), mp.Body, mp.Points})
 	}
 	return order, byDevice, nil
 }
@@ -134,33 +112,9 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 		if err := json.Compact(&buf, v); err != nil {
 			return Invalid("attribute %q is not valid JSON", name)
 		}
-		if buf.Len() > iothub.MaxAttributeBytes || len(name) > iothub.MaxKeyLen {
-			return iothub.Errorf(iothub.ETOOLARGE, "attribute %.64q is over %d bytes (or its name over %d)", name, iothub.MaxAttributeBytes, iothub.MaxKeyLen)
-		}
 		clean[name] = buf.String()
 	}
-	if len(clean) > iothub.MaxAttributesPerDevice {
-		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d attributes", iothub.MaxAttributesPerDevice)
-	}
-	now := MS(c.cfg.Now())
-	return c.tx(ctx, func(tx *sql.Tx) error {
-		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
-			return err
-		}
-		if err := c.checkAttributeCount(ctx, tx, productKey, deviceKey, clean); err != nil {
-			return err
-		}
-		for name, v := range clean {
-			_, err := tx.ExecContext(ctx, c.q(`INSERT INTO attributes (product_key, device_key, name, value, updated_at)
-				VALUES (?, ?, ?, ?, ?)
-				ON CONFLICT (product_key, device_key, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`),
-				productKey, deviceKey, name, v, now)
-			if err != nil {
-				return c.wrap("set attributes", err)
-			}
-		}
-		return nil
-	})
+	return c.setPairs(ctx, "attributes", productKey, deviceKey, clean)
 }
 
 // checkAttributeCount fails with ETOOLARGE if merging names into the
@@ -192,34 +146,133 @@ func (c *Core) checkAttributeCount(ctx context.Context, tx *sql.Tx, productKey, 
 
 // Attributes returns a device's attributes (empty for an unknown device).
 func (c *Core) Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error) {
-	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT name, value FROM attributes
-		WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	pairs, err := c.pairs(ctx, "attributes", productKey, deviceKey)
 	if err != nil {
-		return nil, c.wrap("attributes", err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := map[string]json.RawMessage{}
-	for rows.Next() {
-		var name, v string
-		if err := rows.Scan(&name, &v); err != nil {
-			return nil, c.wrap("attributes", err)
-		}
+	out := make(map[string]json.RawMessage, len(pairs))
+	for name, v := range pairs {
 		out[name] = json.RawMessage(v)
 	}
-	return out, c.wrap("attributes", rows.Err())
+	return out, nil
 }
 
 // DeleteAttributes removes the named attributes (absent names are
 // ignored). ENOTFOUND if the device is absent.
 func (c *Core) DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error {
+	return c.deletePairs(ctx, "attributes", productKey, deviceKey, names)
+}
+
+// SetTags merges tags (name to string value) into a device's tags.
+// ENOTFOUND if the device is absent.
+func (c *Core) SetTags(ctx context.Context, productKey, deviceKey string, tags map[string]string) error {
+	for name := range tags {
+		if name == "" {
+			return Invalid("tag names must not be empty")
+		}
+	}
+	return c.setPairs(ctx, "device_tags", productKey, deviceKey, tags)
+}
+
+// Tags returns a device's tags (empty for an unknown device).
+func (c *Core) Tags(ctx context.Context, productKey, deviceKey string) (map[string]string, error) {
+	return c.pairs(ctx, "device_tags", productKey, deviceKey)
+}
+
+// DeleteTags removes the named tags (absent names are ignored). ENOTFOUND
+// if the device is absent.
+func (c *Core) DeleteTags(ctx context.Context, productKey, deviceKey string, names []string) error {
+	return c.deletePairs(ctx, "device_tags", productKey, deviceKey, names)
+}
+
+// setPairs upserts name/value rows of a device in table (attributes or
+// device_tags, which share their columns).
+func (c *Core) setPairs(ctx context.Context, table, productKey, deviceKey string, pairs map[string]string) error {
+	for name, v := range pairs {
+		if len(v) > iothub.MaxAttributeBytes || len(name) > iothub.MaxKeyLen {
+			return iothub.Errorf(iothub.ETOOLARGE, "%s %.64q: value over %d bytes or name over %d", table, name, iothub.MaxAttributeBytes, iothub.MaxKeyLen)
+		}
+	}
+	if len(pairs) > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d %s", iothub.MaxAttributesPerDevice, table)
+	}
+	now := MS(c.cfg.Now())
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
+			return err
+		}
+		if err := c.checkPairCount(ctx, tx, table, productKey, deviceKey, pairs); err != nil {
+			return err
+		}
+		for name, v := range pairs {
+			_, err := tx.ExecContext(ctx, c.q(`INSERT INTO `+table+` (product_key, device_key, name, value, updated_at)
+				VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (product_key, device_key, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`),
+				productKey, deviceKey, name, v, now)
+			if err != nil {
+				return c.wrap("set "+table, err)
+			}
+		}
+		return nil
+	})
+}
+
+// checkPairCount fails with ETOOLARGE if merging names into the device's
+// rows of table would pass MaxAttributesPerDevice (F6).
+func (c *Core) checkPairCount(ctx context.Context, tx *sql.Tx, table, productKey, deviceKey string, names map[string]string) error {
+	rows, err := tx.QueryContext(ctx, c.q(`SELECT name FROM `+table+` WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	if err != nil {
+		return c.wrap("set "+table, err)
+	}
+	defer rows.Close()
+	n := len(names)
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return c.wrap("set "+table, err)
+		}
+		if _, dup := names[name]; !dup {
+			n++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return c.wrap("set "+table, err)
+	}
+	if n > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d %s", iothub.MaxAttributesPerDevice, table)
+	}
+	return nil
+}
+
+// pairs reads a device's name/value rows of table.
+func (c *Core) pairs(ctx context.Context, table, productKey, deviceKey string) (map[string]string, error) {
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT name, value FROM `+table+`
+		WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	if err != nil {
+		return nil, c.wrap(table, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, v string
+		if err := rows.Scan(&name, &v); err != nil {
+			return nil, c.wrap(table, err)
+		}
+		out[name] = v
+	}
+	return out, c.wrap(table, rows.Err())
+}
+
+// deletePairs removes a device's named rows of table.
+func (c *Core) deletePairs(ctx context.Context, table, productKey, deviceKey string, names []string) error {
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
 			return err
 		}
 		for _, name := range names {
-			if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM attributes WHERE product_key = ? AND device_key = ? AND name = ?`),
+			if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM `+table+` WHERE product_key = ? AND device_key = ? AND name = ?`),
 				productKey, deviceKey, name); err != nil {
-				return c.wrap("delete attributes", err)
+				return c.wrap("delete "+table, err)
 			}
 		}
 		return nil
