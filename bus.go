@@ -15,8 +15,11 @@ const (
 	EventDeviceChanged EventKind = "device.changed"
 	// EventCertRevoked: the certificate with Serial was revoked.
 	EventCertRevoked EventKind = "cert.revoked"
-	// EventProductChanged: a product's secret or settings changed.
+	// EventProductChanged: a product's secret, settings or external CAs changed.
 	EventProductChanged EventKind = "product.changed"
+	// EventCertRenewed: the certificate with Serial was issued by a renewal;
+	// what it supersedes is stored, and every node loads it.
+	EventCertRenewed EventKind = "cert.renewed"
 )
 
 // Event is a notice on the Bus.

@@ -22,7 +22,8 @@ type CertificateService interface {
 	// and publishes EventCertRevoked.
 	Revoke(ctx context.Context, serial, reason string) (*Certificate, error)
 	Certificate(ctx context.Context, serial string) (*Certificate, error)
-	Certificates(ctx context.Context, productKey, deviceKey string) ([]*Certificate, error)
+	// Certificates lists the certificates of the device with assetID.
+	Certificates(ctx context.Context, assetID string) ([]*Certificate, error)
 
 	// ChainPEM is the chain devices trust: issuing CA then root.
 	ChainPEM() []byte
@@ -38,6 +39,12 @@ type CertificateService interface {
 	// subject CN is the verification code, and marks the CA verified.
 	VerifyCA(ctx context.Context, id, proofPEM string) (*ExternalCA, error)
 	ExternalCA(ctx context.Context, id string) (*ExternalCA, error)
+	// RemoveCA deletes an external CA, verified or not: its leaves stop
+	// logging in at once, on every node (EventProductChanged).
+	RemoveCA(ctx context.Context, id string) error
+	// RevokeExternal revokes the leaf with serial issued by the external CA
+	// ca: it no longer logs in, on any node (EventCertRevoked).
+	RevokeExternal(ctx context.Context, ca *ExternalCA, serial, reason string) (*ExternalRevocation, error)
 
 	// AuthorizeClient decides whether the verified-or-not client chain
 	// presented on a TLS connection may log in device (p, deviceKey): it must

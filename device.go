@@ -188,8 +188,11 @@ type TelemetryStore interface {
 	// AppendSamples stores posts, updates the latest points and trims history.
 	AppendSamples(ctx context.Context, samples []Sample) error
 	LatestPoints(ctx context.Context, productKey, deviceKey string) ([]Point, error)
+	// RecentSamples returns up to limit of the newest posts, newest first,
+	// no more than MaxTelemetryReadBytes of them.
 	RecentSamples(ctx context.Context, productKey, deviceKey string, limit int) ([]Sample, error)
-	// SetAttributes merges attributes; DeleteAttributes removes names.
+	// SetAttributes merges attributes (ETOOLARGE past MaxAttributesPerDevice
+	// or MaxAttributeBytes, nothing written); DeleteAttributes removes names.
 	SetAttributes(ctx context.Context, productKey, deviceKey string, attrs map[string]json.RawMessage) error
 	Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error)
 	DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error

@@ -82,5 +82,10 @@ type APIKeyStore interface {
 	// APIKeyByHash returns the unrevoked key with that hash or ENOTFOUND.
 	APIKeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
 	APIKeys(ctx context.Context, orgID string) ([]*APIKey, error)
+	// RevokeAPIKey revokes a key; the bootstrap key is EFORBIDDEN.
 	RevokeAPIKey(ctx context.Context, orgID, id string) error
+	// BootstrapKey returns the bootstrap key, revoked or not, or ENOTFOUND.
+	BootstrapKey(ctx context.Context) (*APIKey, error)
+	// SetBootstrapKey makes the key with hash the (unrevoked) bootstrap key.
+	SetBootstrapKey(ctx context.Context, hash []byte) error
 }

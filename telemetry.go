@@ -21,6 +21,23 @@ const (
 	MaxEventID = 64
 )
 
+// Caps on what one device may store and one read may return (F6). A post,
+// attribute or tag over its cap is refused where it enters (the MQTT reply
+// is 1008) and nothing of it is stored. With 1000 posts kept per device, a
+// device's history is at most 1000 × MaxSampleBytes (64 MiB).
+const (
+	// MaxSampleBytes caps the measurepoints object of one stored post.
+	MaxSampleBytes = 64 << 10
+	// MaxAttributesPerDevice caps how many attributes one device holds,
+	// and how many tags.
+	MaxAttributesPerDevice = 256
+	// MaxAttributeBytes caps one attribute or tag value (compact JSON).
+	MaxAttributeBytes = 8 << 10
+	// MaxTelemetryReadBytes caps the posts one history read returns: rows
+	// are read one at a time and the read stops before passing it.
+	MaxTelemetryReadBytes = 4 << 20
+)
+
 // Measurepoints is a checked post: its compact JSON body and each value in
 // compact form, by name.
 type Measurepoints struct {
@@ -31,12 +48,16 @@ type Measurepoints struct {
 // ParseMeasurepoints checks a post's measurepoints (or an event's fields):
 // a JSON object of at most MaxPointsPerPost names, each 1 to MaxPointName
 // bytes of valid UTF-8 without control characters, whose values nest at
-// most MaxValueDepth levels. JSON has no NaN or Infinity, so such values
-// fail as malformed. A refusal is EINVALID with a message for the device.
+// most MaxValueDepth levels, MaxSampleBytes in all. JSON has no NaN or
+// Infinity, so such values fail as malformed. A refusal is EINVALID (or
+// ETOOLARGE past MaxSampleBytes) with a message for the device.
 func ParseMeasurepoints(raw json.RawMessage) (Measurepoints, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
 		return Measurepoints{}, Errorf(EINVALID, "measurepoints must be a JSON object")
+	}
+	if len(raw) > MaxSampleBytes { // F6
+		return Measurepoints{}, Errorf(ETOOLARGE, "measurepoints over %d bytes: a stored post is at most that", MaxSampleBytes)
 	}
 	if d := nestingDepth(raw); d > MaxValueDepth+1 {
 		return Measurepoints{}, Errorf(EINVALID, "values nest deeper than %d levels", MaxValueDepth)

@@ -18,6 +18,8 @@ func (s *Server) registerCertificates() {
 	s.api("POST", "/api/v1/cas", iothub.RoleAdmin, s.registerCA)
 	s.api("GET", "/api/v1/cas/{id}", iothub.RoleViewer, s.getCA)
 	s.api("POST", "/api/v1/cas/{id}/verify", iothub.RoleAdmin, s.verifyCA)
+	s.api("DELETE", "/api/v1/cas/{id}", iothub.RoleAdmin, s.removeCA)
+	s.api("POST", "/api/v1/cas/{id}/revocations", iothub.RoleAdmin, s.revokeExternal)
 }
 
 // issuedCert is the answer to an enrollment, as API.md names it.
@@ -51,21 +53,10 @@ func (s *Server) issueCertificate(w http.ResponseWriter, r *http.Request, p ioth
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	return s.enroll(w, r, d, req.CSR, req.ValidDays)
-}
-
-// enroll issues a certificate for d from csr and writes it: shared by the
-// management and the device-authenticated paths.
-func (s *Server) enroll(w http.ResponseWriter, r *http.Request, d *iothub.Device, csr string, validDays int) error {
-	prod, err := s.Store.Product(r.Context(), d.ProductKey)
+	c, err := s.Manage.EnrollCertificate(r.Context(), actor(r, p), d, req.CSR, req.ValidDays)
 	if err != nil {
 		return err
 	}
-	c, err := s.Certs.Enroll(r.Context(), prod, d, csr, validDays)
-	if err != nil {
-		return err
-	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: d.OrgID, Kind: "cert.issued", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Reason: c.Serial, Remote: remoteIP(r)})
 	writeJSON(w, http.StatusCreated, s.issued(c))
 	return nil
 }
@@ -75,7 +66,7 @@ func (s *Server) listCertificates(w http.ResponseWriter, r *http.Request, p ioth
 	if err != nil {
 		return err
 	}
-	certs, err := s.Certs.Certificates(r.Context(), d.ProductKey, d.DeviceKey)
+	certs, err := s.Manage.Certificates(r.Context(), d)
 	if err != nil {
 		return err
 	}
@@ -88,18 +79,8 @@ func (s *Server) listCertificates(w http.ResponseWriter, r *http.Request, p ioth
 	return nil
 }
 
-// certificate loads {serial} for p: 404 when absent or in another org.
-func (s *Server) certificate(r *http.Request, p iothub.Principal) (*iothub.Certificate, error) {
-	serial := r.PathValue("serial")
-	c, err := s.Certs.Certificate(r.Context(), serial)
-	if err == nil && !p.CanSee(c.OrgID) {
-		err = iothub.Errorf(iothub.ENOTFOUND, "certificate %q not found", serial)
-	}
-	return c, err
-}
-
 func (s *Server) getCertificate(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	c, err := s.certificate(r, p)
+	c, err := s.Manage.Certificate(r.Context(), r.PathValue("serial"), p.CanSee)
 	if err != nil {
 		return err
 	}
@@ -108,7 +89,7 @@ func (s *Server) getCertificate(w http.ResponseWriter, r *http.Request, p iothub
 }
 
 func (s *Server) revokeCertificate(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	c, err := s.certificate(r, p)
+	c, err := s.Manage.Certificate(r.Context(), r.PathValue("serial"), p.CanSee)
 	if err != nil {
 		return err
 	}
@@ -118,19 +99,10 @@ func (s *Server) revokeCertificate(w http.ResponseWriter, r *http.Request, p iot
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	return s.revoke(w, r, c, req.Reason)
-}
-
-// revoke revokes c and writes the revoked certificate.
-func (s *Server) revoke(w http.ResponseWriter, r *http.Request, c *iothub.Certificate, reason string) error {
-	if reason == "" {
-		reason = "unspecified"
-	}
-	revoked, err := s.Certs.Revoke(r.Context(), c.Serial, reason)
+	revoked, err := s.Manage.RevokeCertificate(r.Context(), actor(r, p), c, req.Reason)
 	if err != nil {
 		return err
 	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: c.OrgID, Kind: "cert.revoked", ProductKey: c.ProductKey, DeviceKey: c.DeviceKey, Reason: c.Serial + " " + reason, Remote: remoteIP(r)})
 	writeJSON(w, http.StatusOK, certView{revoked, revoked.Status(s.Now())})
 	return nil
 }
@@ -147,26 +119,16 @@ func (s *Server) registerCA(w http.ResponseWriter, r *http.Request, p iothub.Pri
 	if err != nil {
 		return err
 	}
-	ca, err := s.Certs.RegisterCA(r.Context(), prod, req.Cert)
+	ca, err := s.Manage.RegisterCA(r.Context(), actor(r, p), prod, req.Cert)
 	if err != nil {
 		return err
 	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: prod.OrgID, Kind: "ca.registered", ProductKey: prod.ProductKey, Reason: ca.ID, Remote: remoteIP(r)})
 	writeJSON(w, http.StatusCreated, ca)
 	return nil
 }
 
-// externalCA loads {id} for p: 404 when absent or in another org.
-func (s *Server) externalCA(r *http.Request, p iothub.Principal) (*iothub.ExternalCA, error) {
-	ca, err := s.Certs.ExternalCA(r.Context(), r.PathValue("id"))
-	if err == nil && !p.CanSee(ca.OrgID) {
-		err = iothub.Errorf(iothub.ENOTFOUND, "CA %q not found", r.PathValue("id"))
-	}
-	return ca, err
-}
-
 func (s *Server) getCA(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	ca, err := s.externalCA(r, p)
+	ca, err := s.Manage.ExternalCA(r.Context(), r.PathValue("id"), p.CanSee)
 	if err != nil {
 		return err
 	}
@@ -175,7 +137,7 @@ func (s *Server) getCA(w http.ResponseWriter, r *http.Request, p iothub.Principa
 }
 
 func (s *Server) verifyCA(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	ca, err := s.externalCA(r, p)
+	ca, err := s.Manage.ExternalCA(r.Context(), r.PathValue("id"), p.CanSee)
 	if err != nil {
 		return err
 	}
@@ -185,13 +147,45 @@ func (s *Server) verifyCA(w http.ResponseWriter, r *http.Request, p iothub.Princ
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	verified, err := s.Certs.VerifyCA(r.Context(), ca.ID, req.Cert)
+	verified, err := s.Manage.VerifyCA(r.Context(), actor(r, p), ca, req.Cert)
 	if err != nil {
-		s.audit(r.Context(), iothub.AuditEvent{OrgID: ca.OrgID, Kind: "ca.verify_refused", ProductKey: ca.ProductKey, Reason: ca.ID + ": " + iothub.ErrorMessage(err), Remote: remoteIP(r)})
 		return err
 	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: ca.OrgID, Kind: "ca.verified", ProductKey: ca.ProductKey, Reason: ca.ID, Remote: remoteIP(r)})
 	writeJSON(w, http.StatusOK, map[string]any{"id": verified.ID, "status": "verified", "productKey": verified.ProductKey})
+	return nil
+}
+
+// removeCA deletes an external CA, verified or not (F7).
+func (s *Server) removeCA(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	ca, err := s.Manage.ExternalCA(r.Context(), r.PathValue("id"), p.CanSee)
+	if err != nil {
+		return err
+	}
+	if err := s.Manage.RemoveCA(r.Context(), actor(r, p), ca); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// revokeExternal revokes a leaf of an external CA by serial (F7).
+func (s *Server) revokeExternal(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
+	ca, err := s.Manage.ExternalCA(r.Context(), r.PathValue("id"), p.CanSee)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Serial string `json:"serial"`
+		Reason string `json:"reason"`
+	}
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	rev, err := s.Manage.RevokeExternal(r.Context(), actor(r, p), ca, req.Serial, req.Reason)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rev)
 	return nil
 }
 
@@ -219,6 +213,11 @@ func (s *Server) registerPublic() {
 		pem.Encode(w, &pem.Block{Type: "X509 CRL", Bytes: s.Certs.CRL()})
 	})
 	s.handle("POST", "/ocsp", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ocspLimit.allow(remoteIP(r)) {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many OCSP requests; retry later", http.StatusTooManyRequests)
+			return
+		}
 		req, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
 		if err != nil {
 			http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 	"github.com/iothub/iothub/sign"
 )
 
@@ -40,7 +41,13 @@ func (s *Server) authenticateDevice(r *http.Request, req deviceSigned, pairs ...
 	refuse := func(reason string) (*iothub.Device, error) {
 		s.allow(limitKey, true)
 		s.allow("device:"+remoteIP(r), true)
-		s.audit(r.Context(), iothub.AuditEvent{Kind: "device_api.refused", ProductKey: pk, DeviceKey: dk, Remote: remoteIP(r), Reason: reason})
+		// F13: the row carries the org of the product named, so that org's
+		// admin sees failed attempts on its devices.
+		var org string
+		if prod, err := s.Store.Product(r.Context(), pk); err == nil {
+			org = prod.OrgID
+		}
+		s.audit(r.Context(), iothub.AuditEvent{OrgID: org, Kind: "device_api.refused", ProductKey: pk, DeviceKey: dk, Remote: remoteIP(r), Reason: reason})
 		return nil, iothub.Errorf(iothub.EUNAUTHORIZED, "device authentication failed")
 	}
 	ts := strings.Trim(string(req.Timestamp), `"`)
@@ -69,6 +76,16 @@ func (s *Server) authenticateDevice(r *http.Request, req deviceSigned, pairs ...
 	}
 	if d.State == iothub.StateDisabled {
 		return refuse("device disabled")
+	}
+	// F9: a signed request is good once. Its signature is unique to its
+	// body and timestamp, so it is remembered for as long as the timestamp
+	// is acceptable, in the store every node shares.
+	used := sha256.Sum256([]byte(pk + "\x00" + dk + "\x00" + strings.ToLower(req.Sign)))
+	err = s.Store.UseRequest(r.Context(), hex.EncodeToString(used[:]), time.UnixMilli(ms).Add(SignWindow))
+	if iothub.ErrorCode(err) == iothub.ECONFLICT {
+		return refuse("replayed request")
+	} else if err != nil {
+		return nil, err
 	}
 	// A client certificate presented over HTTPS must be one that could log
 	// this device in over MQTT: chained to a trusted CA, valid, not
@@ -102,12 +119,15 @@ func (s *Server) deviceEnroll(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		d, err = s.authenticateDevice(r, req.deviceSigned, sign.Pair{Key: "csrSha256", Value: CSRDigest(req.CSR)})
 	}
+	var c *iothub.Certificate
 	if err == nil {
-		err = s.enroll(w, r, d, req.CSR, req.ValidDays)
+		c, err = s.Manage.EnrollCertificate(r.Context(), deviceActor(r, d), d, req.CSR, req.ValidDays)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
+		return
 	}
+	writeJSON(w, http.StatusCreated, s.issued(c))
 }
 
 func (s *Server) deviceRevoke(w http.ResponseWriter, r *http.Request) {
@@ -120,15 +140,19 @@ func (s *Server) deviceRevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	var c *iothub.Certificate
 	if err == nil {
-		c, err = s.Certs.Certificate(r.Context(), serial)
-		if err == nil && (c.ProductKey != d.ProductKey || c.DeviceKey != d.DeviceKey) {
-			err = iothub.Errorf(iothub.ENOTFOUND, "certificate %q not found", serial)
-		}
+		c, err = s.Manage.DeviceCertificate(r.Context(), d, serial)
 	}
 	if err == nil {
-		err = s.revoke(w, r, c, "cessationOfOperation")
+		c, err = s.Manage.RevokeCertificate(r.Context(), deviceActor(r, d), c, "cessationOfOperation")
 	}
 	if err != nil {
 		s.writeError(w, r, err)
+		return
 	}
+	writeJSON(w, http.StatusOK, certView{c, c.Status(s.Now())})
+}
+
+// deviceActor is a device calling the device API, for the audit row.
+func deviceActor(r *http.Request, d *iothub.Device) manage.Actor {
+	return manage.Actor{Remote: remoteIP(r), By: "device " + d.ProductKey + "/" + d.DeviceKey}
 }

@@ -58,14 +58,10 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request, p iothub.P
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	d, err := iothub.NewDevice(prod, req.DeviceKey, req.Name, s.Now())
+	d, err := s.Manage.CreateDevice(r.Context(), actor(r, p), prod, req.DeviceKey, req.Name)
 	if err != nil {
 		return err
 	}
-	if err := s.Store.CreateDevice(r.Context(), d); err != nil {
-		return err
-	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: d.OrgID, Kind: "device.created", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Remote: remoteIP(r)})
 	writeJSON(w, http.StatusCreated, d)
 	return nil
 }
@@ -120,25 +116,12 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request, p iothub.Prin
 	return nil
 }
 
-// changeDevice applies a lifecycle change, audits it and tells live sessions.
-func (s *Server) changeDevice(r *http.Request, d *iothub.Device, kind string, change func(context.Context) error) error {
-	if err := change(r.Context()); err != nil {
-		return err
-	}
-	s.audit(r.Context(), iothub.AuditEvent{OrgID: d.OrgID, Kind: kind, ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Remote: remoteIP(r)})
-	s.publish(r.Context(), iothub.Event{Kind: iothub.EventDeviceChanged, ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Reason: kind})
-	return nil
-}
-
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
 	d, err := s.device(r.Context(), p, r)
 	if err != nil {
 		return err
 	}
-	err = s.changeDevice(r, d, "device.deleted", func(ctx context.Context) error {
-		return s.Store.DeleteDevice(ctx, d.ProductKey, d.DeviceKey)
-	})
-	if err != nil {
+	if err := s.Manage.DeleteDevice(r.Context(), actor(r, p), d); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -150,33 +133,19 @@ func (s *Server) disableDevice(w http.ResponseWriter, r *http.Request, p iothub.
 	if err != nil {
 		return err
 	}
-	err = s.changeDevice(r, d, "device.disabled", func(ctx context.Context) error {
-		return s.Store.SetDeviceState(ctx, d.ProductKey, d.DeviceKey, iothub.StateDisabled, s.Now())
-	})
-	if err != nil {
+	if err := s.Manage.DisableDevice(r.Context(), actor(r, p), d); err != nil {
 		return err
 	}
-	d.State = iothub.StateDisabled
 	writeJSON(w, http.StatusOK, publicDevice(d))
 	return nil
 }
 
-// enableDevice brings a disabled device back: offline, or inactive if it
-// never logged in. Enabling an enabled device changes nothing.
 func (s *Server) enableDevice(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
 	d, err := s.device(r.Context(), p, r)
 	if err != nil {
 		return err
 	}
-	if d.State != iothub.StateDisabled {
-		writeJSON(w, http.StatusOK, publicDevice(d))
-		return nil
-	}
-	err = s.changeDevice(r, d, "device.enabled", func(ctx context.Context) (err error) {
-		d.State, err = s.Store.EnableDevice(ctx, d.ProductKey, d.DeviceKey)
-		return err
-	})
-	if err != nil {
+	if err := s.Manage.EnableDevice(r.Context(), actor(r, p), d); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, publicDevice(d))
@@ -188,11 +157,7 @@ func (s *Server) resetDevice(w http.ResponseWriter, r *http.Request, p iothub.Pr
 	if err != nil {
 		return err
 	}
-	var reset *iothub.Device
-	err = s.changeDevice(r, d, "device.reset", func(ctx context.Context) (err error) {
-		reset, err = s.Store.ResetDevice(ctx, d.ProductKey, d.DeviceKey, iothub.RandomString(iothub.SecretLen))
-		return err
-	})
+	reset, err := s.Manage.ResetDevice(r.Context(), actor(r, p), d)
 	if err != nil {
 		return err
 	}

@@ -112,9 +112,6 @@ func (s *Server) revokeAPIKey(w http.ResponseWriter, r *http.Request, p iothub.P
 		return err
 	}
 	id := r.PathValue("id")
-	if id == p.KeyID && p.Bootstrap {
-		return iothub.Errorf(iothub.ECONFLICT, "the bootstrap key cannot revoke itself")
-	}
 	if err := s.Store.RevokeAPIKey(r.Context(), o.ID, id); err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 	"golang.org/x/time/rate"
 )
 
@@ -31,6 +32,9 @@ type Config struct {
 	Certs   iothub.CertificateService
 	Gateway iothub.DeviceGateway
 	Bus     iothub.Bus
+	// Manage carries out management operations; nil builds one from
+	// Store, Certs and Bus.
+	Manage *manage.Service
 	// Metrics serves /metrics; nil leaves the route out.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -45,6 +49,43 @@ type Server struct {
 	routes  []route
 	limitMu sync.Mutex
 	limits  map[string]*rate.Limiter // failed auth per source address and device
+	// ocspLimit paces OCSP requests per source address (F10): each answer
+	// not in the cache costs a signature.
+	ocspLimit *perAddress
+}
+
+// OCSP requests allowed per source address: a burst, then a steady rate.
+const (
+	OCSPBurst     = 50
+	OCSPPerSecond = 20
+)
+
+// perAddress is a token bucket per source address, its memory bounded.
+type perAddress struct {
+	mu     sync.Mutex
+	m      map[string]*rate.Limiter
+	every  rate.Limit
+	burst  int
+	maxLen int
+}
+
+func newPerAddress(every rate.Limit, burst int) *perAddress {
+	return &perAddress{m: map[string]*rate.Limiter{}, every: every, burst: burst, maxLen: 100000}
+}
+
+// allow spends one token of addr's bucket and reports whether there was one.
+func (p *perAddress) allow(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l, ok := p.m[addr]
+	if !ok {
+		if len(p.m) >= p.maxLen {
+			clear(p.m) // bounded memory under a flood of sources
+		}
+		l = rate.NewLimiter(p.every, p.burst)
+		p.m[addr] = l
+	}
+	return l.Allow()
 }
 
 // route is one registered endpoint; the list is also what the OpenAPI test checks.
@@ -60,7 +101,11 @@ func NewServer(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{Config: cfg, mux: http.NewServeMux(), limits: map[string]*rate.Limiter{}}
+	if cfg.Manage == nil {
+		cfg.Manage = manage.New(manage.Config{Store: cfg.Store, Certs: cfg.Certs, Bus: cfg.Bus, Logger: cfg.Logger, Now: cfg.Now})
+	}
+	s := &Server{Config: cfg, mux: http.NewServeMux(), limits: map[string]*rate.Limiter{},
+		ocspLimit: newPerAddress(OCSPPerSecond, OCSPBurst)}
 	s.registerPublic()
 	s.registerIAM()
 	s.registerProducts()
@@ -152,6 +197,11 @@ func (s *Server) allow(key string, spend bool) bool {
 		return l.Allow()
 	}
 	return l.Tokens() >= 1
+}
+
+// actor is the caller of a management request, for the audit row.
+func actor(r *http.Request, p iothub.Principal) manage.Actor {
+	return manage.Actor{Remote: remoteIP(r), By: "apikey " + p.KeyID}
 }
 
 func remoteIP(r *http.Request) string {

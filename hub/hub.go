@@ -7,6 +7,7 @@ package hub
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/iothub/iothub"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
+	"github.com/iothub/iothub/manage"
 	"github.com/iothub/iothub/mqtt"
 	natsbus "github.com/iothub/iothub/nats"
 	"github.com/iothub/iothub/pki"
@@ -55,7 +57,10 @@ type Config struct {
 	// (default: ECDSA to clients that list ECDSA first, RSA-2048 to the
 	// rest), ServerKeyRSA or ServerKeyECDSA.
 	ServerKey string
-	Logger    *slog.Logger
+	// MetricsPublic also serves /metrics on the HTTPS listener; by default
+	// it is served only on the management listener (HTTPAddr, loopback).
+	MetricsPublic bool
+	Logger        *slog.Logger
 }
 
 // Default addresses, as API.md fixes them.
@@ -101,31 +106,11 @@ func Open(cfg Config) (h *Hub, err error) {
 			partial.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	key, err := seal.LoadOrCreateKey(filepath.Join(cfg.DataDir, "data.key"))
+	db, err := openStore(cfg.DataDir, cfg.DatabaseURL)
 	if err != nil {
 		return nil, err
 	}
-	sealer, err := seal.New(key)
-	if err != nil {
-		return nil, err
-	}
-	// Assigned only on success: a nil *DB in the interface would not be nil.
-	if cfg.DatabaseURL != "" {
-		db, err := postgres.Open(cfg.DatabaseURL, sealer)
-		if err != nil {
-			return nil, err
-		}
-		h.db = db
-	} else {
-		db, err := sqlite.Open(filepath.Join(cfg.DataDir, "iothub.db"), sealer)
-		if err != nil {
-			return nil, err
-		}
-		h.db = db
-	}
+	h.db = db
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
 	}
@@ -179,10 +164,11 @@ func Open(cfg Config) (h *Hub, err error) {
 		return nil, err
 	}
 
+	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
-		Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, Registerer: reg,
+		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
 		TLS: h.tlsConfig(),
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
@@ -221,14 +207,18 @@ func Open(cfg Config) (h *Hub, err error) {
 		gateway = gw
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
-		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Logger: h.log,
+		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	})
 	if httpLn != nil {
 		h.serve(httpLn, api)
 	}
 	if httpsLn != nil {
-		h.serve(tls.NewListener(httpsLn, h.tlsConfig()), api)
+		var public http.Handler = api
+		if !cfg.MetricsPublic {
+			public = withoutMetrics(api)
+		}
+		h.serve(tls.NewListener(httpsLn, h.tlsConfig()), public)
 	}
 	h.log.Info("iothub ready", "data", cfg.DataDir, "http", h.httpURL, "https", h.httpsURL, "mqtt", h.mqttAddr, "mqtts", h.mqttsAddr)
 	return h, nil
@@ -265,35 +255,122 @@ func (h *Hub) serve(ln net.Listener, handler http.Handler) {
 	}()
 }
 
-// ensureAdminKey creates the bootstrap key and DataDir/admin.key on first
-// start; later starts read the file and make sure the key is known.
+// openStore opens (creating what is missing) the data directory's data
+// key and the registry: PostgreSQL at databaseURL, or SQLite in dataDir.
+func openStore(dataDir, databaseURL string) (iothub.Store, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	key, err := seal.LoadOrCreateKey(filepath.Join(dataDir, "data.key"))
+	if err != nil {
+		return nil, err
+	}
+	sealer, err := seal.New(key)
+	if err != nil {
+		return nil, err
+	}
+	// Returned only on success: a nil *DB in the interface would not be nil.
+	if databaseURL != "" {
+		db, err := postgres.Open(databaseURL, sealer)
+		if err != nil {
+			return nil, err
+		}
+		return db, nil
+	}
+	db, err := sqlite.Open(filepath.Join(dataDir, "iothub.db"), sealer)
+	if err != nil {
+		return nil, err
+	}
+	return db, nil
+}
+
+// ensureAdminKey makes sure a bootstrap key exists and reads it from
+// DataDir/admin.key. On first start it creates both. A bootstrap key
+// found revoked (possible before F3 was closed) or missing is reinstated
+// from the file, or replaced by a new one; a start never fails on it. A
+// file that does not hold the current key (rotated on another node) is
+// reported and the hub starts without a local key.
 func (h *Hub) ensureAdminKey() error {
+	ctx := context.Background()
 	path := filepath.Join(h.cfg.DataDir, "admin.key")
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		h.adminKey = strings.TrimSpace(string(b))
-		_, err := h.db.APIKeyByHash(context.Background(), hubhttp.HashAPIKey(h.adminKey))
-		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
-			return err
-		}
 	case !errors.Is(err, os.ErrNotExist):
 		return err
-	default:
+	}
+	cur, err := h.db.BootstrapKey(ctx)
+	switch {
+	case err == nil && cur.RevokedAt == nil:
+		if h.adminKey != "" && subtle.ConstantTimeCompare(hubhttp.HashAPIKey(h.adminKey), cur.Hash) == 1 {
+			return nil
+		}
+		if h.adminKey == "" {
+			return fmt.Errorf("the database already has a bootstrap key but %s is missing: copy admin.key (with data.key and ca/) from the first node's data directory into %s, or run iothub admin-key rotate", path, h.cfg.DataDir)
+		}
+		h.log.Warn("admin.key does not hold the current bootstrap key (rotated elsewhere?); copy the current one or run iothub admin-key rotate", "path", path)
+		h.adminKey = ""
+		return nil
+	case err != nil && iothub.ErrorCode(err) != iothub.ENOTFOUND:
+		return err
+	}
+	created := h.adminKey == ""
+	if created {
 		h.adminKey = hubhttp.NewAPIKey()
 	}
-	k := &iothub.APIKey{ID: "key_bootstrap", OrgID: iothub.DefaultOrgID, Name: "bootstrap", Role: iothub.RoleAdmin, Bootstrap: true, Hash: hubhttp.HashAPIKey(h.adminKey), CreatedAt: time.Now()}
-	if err := h.db.CreateAPIKey(context.Background(), k); err != nil {
-		if iothub.ErrorCode(err) == iothub.ECONFLICT && h.cfg.DatabaseURL != "" {
-			return fmt.Errorf("the shared database already has a bootstrap key: copy admin.key (with data.key and ca/) from the first node's data directory into %s", h.cfg.DataDir)
-		}
+	if err := h.db.SetBootstrapKey(ctx, hubhttp.HashAPIKey(h.adminKey)); err != nil {
 		return err
+	}
+	if !created {
+		h.log.Warn("bootstrap key was revoked or missing; reinstated from " + path)
+		return nil
 	}
 	if err := os.WriteFile(path, []byte(h.adminKey+"\n"), 0o600); err != nil {
 		return err
 	}
 	h.log.Info("bootstrap admin API key created; it is shown once and kept in "+path, "key", h.adminKey)
 	return nil
+}
+
+// RotateAdminKey replaces the bootstrap key of the hub whose data
+// directory is dataDir (and database databaseURL, "" for its SQLite file)
+// with a new one, written to dataDir/admin.key, and returns it. The old
+// key stops working at once, also on running nodes. It is the only way to
+// retire the bootstrap key: the API cannot revoke it.
+func RotateAdminKey(dataDir, databaseURL string) (string, error) {
+	db, err := openStore(dataDir, databaseURL)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	key := hubhttp.NewAPIKey()
+	path := filepath.Join(dataDir, "admin.key")
+	tmp := path + ".new"
+	// The new key is on disk before it counts, so it is never lost.
+	if err := os.WriteFile(tmp, []byte(key+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if err := db.SetBootstrapKey(context.Background(), hubhttp.HashAPIKey(key)); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// withoutMetrics hides /metrics (I2): the public listener does not tell
+// the world the hub's load and versions unless Config.MetricsPublic says so.
+func withoutMetrics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func listen(addr string) (net.Listener, error) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 )
 
 // renewedCert is the reply data of thing.certificate.renew.
@@ -27,28 +28,22 @@ func (s *Server) renewCertificate(ctx context.Context, ss *session, params json.
 	if json.Unmarshal(params, &p) != nil || p.CSR == "" {
 		return nil, codeBadFormat, `params must be {"csr": "<PEM certificate request>"}`
 	}
-	if s.cfg.Certs == nil {
-		return nil, codeInternal, "certificate service unavailable"
-	}
-	prod, err := s.cfg.Store.Product(ctx, ss.dev.ProductKey)
-	if err != nil {
-		return nil, codeNotFound, "product not found"
-	}
 	dev, err := s.cfg.Store.Device(ctx, ss.dev.ProductKey, ss.dev.DeviceKey)
 	if err != nil {
 		return nil, codeNotFound, "device not found"
 	}
-	c, err := s.cfg.Certs.Renew(ctx, prod, dev, p.CSR)
+	c, err := s.cfg.Manage.RenewCertificate(ctx, manage.Actor{Remote: ss.remote, By: "device " + dev.ProductKey + "/" + dev.DeviceKey}, dev, p.CSR)
 	switch iothub.ErrorCode(err) {
 	case "":
 	case iothub.EINVALID:
 		return nil, codeBadFormat, iothub.ErrorMessage(err)
 	case iothub.ECONFLICT:
 		return nil, codeKeyExists, iothub.ErrorMessage(err)
+	case iothub.ENOTFOUND:
+		return nil, codeNotFound, iothub.ErrorMessage(err)
 	default:
 		s.log.Error("mqtt: certificate renewal", "productKey", dev.ProductKey, "deviceKey", dev.DeviceKey, "error", err)
 		return nil, codeInternal, "renewal failed"
 	}
-	s.audit(iothub.AuditEvent{Time: s.now(), OrgID: dev.OrgID, Kind: "cert.renewed", ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Remote: ss.remote, Reason: c.Serial})
 	return renewedCert{Serial: c.Serial, Cert: c.CertPEM, CAChain: string(s.cfg.Certs.ChainPEM()), NotAfter: c.NotAfter}, codeOK, ""
 }

@@ -174,6 +174,8 @@ func storeCode(err error) (int, string) {
 		return codeOK, ""
 	case iothub.EINVALID:
 		return codeBadFormat, iothub.ErrorMessage(err)
+	case iothub.ETOOLARGE: // F6: over a per-post or per-device cap
+		return codeTooLarge, iothub.ErrorMessage(err)
 	case iothub.ENOTFOUND:
 		return codeNotFound, "device not found"
 	default:
@@ -260,7 +262,8 @@ func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) 
 	}
 	mp, err := iothub.ParseMeasurepoints(p.Measurepoints)
 	if err != nil {
-		return iothub.Sample{}, codeBadFormat, iothub.ErrorMessage(err)
+		code, msg := storeCode(err)
+		return iothub.Sample{}, code, msg
 	}
 	return iothub.Sample{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Time: s.postTime(p.Time),
 		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""

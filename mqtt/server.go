@@ -24,6 +24,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 )
 
 // DefaultMaxPayload caps one PUBLISH payload, as the EnOS SDKs do.
@@ -31,9 +32,12 @@ const DefaultMaxPayload = 512 << 10
 
 // Config wires a Server to the rest of the hub.
 type Config struct {
-	Store  iothub.Store
-	Certs  iothub.CertificateService // may be nil: certificate products are then refused
-	Bus    iothub.Bus                // may be nil: no live reaction to changes
+	Store iothub.Store
+	Certs iothub.CertificateService // may be nil: certificate products are then refused
+	Bus   iothub.Bus                // may be nil: no live reaction to changes
+	// Manage carries out management operations devices ask for (renewal);
+	// nil builds one from Store, Certs and Bus.
+	Manage *manage.Service
 	Logger *slog.Logger
 	// Registerer receives the Prometheus metrics; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -118,6 +122,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Manage == nil {
+		cfg.Manage = manage.New(manage.Config{Store: cfg.Store, Certs: cfg.Certs, Bus: cfg.Bus, Logger: cfg.Logger, Now: cfg.Now})
 	}
 	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil {
 		return nil, errors.New("mqtt: Config.TLS has no server certificate")

@@ -54,6 +54,7 @@ func (s *Service) AuthorizeClient(p *iothub.Product, deviceKey string, peer []*x
 
 	s.mu.RLock()
 	pool := s.external[p.ProductKey]
+	revoked := s.extRevoked[p.ProductKey]
 	s.mu.RUnlock()
 	if pool != nil {
 		var inter *x509.CertPool
@@ -67,6 +68,9 @@ func (s *Service) AuthorizeClient(p *iothub.Product, deviceKey string, peer []*x
 		}
 		_, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now, KeyUsages: clientAuth})
 		if err == nil {
+			if _, ok := revoked[externalLeafKey(leaf)]; ok {
+				return serial, refuse("certificate revoked")
+			}
 			if !namesDevice(leaf, deviceKey) {
 				return serial, refuse("certificate names another device")
 			}

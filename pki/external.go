@@ -21,7 +21,8 @@ type productLister interface {
 	Products(ctx context.Context, orgID string) ([]*iothub.Product, error)
 }
 
-// loadExternalCAs puts the verified external CAs of every product into memory.
+// loadExternalCAs puts the verified external CAs of every product, and
+// the leaves revoked under them, into memory.
 func (s *Service) loadExternalCAs(ctx context.Context) error {
 	pl, ok := s.store.(productLister)
 	if !ok {
@@ -32,37 +33,67 @@ func (s *Service) loadExternalCAs(ctx context.Context) error {
 		return err
 	}
 	for _, p := range products {
-		cas, err := s.store.ExternalCAs(ctx, p.ProductKey)
-		if err != nil {
+		if err := s.reloadExternal(ctx, p.ProductKey); err != nil {
 			return err
-		}
-		for _, ca := range cas {
-			if !ca.Verified {
-				continue
-			}
-			c, err := parseCertPEM(ca.CertPEM, "external CA certificate")
-			if err != nil {
-				s.log.Error("pki: stored external CA does not parse; it is not trusted", "id", ca.ID, "err", err)
-				continue
-			}
-			s.trust(ca.ProductKey, c)
 		}
 	}
 	return nil
 }
 
-// trust adds a verified external CA to its product's pool.
-func (s *Service) trust(productKey string, c *x509.Certificate) {
+// reloadExternal replaces what memory holds about productKey's external
+// CAs with what the store holds: its verified CAs and their revoked
+// leaves. A product that is gone, or has no verified CA, trusts none.
+func (s *Service) reloadExternal(ctx context.Context, productKey string) error {
+	// One reload at a time: a reload that read the store earlier must not
+	// overwrite one that read it later.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cas, err := s.store.ExternalCAs(ctx, productKey)
+	if err != nil {
+		return err
+	}
+	revs, err := s.store.ExternalRevocations(ctx, productKey)
+	if err != nil {
+		return err
+	}
+	var pool *x509.CertPool
+	for _, ca := range cas {
+		if !ca.Verified {
+			continue
+		}
+		c, err := parseCertPEM(ca.CertPEM, "external CA certificate")
+		if err != nil {
+			s.log.Error("pki: stored external CA does not parse; it is not trusted", "id", ca.ID, "err", err)
+			continue
+		}
+		if pool == nil {
+			pool = x509.NewCertPool()
+		}
+		pool.AddCert(c)
+	}
+	revoked := make(map[string]struct{}, len(revs))
+	for _, r := range revs {
+		revoked[r.IssuerSHA256+":"+r.Serial] = struct{}{}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pool := s.external[productKey]
 	if pool == nil {
-		pool = x509.NewCertPool()
+		delete(s.external, productKey)
 	} else {
-		pool = pool.Clone() // readers hold the old pool without a lock
+		s.external[productKey] = pool // readers hold the old pool without a lock
 	}
-	pool.AddCert(c)
-	s.external[productKey] = pool
+	if len(revoked) == 0 {
+		delete(s.extRevoked, productKey)
+	} else {
+		s.extRevoked[productKey] = revoked
+	}
+	return nil
+}
+
+// externalLeafKey names a leaf of an external CA among revocations.
+func externalLeafKey(leaf *x509.Certificate) string {
+	h := sha256.Sum256(leaf.RawIssuer)
+	return hex.EncodeToString(h[:]) + ":" + serialHex(leaf.SerialNumber)
 }
 
 // RegisterCA records certPEM, a customer's CA certificate, for product p
@@ -152,7 +183,10 @@ func (s *Service) VerifyCA(ctx context.Context, id, proofPEM string) (*iothub.Ex
 	if err := s.store.MarkExternalCAVerified(ctx, id, now); err != nil {
 		return nil, err
 	}
-	s.trust(ca.ProductKey, caCert)
+	if err := s.reloadExternal(ctx, ca.ProductKey); err != nil {
+		return nil, err
+	}
+	s.publish(ctx, iothub.Event{Kind: iothub.EventProductChanged, ProductKey: ca.ProductKey, Reason: "ca.verified"})
 	ca.Verified, ca.VerifiedAt = true, &now
 	s.log.Info("pki: external CA verified", "id", id, "productKey", ca.ProductKey)
 	return ca, nil
@@ -161,6 +195,62 @@ func (s *Service) VerifyCA(ctx context.Context, id, proofPEM string) (*iothub.Ex
 // ExternalCA returns the registered external CA id.
 func (s *Service) ExternalCA(ctx context.Context, id string) (*iothub.ExternalCA, error) {
 	return s.store.ExternalCA(ctx, id)
+}
+
+// RemoveCA deletes the external CA id, verified or not, with the leaf
+// revocations recorded under it. Its leaves stop logging in at once here
+// and, through EventProductChanged, on every other node.
+func (s *Service) RemoveCA(ctx context.Context, id string) error {
+	ca, err := s.store.ExternalCA(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteExternalCA(ctx, id); err != nil {
+		return err
+	}
+	if err := s.reloadExternal(ctx, ca.ProductKey); err != nil {
+		return err
+	}
+	s.publish(ctx, iothub.Event{Kind: iothub.EventProductChanged, ProductKey: ca.ProductKey, Reason: "ca.removed"})
+	s.log.Info("pki: external CA removed", "id", id, "productKey", ca.ProductKey)
+	return nil
+}
+
+// RevokeExternal revokes the leaf with serial (hex) that the external CA
+// ca issued, for reason (an RFC 5280 name): it no longer logs in, here or
+// on any other node, and its live sessions are closed (EventCertRevoked).
+func (s *Service) RevokeExternal(ctx context.Context, ca *iothub.ExternalCA, serial, reason string) (*iothub.ExternalRevocation, error) {
+	if err := checkReason(reason); err != nil {
+		return nil, err
+	}
+	serial, err := normalizeSerial(serial)
+	if err != nil {
+		return nil, err
+	}
+	caCert, err := parseCertPEM(ca.CertPEM, "stored CA certificate")
+	if err != nil {
+		return nil, err
+	}
+	issuer := sha256.Sum256(caCert.RawSubject)
+	r := &iothub.ExternalRevocation{CAID: ca.ID, ProductKey: ca.ProductKey, IssuerSHA256: hex.EncodeToString(issuer[:]),
+		Serial: serial, Reason: reason, RevokedAt: s.now()}
+	if err := s.store.RevokeExternalLeaf(ctx, r); err != nil {
+		return nil, err
+	}
+	if err := s.reloadExternal(ctx, ca.ProductKey); err != nil {
+		return nil, err
+	}
+	s.publish(ctx, iothub.Event{Kind: iothub.EventProductChanged, ProductKey: ca.ProductKey, Reason: "ca.leaf_revoked"})
+	s.publish(ctx, iothub.Event{Kind: iothub.EventCertRevoked, ProductKey: ca.ProductKey, Serial: serial, Reason: reason})
+	s.log.Info("pki: external leaf revoked", "ca", ca.ID, "serial", serial, "reason", reason)
+	return r, nil
+}
+
+// publish sends e on the bus, logging (not failing) when the bus refuses.
+func (s *Service) publish(ctx context.Context, e iothub.Event) {
+	if err := s.bus.Publish(ctx, e); err != nil {
+		s.log.Error("pki: publish", "kind", e.Kind, "err", err)
+	}
 }
 
 // checkCAKey refuses CA keys too weak to trust.

@@ -133,7 +133,11 @@ func (e *env) device(t testing.TB, p *iothub.Product, dk string) *iothub.Device 
 // deviceCerts lists what the store holds for a device.
 func (e *env) deviceCerts(t testing.TB, p *iothub.Product, dk string) []*iothub.Certificate {
 	t.Helper()
-	cs, err := e.svc.Certificates(ctx, p.ProductKey, dk)
+	d, err := e.db.Device(ctx, p.ProductKey, dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := e.svc.Certificates(ctx, d.AssetID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package pki
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -24,13 +26,16 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 		return ocsp.UnauthorizedErrorResponse, nil
 	}
 	now := s.now()
+	serial := serialHex(req.SerialNumber)
+	if der := s.ocspCache.get(serial, req.HashAlgorithm, now); der != nil {
+		return der, nil
+	}
 	tmpl := ocsp.Response{
 		SerialNumber: req.SerialNumber,
 		ThisUpdate:   now.Add(-time.Minute),
 		NextUpdate:   now.Add(OCSPValidity),
 		IssuerHash:   req.HashAlgorithm,
 	}
-	serial := serialHex(req.SerialNumber)
 	e, revoked := (*s.revoked.Load())[serial]
 	switch {
 	case revoked:
@@ -52,7 +57,59 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 			tmpl.Status = ocsp.Good
 		}
 	}
-	return ocsp.CreateResponse(s.a.issuing, s.a.issuing, tmpl, s.a.issuingKey)
+	der, err := ocsp.CreateResponse(s.a.issuing, s.a.issuing, tmpl, s.a.issuingKey)
+	if err == nil && tmpl.Status != ocsp.Unknown {
+		s.ocspCache.put(serial, req.HashAlgorithm, der, tmpl.NextUpdate)
+		if tmpl.Status == ocsp.Good && s.IsRevoked(serial) {
+			s.ocspCache.drop(serial) // revoked while this answer was signed
+		}
+	}
+	return der, err
+}
+
+// maxOCSPCached caps the OCSP cache; when full it starts over.
+const maxOCSPCached = 50000
+
+// ocspCache keeps signed OCSP responses per serial (and CertID hash) until
+// their nextUpdate, so a flood of requests about the same certificates
+// costs no signatures (F10). A revocation drops the serial's entries.
+type ocspCache struct {
+	mu sync.Mutex
+	m  map[string]map[crypto.Hash]cachedOCSP
+}
+
+type cachedOCSP struct {
+	der        []byte
+	nextUpdate time.Time
+}
+
+func (c *ocspCache) get(serial string, h crypto.Hash, now time.Time) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[serial][h]
+	if !ok || !now.Before(e.nextUpdate) {
+		return nil
+	}
+	return e.der
+}
+
+func (c *ocspCache) put(serial string, h crypto.Hash, der []byte, nextUpdate time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxOCSPCached {
+		c.m = map[string]map[crypto.Hash]cachedOCSP{}
+	}
+	if c.m[serial] == nil {
+		c.m[serial] = map[crypto.Hash]cachedOCSP{}
+	}
+	c.m[serial][h] = cachedOCSP{der, nextUpdate}
+}
+
+// drop forgets the responses about serial.
+func (c *ocspCache) drop(serial string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, serial)
 }
 
 // isIssuer reports whether an OCSP request's CertID names the issuing CA.

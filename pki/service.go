@@ -55,9 +55,15 @@ type Service struct {
 	heard    atomic.Pointer[map[string]struct{}]
 	mu       sync.RWMutex
 	external map[string]*x509.CertPool // productKey → its verified external CAs
-	pending  map[string]pendingRenewal // new serial → what it supersedes
-	crl      atomic.Pointer[signedCRL] // current CRL
-	crlSign  sync.Mutex                // one CRL signing at a time, so a newer never loses to an older
+	// extRevoked maps productKey → revoked leaves of its external CAs, by
+	// externalLeafKey. Replaced whole on change, read under mu.
+	extRevoked map[string]map[string]struct{}
+	reloadMu   sync.Mutex                // serializes reloadExternal
+	pending    map[string]pendingRenewal // new serial → what it supersedes
+	checked    map[string]struct{}       // serials storedRenewal asked the store about
+	ocspCache  ocspCache                 // signed OCSP responses until their nextUpdate
+	crl        atomic.Pointer[signedCRL] // current CRL
+	crlSign    sync.Mutex                // one CRL signing at a time, so a newer never loses to an older
 
 	seed     maphash.Seed
 	devLocks [64]sync.Mutex // striped per device: the valid-certificate cap is checked and kept under it
@@ -80,9 +86,8 @@ type revokedEntry struct {
 type revokedSet = map[string]revokedEntry
 
 type pendingRenewal struct {
-	productKey, deviceKey string
-	supersedes            []string
-	due                   time.Time
+	supersedes []string
+	due        time.Time
 }
 
 type signedCRL struct {
@@ -106,16 +111,18 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 		logger = slog.Default()
 	}
 	s := &Service{
-		a:        a,
-		store:    store,
-		bus:      bus,
-		log:      logger,
-		now:      time.Now,
-		external: map[string]*x509.CertPool{},
-		pending:  map[string]pendingRenewal{},
-		seed:     maphash.MakeSeed(),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		a:          a,
+		store:      store,
+		bus:        bus,
+		log:        logger,
+		now:        time.Now,
+		external:   map[string]*x509.CertPool{},
+		extRevoked: map[string]map[string]struct{}{},
+		pending:    map[string]pendingRenewal{},
+		checked:    map[string]struct{}{},
+		seed:       maphash.MakeSeed(),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -127,6 +134,9 @@ func NewService(a *Authority, store iothub.CertStore, bus iothub.Bus, logger *sl
 	s.heard.Store(&map[string]struct{}{})
 	s.remember(revoked...)
 	if err := s.loadExternalCAs(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.loadSupersessions(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.signCRL(); err != nil {
@@ -169,6 +179,9 @@ func (s *Service) loop() {
 func (s *Service) tick(now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if err := s.loadSupersessions(ctx); err != nil {
+		s.log.Error("pki: load supersessions", "err", err)
+	}
 	s.supersedeDue(ctx, now)
 	if cur := s.crl.Load(); cur == nil || now.Sub(cur.signedAt) >= CRLValidity/2 {
 		if err := s.signCRL(); err != nil {
@@ -180,26 +193,30 @@ func (s *Service) tick(now time.Time) {
 // onEvent keeps the revoked set in step with revocations made by other
 // hub nodes sharing the store. It must not block: it loads in a goroutine.
 func (s *Service) onEvent(e iothub.Event) {
-	if e.Kind != iothub.EventCertRevoked || e.Serial == "" || s.IsRevoked(e.Serial) {
+	if e.Kind == iothub.EventCertRenewed {
+		s.background(func(ctx context.Context) {
+			if err := s.loadSupersessions(ctx); err != nil {
+				s.log.Error("pki: load supersessions", "err", err)
+			}
+		})
 		return
 	}
-	s.mu.Lock()
-	closed := s.closed
-	if !closed {
-		s.loads.Add(1)
+	if e.Kind == iothub.EventProductChanged && e.ProductKey != "" {
+		s.background(func(ctx context.Context) {
+			if err := s.reloadExternal(ctx, e.ProductKey); err != nil {
+				s.log.Error("pki: reload external CAs", "productKey", e.ProductKey, "err", err)
+			}
+		})
+		return
 	}
-	s.mu.Unlock()
-	if closed {
+	if e.Kind != iothub.EventCertRevoked || e.Serial == "" || s.IsRevoked(e.Serial) {
 		return
 	}
 	// Refuse the serial from now on: a device reconnecting to this node
 	// before the store read below must not get back in.
 	s.setHeard(e.Serial, true)
-	go func() {
-		defer s.loads.Done()
+	s.background(func(ctx context.Context) {
 		defer s.setHeard(e.Serial, false)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
 		c, err := s.store.Certificate(ctx, e.Serial)
 		if err != nil || c.RevokedAt == nil {
 			return // not revoked after all: the announcement alone does not count
@@ -209,6 +226,25 @@ func (s *Service) onEvent(e iothub.Event) {
 				s.log.Error("pki: sign CRL", "err", err)
 			}
 		}
+	})
+}
+
+// background runs fn in a goroutine that Close waits for, unless Close has begun.
+func (s *Service) background(fn func(ctx context.Context)) {
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.loads.Add(1)
+	}
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	go func() {
+		defer s.loads.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		fn(ctx)
 	}()
 }
 
@@ -232,6 +268,7 @@ func (s *Service) remember(certs ...*iothub.Certificate) bool {
 		}
 		set[c.Serial] = revokedEntry{serial: n, at: *c.RevokedAt, reason: reasonCodes[c.Reason], notAfter: c.NotAfter}
 		delete(s.pending, c.Serial)
+		s.ocspCache.drop(c.Serial)
 	}
 	if set == nil {
 		return false
@@ -318,7 +355,7 @@ func (s *Service) Renew(ctx context.Context, p *iothub.Product, d *iothub.Device
 }
 
 func (s *Service) enroll(ctx context.Context, p *iothub.Product, d *iothub.Device, csrPEM string, validDays int, renew bool) (*iothub.Certificate, error) {
-	if p == nil || d == nil || d.ProductKey != p.ProductKey {
+	if p == nil || d == nil || d.ProductKey != p.ProductKey || d.AssetID == "" {
 		return nil, iothub.Errorf(iothub.EINVALID, "device does not belong to the product")
 	}
 	if validDays < 0 {
@@ -337,16 +374,21 @@ func (s *Service) enroll(ctx context.Context, p *iothub.Product, d *iothub.Devic
 	prev, err := s.store.CertificateByPublicKey(ctx, keyHash)
 	switch {
 	case err == nil:
-		if prev.ProductKey != p.ProductKey || prev.DeviceKey != d.DeviceKey {
+		if prev.AssetID != d.AssetID {
 			return nil, iothub.Errorf(iothub.ECONFLICT, "public key is bound to another device")
 		}
 		if prev.Reason == "keyCompromise" {
 			return nil, iothub.Errorf(iothub.ECONFLICT, "public key was revoked as compromised; generate a new key")
 		}
+		// F9: an enrollment retried with the same key (a lost answer, a
+		// replayed request) gets the certificate already issued, not another.
+		if !renew && prev.Status(now) == "valid" {
+			return prev, nil
+		}
 	case iothub.ErrorCode(err) != iothub.ENOTFOUND:
 		return nil, err
 	}
-	certs, err := s.store.CertificatesByDevice(ctx, p.ProductKey, d.DeviceKey)
+	certs, err := s.store.CertificatesByAsset(ctx, d.AssetID)
 	if err != nil {
 		return nil, err
 	}
@@ -373,9 +415,10 @@ func (s *Service) enroll(ctx context.Context, p *iothub.Product, d *iothub.Devic
 	}
 	c := &iothub.Certificate{
 		Serial:          serialHex(leaf.SerialNumber),
-		OrgID:           p.OrgID,
+		OrgID:           d.OrgID,
 		ProductKey:      p.ProductKey,
 		DeviceKey:       d.DeviceKey,
+		AssetID:         d.AssetID,
 		PublicKeySHA256: keyHash,
 		CertPEM:         string(pemCert(leaf.Raw)),
 		NotBefore:       leaf.NotBefore,
@@ -386,9 +429,15 @@ func (s *Service) enroll(ctx context.Context, p *iothub.Product, d *iothub.Devic
 		return nil, err
 	}
 	if renew && len(valid) > 0 {
+		due := now.Add(RenewGrace)
+		// F8: stored, so a restart or another node still supersedes them.
+		if err := s.store.AddSupersessions(ctx, c.Serial, valid, due); err != nil {
+			return nil, err
+		}
 		s.mu.Lock()
-		s.pending[c.Serial] = pendingRenewal{productKey: p.ProductKey, deviceKey: d.DeviceKey, supersedes: valid, due: now.Add(RenewGrace)}
+		s.pending[c.Serial] = pendingRenewal{supersedes: valid, due: due}
 		s.mu.Unlock()
+		s.publish(ctx, iothub.Event{Kind: iothub.EventCertRenewed, ProductKey: c.ProductKey, DeviceKey: c.DeviceKey, Serial: c.Serial})
 	}
 	s.log.Info("pki: certificate issued", "serial", c.Serial, "productKey", c.ProductKey, "deviceKey", c.DeviceKey, "renewal", renew)
 	return c, nil
@@ -410,6 +459,10 @@ func (s *Service) NoteUsed(ctx context.Context, serial string) {
 	_, found := s.pending[serial]
 	s.mu.RUnlock()
 	if !found {
+		// F8: a renewal made on another node may not have reached this one.
+		if pr, ok := s.storedRenewal(ctx, serial); ok {
+			s.supersede(ctx, serial, pr)
+		}
 		return
 	}
 	s.mu.Lock()
@@ -420,6 +473,54 @@ func (s *Service) NoteUsed(ctx context.Context, serial string) {
 		s.supersede(ctx, serial, pr)
 	}
 }
+
+// pendingOf groups stored supersessions by new serial; those whose new
+// certificate is revoked are moot and listed apart.
+func (s *Service) pendingOf(rows []iothub.Supersession) (map[string]pendingRenewal, []string) {
+	pending := map[string]pendingRenewal{}
+	var moot []string
+	for _, r := range rows {
+		if s.IsRevoked(r.New) {
+			moot = append(moot, r.New)
+			continue
+		}
+		pr := pending[r.New]
+		pr.supersedes = append(pr.supersedes, r.Old)
+		pr.due = r.Due
+		pending[r.New] = pr
+	}
+	return pending, moot
+}
+
+// storedRenewal asks the store, once per serial and process, whether
+// serial is a renewal this node has not loaded yet (made on another node
+// a moment ago): the renewal is stored before its certificate is handed
+// out, so the first login with it always finds it.
+func (s *Service) storedRenewal(ctx context.Context, serial string) (pendingRenewal, bool) {
+	s.mu.RLock()
+	_, checked := s.checked[serial]
+	s.mu.RUnlock()
+	if checked {
+		return pendingRenewal{}, false
+	}
+	rows, err := s.store.Supersessions(ctx, serial)
+	if err != nil {
+		s.log.Error("pki: read supersessions", "serial", serial, "err", err)
+		return pendingRenewal{}, false
+	}
+	s.mu.Lock()
+	if len(s.checked) >= maxChecked {
+		clear(s.checked)
+	}
+	s.checked[serial] = struct{}{}
+	s.mu.Unlock()
+	pending, _ := s.pendingOf(rows)
+	pr, ok := pending[serial]
+	return pr, ok
+}
+
+// maxChecked caps the serials storedRenewal remembers having asked about.
+const maxChecked = 100000
 
 // supersedeDue revokes what renewals superseded once their grace ended.
 func (s *Service) supersedeDue(ctx context.Context, now time.Time) {
@@ -438,25 +539,50 @@ func (s *Service) supersedeDue(ctx context.Context, now time.Time) {
 }
 
 func (s *Service) supersede(ctx context.Context, by string, pr pendingRenewal) {
+	done := true
 	for _, old := range pr.supersedes {
 		_, err := s.Revoke(ctx, old, "superseded")
 		switch iothub.ErrorCode(err) {
-		case "", iothub.ECONFLICT:
+		case "", iothub.ECONFLICT, iothub.ENOTFOUND:
 		default:
+			done = false
 			s.log.Error("pki: revoke superseded certificate", "serial", old, "by", by, "err", err)
 		}
 	}
+	if !done {
+		return // stays stored; the next reload retries
+	}
+	if err := s.store.DeleteSupersessions(ctx, by); err != nil {
+		s.log.Error("pki: forget supersessions", "by", by, "err", err)
+	}
+}
+
+// loadSupersessions replaces the pending renewals in memory with the
+// stored ones, so renewals made before a restart or on another node are
+// carried out here too. Those whose new certificate is revoked are moot.
+func (s *Service) loadSupersessions(ctx context.Context) error {
+	rows, err := s.store.Supersessions(ctx, "")
+	if err != nil {
+		return err
+	}
+	pending, moot := s.pendingOf(rows)
+	s.mu.Lock()
+	s.pending = pending
+	s.mu.Unlock()
+	for _, serial := range slices.Compact(moot) {
+		if err := s.store.DeleteSupersessions(ctx, serial); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Revoke revokes the certificate with serial for reason, an RFC 5280
 // reason name. It persists the revocation, adds it to the in-memory set,
 // signs a new CRL and publishes EventCertRevoked.
 func (s *Service) Revoke(ctx context.Context, serial, reason string) (*iothub.Certificate, error) {
-	if _, ok := reasonCodes[reason]; !ok {
-		if reason == "removeFromCRL" {
-			return nil, iothub.Errorf(iothub.EINVALID, "reason removeFromCRL is for delta CRLs and cannot be used to revoke")
-		}
-		return nil, iothub.Errorf(iothub.EINVALID, "unknown revocation reason %q; use an RFC 5280 name such as keyCompromise, superseded or cessationOfOperation", reason)
+	if err := checkReason(reason); err != nil {
+		return nil, err
 	}
 	serial, err := normalizeSerial(serial)
 	if err != nil {
@@ -479,11 +605,20 @@ func (s *Service) Revoke(ctx context.Context, serial, reason string) (*iothub.Ce
 		// The revocation holds (memory and store); the loop retries the CRL.
 		s.log.Error("pki: sign CRL after revocation", "serial", serial, "err", err)
 	}
-	if err := s.bus.Publish(ctx, iothub.Event{Kind: iothub.EventCertRevoked, ProductKey: c.ProductKey, DeviceKey: c.DeviceKey, Serial: serial, Reason: reason}); err != nil {
-		s.log.Error("pki: publish revocation", "serial", serial, "err", err)
-	}
+	s.publish(ctx, iothub.Event{Kind: iothub.EventCertRevoked, ProductKey: c.ProductKey, DeviceKey: c.DeviceKey, Serial: serial, Reason: reason})
 	s.log.Info("pki: certificate revoked", "serial", serial, "productKey", c.ProductKey, "deviceKey", c.DeviceKey, "reason", reason)
 	return c, nil
+}
+
+// checkReason refuses anything but an RFC 5280 reason name usable to revoke.
+func checkReason(reason string) error {
+	if _, ok := reasonCodes[reason]; ok {
+		return nil
+	}
+	if reason == "removeFromCRL" {
+		return iothub.Errorf(iothub.EINVALID, "reason removeFromCRL is for delta CRLs and cannot be used to revoke")
+	}
+	return iothub.Errorf(iothub.EINVALID, "unknown revocation reason %q; use an RFC 5280 name such as keyCompromise, superseded or cessationOfOperation", reason)
 }
 
 // Certificate returns the certificate with serial.
@@ -495,9 +630,9 @@ func (s *Service) Certificate(ctx context.Context, serial string) (*iothub.Certi
 	return s.store.Certificate(ctx, serial)
 }
 
-// Certificates lists a device's certificates.
-func (s *Service) Certificates(ctx context.Context, productKey, deviceKey string) ([]*iothub.Certificate, error) {
-	return s.store.CertificatesByDevice(ctx, productKey, deviceKey)
+// Certificates lists the certificates of the device with assetID.
+func (s *Service) Certificates(ctx context.Context, assetID string) ([]*iothub.Certificate, error) {
+	return s.store.CertificatesByAsset(ctx, assetID)
 }
 
 // normalizeSerial accepts hex in either case (at most 40 digits, RFC 5280's

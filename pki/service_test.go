@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/inmem"
 )
 
 var serialRE = regexp.MustCompile(`^[1-9a-f][0-9a-f]*$`)
@@ -274,12 +276,22 @@ func TestBinding(t *testing.T) {
 	if cs := e.deviceCerts(t, e.p, "dev2"); len(cs) != 0 {
 		t.Fatalf("dev2 got %d certificates", len(cs))
 	}
-	// The same device may use its key again, up to the cap.
-	if _, err := e.svc.Enroll(ctx, e.p, d1, csr, 0); err != nil {
+	// F9: the same device enrolling the same key again (a retry) gets the
+	// certificate it already holds, and the cap is not spent on it.
+	again, err := e.svc.Enroll(ctx, e.p, d1, csr, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0); err != nil {
-		t.Fatal(err)
+	if again.Serial != c1.Serial {
+		t.Fatalf("a retried enrollment issued %s, want the same certificate %s", again.Serial, c1.Serial)
+	}
+	if cs := e.deviceCerts(t, e.p, "dev1"); len(cs) != 1 {
+		t.Fatalf("after a retry dev1 holds %d certificates, want 1", len(cs))
+	}
+	for range 2 {
+		if _, err := e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, err = e.svc.Enroll(ctx, e.p, d1, goCSR(t, p256Key(t)), 0)
 	wantCode(t, err, iothub.ECONFLICT)
@@ -333,6 +345,9 @@ func TestRenew(t *testing.T) {
 	}
 	if old.Reason != "superseded" || old.RevokedAt == nil {
 		t.Fatalf("old certificate %+v", old)
+	}
+	if ev := e.nextEvent(t); ev.Kind != iothub.EventCertRenewed || ev.Serial != b.Serial {
+		t.Fatalf("event %+v, want the renewal announced", ev)
 	}
 	if ev := e.nextEvent(t); ev.Serial != a.Serial || ev.Reason != "superseded" {
 		t.Fatalf("event %+v", ev)
@@ -569,4 +584,108 @@ func TestCertificateLookup(t *testing.T) {
 	wantCode(t, err, iothub.EINVALID)
 	_, err = e.svc.Certificate(ctx, "abc")
 	wantCode(t, err, iothub.ENOTFOUND)
+}
+
+// F8: a renewal's pending supersession is stored: a service started
+// afterwards on the same store (a restart, or another node) revokes the
+// old certificate once the new one logs in there.
+func TestAuditF8SupersessionSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	d := e.device(t, e.p, "dev1")
+	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Close()
+	restarted := e.service(t)
+	restarted.NoteUsed(ctx, b.Serial)
+	if !restarted.IsRevoked(a.Serial) {
+		t.Fatal("after a restart the renewed-away certificate stays valid once the new one is used")
+	}
+	old, err := restarted.Certificate(ctx, a.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.Reason != "superseded" {
+		t.Fatalf("old certificate revoked as %q, want superseded", old.Reason)
+	}
+	// Done: nothing is left to supersede.
+	rows, err := e.db.Supersessions(ctx, "")
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("supersessions left: %v %v", rows, err)
+	}
+}
+
+// F10: OCSP answers are cached per serial until their nextUpdate (no new
+// signature meanwhile) and re-signed at once when the certificate is revoked.
+func TestAuditF10OCSPCachedUntilNextUpdate(t *testing.T) {
+	e := newEnv(t)
+	c, err := e.svc.Enroll(ctx, e.p, e.device(t, e.p, "dev1"), goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := parsePEMCert(t, c.CertPEM)
+	issuing := shared.IssuingCA()
+	req, err := ocsp.CreateRequest(leaf, issuing, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	clock := t0
+	e.svc.now = func() time.Time { return clock }
+	ask := func() ([]byte, *ocsp.Response) {
+		raw, err := e.svc.OCSP(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := ocsp.ParseResponseForCert(raw, leaf, issuing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw, resp
+	}
+	first, r1 := ask()
+	clock = t0.Add(OCSPValidity / 2)
+	if again, _ := ask(); !bytes.Equal(again, first) {
+		t.Fatal("a second request before nextUpdate was signed anew")
+	}
+	clock = r1.NextUpdate.Add(time.Second)
+	if _, r := ask(); !r.ThisUpdate.After(r1.ThisUpdate) {
+		t.Fatal("past nextUpdate the cached answer was served")
+	}
+	if _, err := e.svc.Revoke(ctx, c.Serial, "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	if _, r := ask(); r.Status != ocsp.Revoked {
+		t.Fatalf("after revocation OCSP says %d, want revoked", r.Status)
+	}
+}
+
+// F8: a node that has not heard of a renewal made on another node (no
+// shared bus here) still supersedes once the new certificate logs in to
+// it: the renewal is in the store before the certificate is handed out.
+func TestAuditF8SupersessionReachesANodeThatMissedTheEvent(t *testing.T) {
+	e := newEnv(t)
+	other, err := NewService(shared, e.db, inmem.NewBus(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	d := e.device(t, e.p, "dev1")
+	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.NoteUsed(ctx, b.Serial)
+	if !other.IsRevoked(a.Serial) {
+		t.Fatal("the other node did not supersede the old certificate when the new one logged in there")
+	}
 }

@@ -149,7 +149,7 @@ func TestNodesWritingAtOnce(t *testing.T) {
 		must(t, a.CreateDevice(ctx, &iothub.Device{ProductKey: "pk", DeviceKey: fmt.Sprintf("d%d", i), DeviceSecret: "s"}))
 	}
 	now := time.Now()
-	must(t, a.CreateCertificate(ctx, &iothub.Certificate{Serial: "c1", ProductKey: "pk", DeviceKey: "d0",
+	must(t, a.CreateCertificate(ctx, &iothub.Certificate{Serial: "c1", ProductKey: "pk", DeviceKey: "d0", AssetID: "a0",
 		PublicKeySHA256: "k1", CertPEM: "pem", NotBefore: now, NotAfter: now.Add(time.Hour)}))
 
 	const perNode = 30
@@ -167,7 +167,7 @@ func TestNodesWritingAtOnce(t *testing.T) {
 			defer wg.Done()
 			rerr := db.RevokeCertificate(ctx, "c1", "keyCompromise", time.Now())
 			berr := db.CreateCertificate(ctx, &iothub.Certificate{Serial: fmt.Sprintf("k%d", n), ProductKey: "pk",
-				DeviceKey: fmt.Sprintf("d%d", n), PublicKeySHA256: "shared-key", CertPEM: "pem", NotBefore: now, NotAfter: now.Add(time.Hour)})
+				DeviceKey: fmt.Sprintf("d%d", n), AssetID: fmt.Sprintf("a%d", n), PublicKeySHA256: "shared-key", CertPEM: "pem", NotBefore: now, NotAfter: now.Add(time.Hour)})
 			var aerr, serr error
 			for i := range perNode {
 				if err := db.Audit(ctx, iothub.AuditEvent{Kind: "login.ok", Reason: fmt.Sprintf("n%d-%d", n, i)}); err != nil {

@@ -3,14 +3,19 @@ package sqlite
 import (
 	"bytes"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pressly/goose/v3"
+
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/migrations"
 	"github.com/iothub/iothub/seal"
 )
 
@@ -191,5 +196,60 @@ func TestSecondProcessIsLockedOut(t *testing.T) {
 	// The first process is unaffected.
 	if _, err := db.Orgs(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// F4: upgrading a registry written before certificates carried the
+// device's assetId gives each certificate to the device it was issued to
+// and revokes those of deleted predecessors.
+func TestMigrationGivesCertificatesTheirDevice(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	raw, err := sql.Open("sqlite", dsn(path, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, raw, migrations.FS, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`INSERT INTO orgs (id, name, created_at) VALUES ('default', 'default', 0)`,
+		`INSERT INTO products (product_key, org_id, product_secret, name, auth_mode, created_at) VALUES ('pk', 'default', 's', 'p', 'certificate', 0)`,
+		// The device now under pk/d was created at 2000; pk/gone no longer exists.
+		`INSERT INTO devices (product_key, device_key, org_id, asset_id, state, device_secret, created_at) VALUES ('pk', 'd', 'default', 'ASSET', 'inactive', 's', 2000)`,
+		`INSERT INTO certificates (serial, org_id, product_key, device_key, public_key_sha256, cert_pem, not_before, not_after, created_at)
+			VALUES ('0a', 'default', 'pk', 'd', 'k1', 'pem', 0, 9999999999999, 1000)`, // issued to a deleted predecessor
+		`INSERT INTO certificates (serial, org_id, product_key, device_key, public_key_sha256, cert_pem, not_before, not_after, created_at)
+			VALUES ('0b', 'default', 'pk', 'd', 'k2', 'pem', 0, 9999999999999, 3000)`, // issued to the device now there
+		`INSERT INTO certificates (serial, org_id, product_key, device_key, public_key_sha256, cert_pem, not_before, not_after, created_at)
+			VALUES ('0c', 'default', 'pk', 'gone', 'k3', 'pem', 0, 9999999999999, 3000)`, // its device was deleted
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw.Close()
+
+	key, _ := seal.LoadOrCreateKey(filepath.Join(t.TempDir(), "data.key"))
+	sealer, _ := seal.New(key)
+	db, err := Open(path, sealer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	mine, err := db.CertificatesByAsset(ctx, "ASSET")
+	must(t, err)
+	if len(mine) != 1 || mine[0].Serial != "0b" || mine[0].RevokedAt != nil {
+		t.Fatalf("the device's certificates after the upgrade: %+v", mine)
+	}
+	for _, serial := range []string{"0a", "0c"} {
+		c, err := db.Certificate(ctx, serial)
+		must(t, err)
+		if c.AssetID != "" || c.RevokedAt == nil || c.Reason != "cessationOfOperation" {
+			t.Fatalf("a predecessor's certificate after the upgrade: %+v", c)
+		}
 	}
 }

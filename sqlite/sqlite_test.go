@@ -76,7 +76,7 @@ func mkDevice(t testing.TB, db *DB, pk, dk string) *iothub.Device {
 
 func mkCert(serial, pk, dk, key string, notBefore time.Time, days int) *iothub.Certificate {
 	return &iothub.Certificate{Serial: serial, OrgID: iothub.DefaultOrgID, ProductKey: pk, DeviceKey: dk,
-		PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
+		AssetID: pk + "/" + dk, PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
 		NotAfter: notBefore.Add(time.Duration(days) * 24 * time.Hour)}
 }
 

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +47,11 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"ApplyDeviceStates", testApplyDeviceStates},
 		{"Certificates", testCertificates},
 		{"ExternalCAs", testExternalCAs},
+		{"ExternalRevocations", testExternalRevocations},
+		{"Supersessions", testSupersessions},
+		{"UseRequest", testUseRequest},
+		{"BootstrapKey", testBootstrapKey},
+		{"AttributeCaps", testAttributeCaps},
 		{"Audit", testAudit},
 		{"AuditBatch", testAuditBatch},
 		{"Telemetry", testTelemetry},
@@ -121,7 +127,7 @@ func seedDevices(t testing.TB, db iothub.Store, pk string, n int) []string {
 
 func mkCert(serial, pk, dk, key string, notBefore time.Time, days int) *iothub.Certificate {
 	return &iothub.Certificate{Serial: serial, OrgID: iothub.DefaultOrgID, ProductKey: pk, DeviceKey: dk,
-		PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
+		AssetID: pk + "/" + dk, PublicKeySHA256: key, CertPEM: "-----BEGIN CERTIFICATE-----\n" + serial, NotBefore: notBefore,
 		NotAfter: notBefore.Add(time.Duration(days) * 24 * time.Hour)}
 }
 
@@ -548,10 +554,10 @@ func testCertificates(t *testing.T, db iothub.Store) {
 	wantCode(t, err, iothub.ENOTFOUND)
 
 	must(t, db.CreateCertificate(ctx, mkCert("0b01", "pk", "d2", "key2", now, 30)))
-	list, err := db.CertificatesByDevice(ctx, "pk", "d1")
+	list, err := db.CertificatesByAsset(ctx, "pk/d1")
 	must(t, err)
 	if len(list) != 2 || list[0].Serial != "0a01" || list[1].Serial != "0a02" {
-		t.Fatalf("CertificatesByDevice = %+v", list)
+		t.Fatalf("CertificatesByAsset = %+v", list)
 	}
 
 	// Revocation, and the CRL list leaves out expired certificates.
@@ -900,7 +906,7 @@ func testDeleteDeviceRemovesDataKeepsCertificates(t *testing.T, db iothub.Store)
 	if len(pb) != 1 || len(ab) != 1 || len(sb) != 1 {
 		t.Fatalf("the other device lost data: %d points, %d attributes, %d samples", len(pb), len(ab), len(sb))
 	}
-	certs, err := db.CertificatesByDevice(ctx, "pk", "a")
+	certs, err := db.CertificatesByAsset(ctx, "pk/a")
 	must(t, err)
 	if len(certs) != 1 {
 		t.Fatalf("certificates of the deleted device: %d, want 1 kept", len(certs))
@@ -972,5 +978,99 @@ func testConcurrentWritersAndReaders(t *testing.T, db iothub.Store) {
 	must(t, err)
 	if n != 200+writers*perWriter {
 		t.Fatalf("%d devices, want %d", n, 200+writers*perWriter)
+	}
+}
+
+// F7: leaf revocations of an external CA, gone with their CA.
+func testExternalRevocations(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	must(t, db.CreateExternalCA(ctx, &iothub.ExternalCA{ID: "ca1", OrgID: iothub.DefaultOrgID, ProductKey: "pk", CertPEM: "pem1", Fingerprint: "fp1"}))
+	r := &iothub.ExternalRevocation{CAID: "ca1", ProductKey: "pk", IssuerSHA256: "iss", Serial: "0a", Reason: "keyCompromise", RevokedAt: time.Now()}
+	must(t, db.RevokeExternalLeaf(ctx, r))
+	wantCode(t, db.RevokeExternalLeaf(ctx, r), iothub.ECONFLICT)
+	wantCode(t, db.RevokeExternalLeaf(ctx, &iothub.ExternalRevocation{CAID: "ghost", ProductKey: "pk", IssuerSHA256: "iss", Serial: "0b", Reason: "unspecified"}), iothub.ENOTFOUND)
+	wantCode(t, db.RevokeExternalLeaf(ctx, &iothub.ExternalRevocation{CAID: "ca1", ProductKey: "pk"}), iothub.EINVALID)
+	list, err := db.ExternalRevocations(ctx, "pk")
+	must(t, err)
+	if len(list) != 1 || list[0].Serial != "0a" || list[0].Reason != "keyCompromise" {
+		t.Fatalf("ExternalRevocations = %+v", list)
+	}
+	if all, _ := db.ExternalRevocations(ctx, ""); len(all) != 1 {
+		t.Fatalf("ExternalRevocations(all) = %+v", all)
+	}
+	must(t, db.DeleteExternalCA(ctx, "ca1"))
+	wantCode(t, db.DeleteExternalCA(ctx, "ca1"), iothub.ENOTFOUND)
+	if list, _ := db.ExternalRevocations(ctx, "pk"); len(list) != 0 {
+		t.Fatalf("revocations outlived their CA: %+v", list)
+	}
+}
+
+// F8: pending supersessions of renewals.
+func testSupersessions(t *testing.T, db iothub.Store) {
+	due := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	must(t, db.AddSupersessions(ctx, "new1", []string{"old1", "old2"}, due))
+	must(t, db.AddSupersessions(ctx, "new1", []string{"old1"}, due)) // idempotent
+	must(t, db.AddSupersessions(ctx, "new2", []string{"old3"}, due))
+	list, err := db.Supersessions(ctx, "")
+	must(t, err)
+	if len(list) != 3 || list[0].New != "new1" || list[0].Old != "old1" || !list[0].Due.Equal(due) {
+		t.Fatalf("Supersessions = %+v", list)
+	}
+	must(t, db.DeleteSupersessions(ctx, "new1"))
+	if list, _ := db.Supersessions(ctx, ""); len(list) != 1 || list[0].New != "new2" {
+		t.Fatalf("after delete: %+v", list)
+	}
+	if list, _ := db.Supersessions(ctx, "new2"); len(list) != 1 || list[0].Old != "old3" {
+		t.Fatalf("Supersessions(new2) = %+v", list)
+	}
+}
+
+// F9: a request digest is usable once until it expires.
+func testUseRequest(t *testing.T, db iothub.Store) {
+	must(t, db.UseRequest(ctx, "d1", time.Now().Add(time.Minute)))
+	wantCode(t, db.UseRequest(ctx, "d1", time.Now().Add(time.Minute)), iothub.ECONFLICT)
+	must(t, db.UseRequest(ctx, "d2", time.Now().Add(-time.Second)))
+	must(t, db.UseRequest(ctx, "d2", time.Now().Add(time.Minute))) // the expired one was purged
+	wantCode(t, db.UseRequest(ctx, "", time.Now()), iothub.EINVALID)
+}
+
+// F3: the bootstrap key is never revoked by RevokeAPIKey and is set whole.
+func testBootstrapKey(t *testing.T, db iothub.Store) {
+	_, err := db.BootstrapKey(ctx)
+	wantCode(t, err, iothub.ENOTFOUND)
+	h1 := bytes.Repeat([]byte{1}, 32)
+	must(t, db.SetBootstrapKey(ctx, h1))
+	k, err := db.BootstrapKey(ctx)
+	must(t, err)
+	if !k.Bootstrap || k.Role != iothub.RoleAdmin || !bytes.Equal(k.Hash, h1) || k.RevokedAt != nil {
+		t.Fatalf("BootstrapKey = %+v", k)
+	}
+	wantCode(t, db.RevokeAPIKey(ctx, iothub.DefaultOrgID, k.ID), iothub.EFORBIDDEN)
+	h2 := bytes.Repeat([]byte{2}, 32)
+	must(t, db.SetBootstrapKey(ctx, h2))
+	_, err = db.APIKeyByHash(ctx, h1)
+	wantCode(t, err, iothub.ENOTFOUND)
+	if k, err := db.APIKeyByHash(ctx, h2); err != nil || !k.Bootstrap {
+		t.Fatalf("rotated key: %+v %v", k, err)
+	}
+}
+
+// F6: attribute count and size caps; a refused merge writes nothing.
+func testAttributeCaps(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "a")
+	big := json.RawMessage(`"` + strings.Repeat("x", iothub.MaxAttributeBytes) + `"`)
+	wantCode(t, db.SetAttributes(ctx, "pk", "a", map[string]json.RawMessage{"big": big}), iothub.ETOOLARGE)
+	attrs := map[string]json.RawMessage{}
+	for i := range iothub.MaxAttributesPerDevice {
+		attrs[fmt.Sprintf("a%d", i)] = json.RawMessage(`1`)
+	}
+	must(t, db.SetAttributes(ctx, "pk", "a", attrs))
+	must(t, db.SetAttributes(ctx, "pk", "a", map[string]json.RawMessage{"a0": json.RawMessage(`2`)})) // an update, not a new one
+	wantCode(t, db.SetAttributes(ctx, "pk", "a", map[string]json.RawMessage{"one-more": json.RawMessage(`1`)}), iothub.ETOOLARGE)
+	got, err := db.Attributes(ctx, "pk", "a")
+	must(t, err)
+	if len(got) != iothub.MaxAttributesPerDevice || string(got["a0"]) != "2" {
+		t.Fatalf("%d attributes, a0 = %s", len(got), got["a0"])
 	}
 }

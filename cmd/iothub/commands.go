@@ -215,6 +215,17 @@ func caCmd(g *globals) *cobra.Command {
 	})
 	verify.Flags().StringVar(&proofFile, "cert", "", "PEM proof certificate")
 	verify.MarkFlagRequired("cert")
-	cmd.AddCommand(register, verify)
+	remove := apiCmd(g, "remove ID", "Remove a CA, verified or not: its certificates stop logging in at once", cobra.ExactArgs(1), func(a []string) (call, error) {
+		return call{method: "DELETE", path: "/api/v1/cas/" + a[0]}, nil
+	})
+	var serial, reason string
+	revokeLeaf := apiCmd(g, "revoke-leaf ID", "Revoke a certificate the CA issued, by serial", cobra.ExactArgs(1), func(a []string) (call, error) {
+		return call{method: "POST", path: "/api/v1/cas/" + a[0] + "/revocations", body: map[string]any{"serial": serial, "reason": reason},
+			columns: []string{"caId", "serial", "reason", "revokedAt"}}, nil
+	})
+	revokeLeaf.Flags().StringVar(&serial, "serial", "", "the certificate's serial number in hex")
+	revokeLeaf.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 reason, e.g. keyCompromise, cessationOfOperation")
+	revokeLeaf.MarkFlagRequired("serial")
+	cmd.AddCommand(register, verify, remove, revokeLeaf)
 	return cmd
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -58,6 +60,33 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&hostnames, "hostname", "localhost,127.0.0.1", "DNS names and IPs in the hub's server certificate")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL put in certificates for CRL, CA and OCSP (default: the https listener)")
 	f.StringVar(&cfg.ServerKey, "server-key", hub.ServerKeyClient, "hub certificate for TLS clients: client (ECDSA to clients preferring it, else RSA-2048), rsa or ecdsa")
+	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "also serve /metrics on the https listener (default: only on --http)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// newAdminKeyCmd is the offline management of the bootstrap key, which the
+// API can never revoke (F3).
+func newAdminKeyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "admin-key", Short: "Manage the bootstrap admin API key offline"}
+	var data, database string
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Replace the bootstrap key with a new one, written to DATA/admin.key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("database") {
+				database = os.Getenv("IOTHUB_DATABASE")
+			}
+			if _, err := hub.RotateAdminKey(data, database); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "bootstrap key rotated; the new key is in %s\n", filepath.Join(data, "admin.key"))
+			return nil
+		},
+	}
+	rotate.Flags().StringVar(&data, "data", "./data", "the hub's data directory")
+	rotate.Flags().StringVar(&database, "database", "", "the hub's PostgreSQL URL, if it uses one (env IOTHUB_DATABASE)")
+	cmd.AddCommand(rotate)
 	return cmd
 }

@@ -10,14 +10,14 @@ import (
 )
 
 // CreateCertificate stores cert. A taken serial, or a public key already bound
-// to another device, is ECONFLICT. CreatedAt is set to now if zero.
+// to another device (another assetId), is ECONFLICT. CreatedAt is set to now if zero.
 func (c *Core) CreateCertificate(ctx context.Context, cert *iothub.Certificate) error {
 	switch {
 	case cert.Serial == "":
 		return Invalid("certificate serial must not be empty")
 	case cert.PublicKeySHA256 == "":
 		return Invalid("certificate public key hash must not be empty")
-	case cert.ProductKey == "" || cert.DeviceKey == "":
+	case cert.ProductKey == "" || cert.DeviceKey == "" || cert.AssetID == "":
 		return Invalid("certificate must name its device")
 	case cert.CertPEM == "":
 		return Invalid("certificate PEM must not be empty")
@@ -31,18 +31,18 @@ func (c *Core) CreateCertificate(ctx context.Context, cert *iothub.Certificate) 
 				return c.wrap("create certificate", err)
 			}
 		}
-		var pk, dk string
-		err := tx.QueryRowContext(ctx, c.q(`SELECT product_key, device_key FROM certificates
-			WHERE public_key_sha256 = ? AND (product_key <> ? OR device_key <> ?) LIMIT 1`),
-			cert.PublicKeySHA256, cert.ProductKey, cert.DeviceKey).Scan(&pk, &dk)
+		var other string
+		err := tx.QueryRowContext(ctx, c.q(`SELECT asset_id FROM certificates
+			WHERE public_key_sha256 = ? AND asset_id <> ? LIMIT 1`),
+			cert.PublicKeySHA256, cert.AssetID).Scan(&other)
 		if err == nil {
 			return Conflict("public key is already bound to another device")
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
 			return c.wrap("create certificate", err)
 		}
-		_, err = tx.ExecContext(ctx, c.q(`INSERT INTO certificates (`+CertCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
-			cert.Serial, cert.OrgID, cert.ProductKey, cert.DeviceKey, cert.PublicKeySHA256, cert.CertPEM,
+		_, err = tx.ExecContext(ctx, c.q(`INSERT INTO certificates (`+CertCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`),
+			cert.Serial, cert.OrgID, cert.ProductKey, cert.DeviceKey, cert.AssetID, cert.PublicKeySHA256, cert.CertPEM,
 			MS(cert.NotBefore), MS(cert.NotAfter), NullMS(cert.RevokedAt), cert.Reason, MS(created))
 		if kind, _ := c.cfg.Constraint(err); kind == "unique" {
 			return Conflict("certificate serial %q already exists", cert.Serial)
@@ -65,10 +65,13 @@ func (c *Core) Certificate(ctx context.Context, serial string) (*iothub.Certific
 	return cert, c.wrap("certificate", err)
 }
 
-// CertificatesByDevice lists a device's certificates, oldest first.
-func (c *Core) CertificatesByDevice(ctx context.Context, productKey, deviceKey string) ([]*iothub.Certificate, error) {
-	return queryCerts(ctx, c.cfg.Read, c.cfg.Name, "certificates by device", c.q(`SELECT `+CertCols+` FROM certificates
-		WHERE product_key = ? AND device_key = ? ORDER BY created_at, serial`), productKey, deviceKey)
+// CertificatesByAsset lists the certificates of the device with assetID, oldest first.
+func (c *Core) CertificatesByAsset(ctx context.Context, assetID string) ([]*iothub.Certificate, error) {
+	if assetID == "" {
+		return []*iothub.Certificate{}, nil
+	}
+	return queryCerts(ctx, c.cfg.Read, c.cfg.Name, "certificates by asset", c.q(`SELECT `+CertCols+` FROM certificates
+		WHERE asset_id = ? ORDER BY created_at, serial`), assetID)
 }
 
 // CertificateByPublicKey returns the newest certificate with that key hash, or ENOTFOUND.
@@ -207,4 +210,112 @@ func (c *Core) MarkExternalCAVerified(ctx context.Context, id string, at time.Ti
 			MS(c.truncMS(at)), id)
 		return c.wrap("verify external CA", err)
 	})
+}
+
+// AddSupersessions records that newSerial supersedes olds, due at due.
+func (c *Core) AddSupersessions(ctx context.Context, newSerial string, olds []string, due time.Time) error {
+	if newSerial == "" {
+		return Invalid("supersession needs the new serial")
+	}
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		for _, old := range olds {
+			_, err := tx.ExecContext(ctx, c.q(`INSERT INTO cert_supersessions (new_serial, old_serial, due_at) VALUES (?, ?, ?)
+				ON CONFLICT (new_serial, old_serial) DO NOTHING`), newSerial, old, MS(due))
+			if err != nil {
+				return c.wrap("add supersessions", err)
+			}
+		}
+		return nil
+	})
+}
+
+// Supersessions lists the pending supersessions of newSerial, or every
+// one when it is "", by new serial.
+func (c *Core) Supersessions(ctx context.Context, newSerial string) ([]iothub.Supersession, error) {
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT new_serial, old_serial, due_at FROM cert_supersessions
+		WHERE new_serial = ? OR ? = '' ORDER BY new_serial, old_serial`), newSerial, newSerial)
+	if err != nil {
+		return nil, c.wrap("supersessions", err)
+	}
+	defer rows.Close()
+	var out []iothub.Supersession
+	for rows.Next() {
+		var s iothub.Supersession
+		var due int64
+		if err := rows.Scan(&s.New, &s.Old, &due); err != nil {
+			return nil, c.wrap("supersessions", err)
+		}
+		s.Due = FromMS(due)
+		out = append(out, s)
+	}
+	return out, c.wrap("supersessions", rows.Err())
+}
+
+// DeleteSupersessions forgets the supersessions of newSerial.
+func (c *Core) DeleteSupersessions(ctx context.Context, newSerial string) error {
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`DELETE FROM cert_supersessions WHERE new_serial = ?`), newSerial)
+	return c.wrap("delete supersessions", err)
+}
+
+// DeleteExternalCA removes the CA id with its leaf revocations; ENOTFOUND if absent.
+func (c *Core) DeleteExternalCA(ctx context.Context, id string) error {
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM external_revocations WHERE ca_id = ?`), id); err != nil {
+			return c.wrap("delete external CA", err)
+		}
+		res, err := tx.ExecContext(ctx, c.q(`DELETE FROM external_cas WHERE id = ?`), id)
+		if err != nil {
+			return c.wrap("delete external CA", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return NotFound("external CA %q not found", id)
+		}
+		return nil
+	})
+}
+
+const extRevCols = `ca_id, product_key, issuer_sha256, serial, reason, revoked_at`
+
+// RevokeExternalLeaf records r; ECONFLICT if that CA's serial is revoked
+// already, ENOTFOUND if the CA is absent.
+func (c *Core) RevokeExternalLeaf(ctx context.Context, r *iothub.ExternalRevocation) error {
+	if r.CAID == "" || r.ProductKey == "" || r.IssuerSHA256 == "" || r.Serial == "" || r.Reason == "" {
+		return Invalid("external revocation needs its CA, product, issuer, serial and reason")
+	}
+	at := c.truncMS(r.RevokedAt)
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO external_revocations (`+extRevCols+`) VALUES (?,?,?,?,?,?)`),
+		r.CAID, r.ProductKey, r.IssuerSHA256, r.Serial, r.Reason, MS(at))
+	switch kind, _ := c.cfg.Constraint(err); kind {
+	case "unique":
+		return Conflict("serial %s of CA %s is already revoked", r.Serial, r.CAID)
+	case "foreign":
+		return NotFound("external CA %q not found", r.CAID)
+	}
+	if err != nil {
+		return c.wrap("revoke external leaf", err)
+	}
+	r.RevokedAt = at
+	return nil
+}
+
+// ExternalRevocations lists the revoked external leaves of productKey, or
+// of every product when it is "".
+func (c *Core) ExternalRevocations(ctx context.Context, productKey string) ([]*iothub.ExternalRevocation, error) {
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+extRevCols+` FROM external_revocations
+		WHERE product_key = ? OR ? = '' ORDER BY ca_id, serial`), productKey, productKey)
+	if err != nil {
+		return nil, c.wrap("external revocations", err)
+	}
+	defer rows.Close()
+	out := []*iothub.ExternalRevocation{}
+	for rows.Next() {
+		var r iothub.ExternalRevocation
+		var at int64
+		if err := rows.Scan(&r.CAID, &r.ProductKey, &r.IssuerSHA256, &r.Serial, &r.Reason, &at); err != nil {
+			return nil, c.wrap("external revocations", err)
+		}
+		r.RevokedAt = FromMS(at)
+		out = append(out, &r)
+	}
+	return out, c.wrap("external revocations", rows.Err())
 }

@@ -153,16 +153,21 @@ func (c *Core) APIKeys(ctx context.Context, orgID string) ([]*iothub.APIKey, err
 }
 
 // RevokeAPIKey revokes key id of org orgID now. A key absent from that org
-// is ENOTFOUND; one already revoked ECONFLICT.
+// is ENOTFOUND; one already revoked ECONFLICT; the bootstrap key EFORBIDDEN
+// (it is rotated offline, never revoked).
 func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		var revoked sql.NullInt64
-		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at FROM api_keys WHERE id = ? AND org_id = ?`+c.cfg.ForUpdate), id, orgID).Scan(&revoked)
+		var bootstrap int
+		err := tx.QueryRowContext(ctx, c.q(`SELECT revoked_at, bootstrap FROM api_keys WHERE id = ? AND org_id = ?`+c.cfg.ForUpdate), id, orgID).Scan(&revoked, &bootstrap)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("api key %q not found", id)
 		}
 		if err != nil {
 			return c.wrap("revoke api key", err)
+		}
+		if bootstrap != 0 {
+			return iothub.Errorf(iothub.EFORBIDDEN, "the bootstrap key cannot be revoked; rotate it offline with: iothub admin-key rotate --data DIR")
 		}
 		if revoked.Valid {
 			return Conflict("api key %q is already revoked", id)
@@ -170,4 +175,45 @@ func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 		_, err = tx.ExecContext(ctx, c.q(`UPDATE api_keys SET revoked_at = ? WHERE id = ?`), MS(c.cfg.Now()), id)
 		return c.wrap("revoke api key", err)
 	})
+}
+
+// BootstrapKeyID is the id of the bootstrap key's row.
+const BootstrapKeyID = "key_bootstrap"
+
+// SetBootstrapKey makes hash the bootstrap key: the row is created, or
+// its hash replaced and any revocation lifted. Other keys are untouched.
+func (c *Core) SetBootstrapKey(ctx context.Context, hash []byte) error {
+	if len(hash) < 16 {
+		return Invalid("api key hash is missing or too short")
+	}
+	now := MS(c.cfg.Now())
+	return c.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, c.q(`UPDATE api_keys SET hash = ?, revoked_at = NULL, created_at = ? WHERE id = ?`),
+			hex.EncodeToString(hash), now, BootstrapKeyID)
+		if kind, _ := c.cfg.Constraint(err); kind == "unique" {
+			return Conflict("that key is already in use")
+		}
+		if err != nil {
+			return c.wrap("set bootstrap key", err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, c.q(`INSERT INTO api_keys (`+APIKeyCols+`) VALUES (?,?,?,?,?,?,?,?)`),
+			BootstrapKeyID, iothub.DefaultOrgID, "bootstrap", string(iothub.RoleAdmin), 1, hex.EncodeToString(hash), now, nil)
+		if kind, _ := c.cfg.Constraint(err); kind == "unique" {
+			return Conflict("that key is already in use")
+		}
+		return c.wrap("set bootstrap key", err)
+	})
+}
+
+// BootstrapKey returns the bootstrap key's row, revoked or not, or ENOTFOUND.
+func (c *Core) BootstrapKey(ctx context.Context) (*iothub.APIKey, error) {
+	k, err := ScanAPIKey(c.cfg.Read.QueryRowContext(ctx, c.q(`SELECT `+APIKeyCols+` FROM api_keys
+		WHERE bootstrap = 1 ORDER BY created_at DESC LIMIT 1`)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, NotFound("no bootstrap key")
+	}
+	return k, c.wrap("bootstrap key", err)
 }

@@ -30,7 +30,7 @@ const (
 	last_seen_at, activated_at, created_at`
 	ProductCols = `org_id, product_key, product_secret, name, auth_mode, dynamic_activation, auto_register,
 	device_limit, offline_timeout_sec, max_cert_days, created_at`
-	CertCols = `serial, org_id, product_key, device_key, public_key_sha256, cert_pem,
+	CertCols = `serial, org_id, product_key, device_key, asset_id, public_key_sha256, cert_pem,
 	not_before, not_after, revoked_at, reason, created_at`
 )
 
@@ -103,7 +103,7 @@ func ScanCert(row Scanner) (*iothub.Certificate, error) {
 		notBefore, notAfter, create int64
 		revoked                     sql.NullInt64
 	)
-	if err := row.Scan(&c.Serial, &c.OrgID, &c.ProductKey, &c.DeviceKey, &c.PublicKeySHA256, &c.CertPEM,
+	if err := row.Scan(&c.Serial, &c.OrgID, &c.ProductKey, &c.DeviceKey, &c.AssetID, &c.PublicKeySHA256, &c.CertPEM,
 		&notBefore, &notAfter, &revoked, &c.Reason, &create); err != nil {
 		return nil, err
 	}

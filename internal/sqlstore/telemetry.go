@@ -84,11 +84,15 @@ func (c *Core) RecentSamples(ctx context.Context, productKey, deviceKey string, 
 	}
 	defer rows.Close()
 	out := []iothub.Sample{}
+	total := 0
 	for rows.Next() {
 		var t int64
 		var m string
 		if err := rows.Scan(&t, &m); err != nil {
 			return nil, c.wrap("recent samples", err)
+		}
+		if total += len(m); total > iothub.MaxTelemetryReadBytes && len(out) > 0 {
+			break // F6: one read holds a bounded amount
 		}
 		out = append(out, iothub.Sample{ProductKey: productKey, DeviceKey: deviceKey, Time: FromMS(t), Measurepoints: json.RawMessage(m)})
 	}
@@ -111,6 +115,33 @@ func (c *Core) SetAttributes(ctx context.Context, productKey, deviceKey string, 
 		clean[name] = buf.String()
 	}
 	return c.setPairs(ctx, "attributes", productKey, deviceKey, clean)
+}
+
+// checkAttributeCount fails with ETOOLARGE if merging names into the
+// device's attributes would pass MaxAttributesPerDevice.
+func (c *Core) checkAttributeCount(ctx context.Context, tx *sql.Tx, productKey, deviceKey string, names map[string]string) error {
+	rows, err := tx.QueryContext(ctx, c.q(`SELECT name FROM attributes WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	if err != nil {
+		return c.wrap("set attributes", err)
+	}
+	defer rows.Close()
+	n := len(names)
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return c.wrap("set attributes", err)
+		}
+		if _, dup := names[name]; !dup {
+			n++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return c.wrap("set attributes", err)
+	}
+	if n > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d attributes", iothub.MaxAttributesPerDevice)
+	}
+	return nil
 }
 
 // Attributes returns a device's attributes (empty for an unknown device).
@@ -157,9 +188,20 @@ func (c *Core) DeleteTags(ctx context.Context, productKey, deviceKey string, nam
 // setPairs upserts name/value rows of a device in table (attributes or
 // device_tags, which share their columns).
 func (c *Core) setPairs(ctx context.Context, table, productKey, deviceKey string, pairs map[string]string) error {
+	for name, v := range pairs {
+		if len(v) > iothub.MaxAttributeBytes || len(name) > iothub.MaxKeyLen {
+			return iothub.Errorf(iothub.ETOOLARGE, "%s %.64q: value over %d bytes or name over %d", table, name, iothub.MaxAttributeBytes, iothub.MaxKeyLen)
+		}
+	}
+	if len(pairs) > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d %s", iothub.MaxAttributesPerDevice, table)
+	}
 	now := MS(c.cfg.Now())
 	return c.tx(ctx, func(tx *sql.Tx) error {
 		if err := c.cfg.DeviceExists(ctx, tx, productKey, deviceKey); err != nil {
+			return err
+		}
+		if err := c.checkPairCount(ctx, tx, table, productKey, deviceKey, pairs); err != nil {
 			return err
 		}
 		for name, v := range pairs {
@@ -173,6 +215,33 @@ func (c *Core) setPairs(ctx context.Context, table, productKey, deviceKey string
 		}
 		return nil
 	})
+}
+
+// checkPairCount fails with ETOOLARGE if merging names into the device's
+// rows of table would pass MaxAttributesPerDevice (F6).
+func (c *Core) checkPairCount(ctx context.Context, tx *sql.Tx, table, productKey, deviceKey string, names map[string]string) error {
+	rows, err := tx.QueryContext(ctx, c.q(`SELECT name FROM `+table+` WHERE product_key = ? AND device_key = ?`), productKey, deviceKey)
+	if err != nil {
+		return c.wrap("set "+table, err)
+	}
+	defer rows.Close()
+	n := len(names)
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return c.wrap("set "+table, err)
+		}
+		if _, dup := names[name]; !dup {
+			n++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return c.wrap("set "+table, err)
+	}
+	if n > iothub.MaxAttributesPerDevice {
+		return iothub.Errorf(iothub.ETOOLARGE, "a device holds at most %d %s", iothub.MaxAttributesPerDevice, table)
+	}
+	return nil
 }
 
 // pairs reads a device's name/value rows of table.
