@@ -60,8 +60,20 @@ type Config struct {
 	// MetricsPublic also serves /metrics on the HTTPS listener; by default
 	// it is served only on the management listener (HTTPAddr, loopback).
 	MetricsPublic bool
-	Logger        *slog.Logger
+	// Durability says what a commit (and so an acknowledged post) survives:
+	// DurabilityProcess (default) a crash of the process, DurabilityPower
+	// also a power loss or OS crash, at the cost of an fsync per commit on
+	// SQLite. PostgreSQL keeps its own setting (synchronous_commit, on by
+	// default: power-safe).
+	Durability string
+	Logger     *slog.Logger
 }
+
+// Durability levels of Config.Durability.
+const (
+	DurabilityProcess = "process"
+	DurabilityPower   = "power"
+)
 
 // Default addresses, as API.md fixes them.
 const (
@@ -106,7 +118,15 @@ func Open(cfg Config) (h *Hub, err error) {
 			partial.Close()
 		}
 	}()
-	db, err := openStore(cfg.DataDir, cfg.DatabaseURL)
+	var powerSafe bool
+	switch cfg.Durability {
+	case "", DurabilityProcess:
+	case DurabilityPower:
+		powerSafe = true
+	default:
+		return nil, fmt.Errorf("durability %q: want %s or %s", cfg.Durability, DurabilityProcess, DurabilityPower)
+	}
+	db, err := openStore(cfg.DataDir, cfg.DatabaseURL, powerSafe)
 	if err != nil {
 		return nil, err
 	}
@@ -256,8 +276,9 @@ func (h *Hub) serve(ln net.Listener, handler http.Handler) {
 }
 
 // openStore opens (creating what is missing) the data directory's data
-// key and the registry: PostgreSQL at databaseURL, or SQLite in dataDir.
-func openStore(dataDir, databaseURL string) (iothub.Store, error) {
+// key and the registry: PostgreSQL at databaseURL, or SQLite in dataDir,
+// power-safe if asked.
+func openStore(dataDir, databaseURL string, powerSafe bool) (iothub.Store, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -277,7 +298,7 @@ func openStore(dataDir, databaseURL string) (iothub.Store, error) {
 		}
 		return db, nil
 	}
-	db, err := sqlite.Open(filepath.Join(dataDir, "iothub.db"), sealer)
+	db, err := sqlite.OpenWith(filepath.Join(dataDir, "iothub.db"), sealer, sqlite.Options{PowerSafe: powerSafe})
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +360,7 @@ func (h *Hub) ensureAdminKey() error {
 // key stops working at once, also on running nodes. It is the only way to
 // retire the bootstrap key: the API cannot revoke it.
 func RotateAdminKey(dataDir, databaseURL string) (string, error) {
-	db, err := openStore(dataDir, databaseURL)
+	db, err := openStore(dataDir, databaseURL, false)
 	if err != nil {
 		return "", err
 	}

@@ -65,10 +65,25 @@ type DB struct {
 	stUpsertPoint  *sql.Stmt // write
 }
 
+// Options tune how a database file is opened.
+type Options struct {
+	// PowerSafe makes every commit durable against power loss
+	// (synchronous=FULL: an fsync of the WAL per commit). Without it a
+	// commit is durable against a crash of the process (kill -9), and the
+	// last commits before a power loss or OS crash may be lost
+	// (synchronous=NORMAL in WAL mode).
+	PowerSafe bool
+}
+
 // Open opens (creating if needed) the database file at path, applies any
 // pending migrations and makes sure the default org exists. Secrets are
 // sealed and opened with s.
 func Open(path string, s *seal.Sealer) (*DB, error) {
+	return OpenWith(path, s, Options{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(path string, s *seal.Sealer, o Options) (*DB, error) {
 	if s == nil {
 		return nil, errors.New("sqlite: a sealer is required")
 	}
@@ -83,7 +98,7 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 	}
 	f.Close()
 	db := &DB{sealer: s, now: time.Now}
-	db.write, err = sql.Open("sqlite", dsn(path, false))
+	db.write, err = sql.Open("sqlite", dsn(path, false, o.PowerSafe))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open: %w", err)
 	}
@@ -96,7 +111,7 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 		return nil, err
 	}
 	// The read pool opens after the writer has switched the file to WAL.
-	db.read, err = sql.Open("sqlite", dsn(path, true))
+	db.read, err = sql.Open("sqlite", dsn(path, true, o.PowerSafe))
 	if err != nil {
 		db.write.Close()
 		return nil, fmt.Errorf("sqlite: open: %w", err)
@@ -117,11 +132,15 @@ func Open(path string, s *seal.Sealer) (*DB, error) {
 
 // dsn builds the connection string. Writers begin transactions IMMEDIATE so
 // a transaction that reads before it writes never has to upgrade its lock.
-func dsn(path string, readOnly bool) string {
+func dsn(path string, readOnly, powerSafe bool) string {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(NORMAL)")
+	if powerSafe {
+		q.Add("_pragma", "synchronous(FULL)")
+	} else {
+		q.Add("_pragma", "synchronous(NORMAL)")
+	}
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "cache_size(-16000)")    // 16 MB page cache per connection
 	q.Add("_pragma", "mmap_size(1073741824)") // read pages in place, no pread per miss

@@ -204,7 +204,7 @@ func TestSecondProcessIsLockedOut(t *testing.T) {
 // and revokes those of deleted predecessors.
 func TestMigrationGivesCertificatesTheirDevice(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "old.db")
-	raw, err := sql.Open("sqlite", dsn(path, false))
+	raw, err := sql.Open("sqlite", dsn(path, false, false))
 	if err != nil {
 		t.Fatal(err)
 	}

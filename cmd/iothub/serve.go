@@ -53,6 +53,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.DatabaseURL, "database", "", "PostgreSQL URL postgres://… shared by the nodes of a cluster (default: SQLite in the data directory; env IOTHUB_DATABASE)")
 	f.StringVar(&cfg.NATSURL, "nats", "", "NATS URL nats://… carrying events between nodes (default: in-process; env IOTHUB_NATS)")
 	f.StringVar(&cfg.DataDir, "data", "./data", "data directory (database, CA, keys)")
+	f.StringVar(&cfg.Durability, "durability", hub.DurabilityProcess, "what an acknowledged post survives: process (kill -9) or power (power loss too: an fsync per SQLite commit)")
 	f.StringVar(&cfg.MQTTAddr, "mqtt", hub.DefaultMQTTAddr, "plain MQTT listen address (empty: off)")
 	f.StringVar(&cfg.MQTTSAddr, "mqtts", hub.DefaultMQTTSAddr, "MQTT over TLS listen address (empty: off)")
 	f.StringVar(&cfg.HTTPAddr, "http", hub.DefaultHTTPAddr, "REST API listen address (empty: off)")
