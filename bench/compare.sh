@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# compare.sh [--quick] [--profile] [--keep]: iothub and Mosquitto side by side.
+# compare.sh [--quick] [--profile] [--keep] [--only SCENARIO] [--hub-bin PATH]:
+# iothub and Mosquitto side by side.
 #
 # Builds iothub and iothub-bench, starts iothub and Debian's Mosquitto on
 # 127.0.0.1 with the same material (the hub's CA chain, an ECDSA server
@@ -11,18 +12,23 @@
 #   --profile  run the hub in-process under `iothub-bench hub --cpuprofile`
 #              and print the top of its CPU profile at the end
 #   --keep     keep the work directory (results, configs, logs, profile)
+#   --only S   run only the scenarios named S (idle, connect, publish, store, call)
+#   --hub-bin  run this iothub binary instead of building one (to compare commits)
 # Both brokers run at once on the same 2 cores as the generator; only one
 # is loaded at a time.
 set -euo pipefail
 
-MODE=full PROFILE= KEEP=
-for a in "$@"; do
-	case $a in
+MODE=full PROFILE= KEEP= ONLY= HUB_BIN=
+while [[ $# -gt 0 ]]; do
+	case $1 in
 	--quick) MODE=quick ;;
 	--profile) PROFILE=1 ;;
 	--keep) KEEP=1 ;;
-	*) echo "usage: $0 [--quick] [--profile] [--keep]" >&2; exit 2 ;;
+	--only) ONLY=$2; shift ;;
+	--hub-bin) HUB_BIN=$(realpath "$2"); shift ;;
+	*) echo "usage: $0 [--quick] [--profile] [--keep] [--only SCENARIO] [--hub-bin PATH]" >&2; exit 2 ;;
 	esac
+	shift
 done
 
 for tool in go curl python3 /usr/sbin/mosquitto mosquitto_passwd; do
@@ -62,6 +68,7 @@ fi
 
 say "build"
 (cd "$ROOT" && go build -o "$W/iothub" ./cmd/iothub && go build -o "$W/iothub-bench" ./cmd/iothub-bench)
+if [[ -n $HUB_BIN ]]; then cp "$HUB_BIN" "$W/iothub"; fi
 B=$W/iothub-bench
 
 say "start iothub"
@@ -140,6 +147,7 @@ MOSQ_ARGS=(--fleet "$W/fleet/fleet.json" --broker mosquitto --login userpass --t
 both() {
 	local s=$1
 	shift
+	if [[ -n $ONLY && $s != "$ONLY" ]]; then return 0; fi
 	say "$s $*"
 	"$B" "$s" "${HUB_ARGS[@]}" --settle $SETTLE --pid "$HUB_PID" --api http://127.0.0.1:$HH --key-file "$W/hub/admin.key" "$@" >>"$W/iothub.jsonl"
 	"$B" "$s" "${MOSQ_ARGS[@]}" --settle $SETTLE --pid "$MOSQ_PID" "$@" >>"$W/mosquitto.jsonl"
@@ -156,6 +164,8 @@ both publish --label "publish QoS 0, $PUB_DEV devices, max" --n $PUB_DEV --qos 0
 both publish --label "publish QoS 1, $PUB_DEV devices, max" --n $PUB_DEV --qos 1 --duration $PUB_DUR
 both publish --label "publish QoS 0 at $RATE_MSGS msg/s" --n $PUB_DEV --qos 0 --rate $RATE_MSGS --duration $PUB_DUR
 both publish --label "publish QoS 1 at $RATE_MSGS msg/s" --n $PUB_DEV --qos 1 --rate $RATE_MSGS --duration $PUB_DUR
+both store --label "stored posts (measurepoint.post QoS 1), $PUB_DEV devices, max" --n $PUB_DEV --duration $PUB_DUR
+both store --label "stored posts at 5000/s, $PUB_DEV devices" --n $PUB_DEV --rate 5000 --duration $PUB_DUR
 if [[ $MODE == full ]]; then
 	both publish --label "publish QoS 1, tls, $PUB_DEV devices, max" --transport tls --n $PUB_DEV --qos 1 --duration $PUB_DUR
 fi

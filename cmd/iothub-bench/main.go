@@ -5,7 +5,7 @@
 //
 //	iothub-bench provision --api URL --key-file DIR/admin.key --out W --secret N --cert M
 //	iothub-bench passwd --fleet W/fleet.json > plain && mosquitto_passwd -U plain
-//	iothub-bench connect|idle|publish|call --fleet W/fleet.json --broker iothub --login enos --tcp ADDR --tls ADDR --mtls ADDR …
+//	iothub-bench connect|idle|publish|store|call --fleet W/fleet.json --broker iothub --login enos --tcp ADDR --tls ADDR --mtls ADDR …
 //	iothub-bench table --a iothub.jsonl --b mosquitto.jsonl
 //	iothub-bench hub --cpuprofile F [serve flags]   (the hub in-process, profiled)
 package main
@@ -39,7 +39,7 @@ func main() {
 		err = cmdProvision(args)
 	case "passwd":
 		err = cmdPasswd(args)
-	case "connect", "idle", "publish", "call":
+	case "connect", "idle", "publish", "store", "call":
 		err = cmdScenario(cmd, args)
 	case "table":
 		err = cmdTable(args)
@@ -54,7 +54,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: iothub-bench provision|passwd|connect|idle|publish|call|table|hub [flags] (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: iothub-bench provision|passwd|connect|idle|publish|store|call|table|hub [flags] (-h for flags)")
 	os.Exit(2)
 }
 
@@ -162,6 +162,8 @@ func cmdScenario(name string, args []string) error {
 		err = t.runIdle(r, *transport, *n, *rate, *conc, *hold, *pid)
 	case "publish":
 		err = t.runPublish(r, *transport, *n, *qos, *rate, *dur, *size, *window)
+	case "store":
+		err = t.runStore(r, *transport, *n, *rate, *dur, *window)
 	case "call":
 		var cl caller
 		if *login == "enos" {
