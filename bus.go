@@ -20,6 +20,9 @@ const (
 	// EventCertRenewed: the certificate with Serial was issued by a renewal;
 	// what it supersedes is stored, and every node loads it.
 	EventCertRenewed EventKind = "cert.renewed"
+	// EventChanges: changes were appended to the change log; readers of
+	// the log on every node look for them.
+	EventChanges EventKind = "changes"
 )
 
 // Event is a notice on the Bus.

@@ -127,5 +127,6 @@ type Store interface {
 	CertStore
 	RequestLog
 	AuditLog
+	ChangeStore
 	Close() error
 }

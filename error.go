@@ -22,6 +22,7 @@ const (
 	EOFFLINE      = "device_offline" // device has no live session: 409
 	ETIMEOUT      = "timeout"        // device did not answer in time: 504
 	EINTERNAL     = "internal"       // anything else: 500
+	EGONE         = "gone"           // a cursor older than what is kept: 410
 )
 
 // Error is a domain error carrying a machine-readable code and a message

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 	"github.com/iothub/iothub/manage"
 	"golang.org/x/time/rate"
 )
@@ -38,6 +39,13 @@ type Config struct {
 	// Metrics serves /metrics; nil leaves the route out.
 	Metrics http.Handler
 	Logger  *slog.Logger
+	// Feed serves the live stream; nil leaves it unavailable.
+	Feed *feed.Feed
+	// Forwarder delivers forwarding rules; told at once of new and deleted
+	// rules. May be nil.
+	Forwarder *feed.Forwarder
+	// NATSForwarding allows rules that forward to a NATS subject.
+	NATSForwarding bool
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -112,6 +120,8 @@ func NewServer(cfg Config) *Server {
 	s.registerDevices()
 	s.registerCertificates()
 	s.registerDeviceAPI()
+	s.registerStream()
+	s.registerRules()
 	return s
 }
 
@@ -249,6 +259,7 @@ var statusOf = map[string]int{
 	iothub.EOFFLINE:      http.StatusConflict,
 	iothub.ETIMEOUT:      http.StatusGatewayTimeout,
 	iothub.EINTERNAL:     http.StatusInternalServerError,
+	iothub.EGONE:         http.StatusGone,
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/manage"
@@ -66,7 +67,10 @@ type Config struct {
 	// SQLite. PostgreSQL keeps its own setting (synchronous_commit, on by
 	// default: power-safe).
 	Durability string
-	Logger     *slog.Logger
+	// ChangeRetention is how long the change log keeps what devices posted
+	// for resuming streams and forwarding rules (feed.DefaultRetention if zero).
+	ChangeRetention time.Duration
+	Logger          *slog.Logger
 }
 
 // Durability levels of Config.Durability.
@@ -85,13 +89,15 @@ const (
 
 // Hub is a running node.
 type Hub struct {
-	cfg     Config
-	log     *slog.Logger
-	db      iothub.Store
-	natsBus *natsbus.Bus
-	auth    *pki.Authority
-	certs   *pki.Service
-	broker  *mqtt.Server
+	cfg       Config
+	log       *slog.Logger
+	db        iothub.Store
+	natsBus   *natsbus.Bus
+	feed      *feed.Feed
+	forwarder *feed.Forwarder
+	auth      *pki.Authority
+	certs     *pki.Service
+	broker    *mqtt.Server
 	// chooseCert picks the server certificate of a TLS handshake.
 	chooseCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	servers    []*http.Server
@@ -184,11 +190,17 @@ func Open(cfg Config) (h *Hub, err error) {
 		return nil, err
 	}
 
-	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
+	h.feed = feed.New(feed.Config{Store: h.db, Bus: bus, Logger: h.log, Retention: cfg.ChangeRetention})
+	var natsForward func(subject string, data []byte) error
+	if h.natsBus != nil {
+		natsForward = h.natsBus.Forward
+	}
+	h.forwarder = feed.NewForwarder(h.feed, natsForward)
+	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Feed: h.feed, Logger: h.log})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
-		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
+		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Feed: h.feed, Logger: h.log, Registerer: reg,
 		TLS: h.tlsConfig(),
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
@@ -228,6 +240,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
 		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
+		Feed: h.feed, Forwarder: h.forwarder, NATSForwarding: h.natsBus != nil,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	})
 	if httpLn != nil {
@@ -440,6 +453,12 @@ func (h *Hub) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var errs []error
+	if h.forwarder != nil {
+		h.forwarder.Close()
+	}
+	if h.feed != nil {
+		h.feed.Close() // ends the streams, so the servers can shut down
+	}
 	for _, s := range h.servers {
 		errs = append(errs, s.Shutdown(ctx))
 	}

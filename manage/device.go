@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 )
 
 // CreateDevice registers a device of p under deviceKey ("" generates one).
@@ -31,7 +32,7 @@ func (s *Service) DeleteDevice(ctx context.Context, a Actor, d *iothub.Device) e
 	if err := s.cfg.Store.DeleteDevice(ctx, d.ProductKey, d.DeviceKey); err != nil {
 		return err
 	}
-	s.changed(ctx, a, d, "device.deleted")
+	s.changed(ctx, a, d, "device.deleted", "deleted")
 	return nil
 }
 
@@ -47,7 +48,7 @@ func (s *Service) ResetDevice(ctx context.Context, a Actor, d *iothub.Device) (*
 	if err != nil {
 		return nil, err
 	}
-	s.changed(ctx, a, d, "device.reset")
+	s.changed(ctx, a, d, "device.reset", reset.State)
 	return reset, nil
 }
 
@@ -57,7 +58,7 @@ func (s *Service) DisableDevice(ctx context.Context, a Actor, d *iothub.Device) 
 		return err
 	}
 	d.State = iothub.StateDisabled
-	s.changed(ctx, a, d, "device.disabled")
+	s.changed(ctx, a, d, "device.disabled", d.State)
 	return nil
 }
 
@@ -72,14 +73,21 @@ func (s *Service) EnableDevice(ctx context.Context, a Actor, d *iothub.Device) e
 		return err
 	}
 	d.State = state
-	s.changed(ctx, a, d, "device.enabled")
+	s.changed(ctx, a, d, "device.enabled", d.State)
 	return nil
 }
 
-// changed audits a lifecycle change of d and tells live sessions.
-func (s *Service) changed(ctx context.Context, a Actor, d *iothub.Device, kind string) {
+// changed audits a lifecycle change of d, tells live sessions and records
+// d's new state for applications.
+func (s *Service) changed(ctx context.Context, a Actor, d *iothub.Device, kind string, state iothub.DeviceState) {
 	s.audit(ctx, a, iothub.AuditEvent{OrgID: d.OrgID, Kind: kind, ProductKey: d.ProductKey, DeviceKey: d.DeviceKey})
 	s.publish(ctx, iothub.Event{Kind: iothub.EventDeviceChanged, ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Reason: kind})
+	if s.cfg.Feed != nil {
+		// A deleted device's product is still there, so its org is known.
+		if err := s.cfg.Feed.Record(ctx, []iothub.Change{feed.State(d.ProductKey, d.DeviceKey, s.now(), state)}); err != nil {
+			s.log.Warn("manage: state change not recorded for applications", "productKey", d.ProductKey, "deviceKey", d.DeviceKey, "error", err)
+		}
+	}
 }
 
 // revokeAll revokes every unrevoked certificate of d (expired ones too: a

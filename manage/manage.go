@@ -16,14 +16,17 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 )
 
 // Config wires a Service to the rest of the hub.
 type Config struct {
 	Store iothub.Store
 	// Certs may be nil: certificate operations then fail with EINTERNAL.
-	Certs  iothub.CertificateService
-	Bus    iothub.Bus // may be nil: no live reaction on this or other nodes
+	Certs iothub.CertificateService
+	Bus   iothub.Bus // may be nil: no live reaction on this or other nodes
+	// Feed records device state changes for applications; may be nil.
+	Feed   *feed.Feed
 	Logger *slog.Logger
 	Now    func() time.Time // nil: time.Now
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 )
 
 // Reply codes (PROTOCOL.md).
@@ -344,7 +345,11 @@ func (s *Server) updateAttributes(ctx context.Context, ss *session, params json.
 	if err := json.Unmarshal(params, &p); err != nil || len(p.Attributes) == 0 {
 		return nil, codeBadFormat, "params must be {attributes:{…}}"
 	}
-	code, msg := storeCode(s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes))
+	err := s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes)
+	if err == nil && s.cfg.Feed != nil {
+		err = s.cfg.Feed.Record(ctx, []iothub.Change{feed.Attributes(ss.dev.ProductKey, ss.dev.DeviceKey, s.now(), p.Attributes)})
+	}
+	code, msg := storeCode(err)
 	return nil, code, msg
 }
 

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 	"github.com/iothub/iothub/manage"
 )
 
@@ -38,6 +39,9 @@ type Config struct {
 	// Manage carries out management operations devices ask for (renewal);
 	// nil builds one from Store, Certs and Bus.
 	Manage *manage.Service
+	// Feed records what devices post, once committed, and their state
+	// changes for applications; nil records nothing.
+	Feed   *feed.Feed
 	Logger *slog.Logger
 	// Registerer receives the Prometheus metrics; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -182,9 +186,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
 	}
-	s.samples = newGroupWriter(cfg.Store.AppendSamples, writeBatch, s.notStored("measurepoints"))
-	s.events = newGroupWriter(cfg.Store.AppendEvents, writeBatch, s.notStored("events"))
-	s.side = newSideWriter(cfg.Store, cfg.Logger, s.refuseLate, sideInterval, sideBatch)
+	s.samples = newGroupWriter(recorded(cfg.Store.AppendSamples, cfg.Feed, feed.Samples), writeBatch, s.notStored("measurepoints"))
+	s.events = newGroupWriter(recorded(cfg.Store.AppendEvents, cfg.Feed, feed.Events), writeBatch, s.notStored("events"))
+	s.side = newSideWriter(cfg.Store, cfg.Feed, cfg.Logger, s.refuseLate, sideInterval, sideBatch)
 	return s, nil
 }
 

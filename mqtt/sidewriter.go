@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 )
 
 // sideItem is one side effect of a login or logout: a state change (State
@@ -28,6 +29,7 @@ type sideItem struct {
 // and the login's audit row becomes a refusal. Close writes everything queued.
 type sideWriter struct {
 	store    iothub.Store
+	feed     *feed.Feed // may be nil
 	log      *slog.Logger
 	conflict func(ss *session, deleted bool)
 	in       chan sideItem
@@ -38,8 +40,8 @@ type sideWriter struct {
 	done     chan struct{}
 }
 
-func newSideWriter(store iothub.Store, log *slog.Logger, conflict func(*session, bool), interval time.Duration, max int) *sideWriter {
-	w := &sideWriter{store: store, log: log, conflict: conflict, in: make(chan sideItem, 8*max),
+func newSideWriter(store iothub.Store, f *feed.Feed, log *slog.Logger, conflict func(*session, bool), interval time.Duration, max int) *sideWriter {
+	w := &sideWriter{store: store, feed: f, log: log, conflict: conflict, in: make(chan sideItem, 8*max),
 		interval: interval, max: max, done: make(chan struct{})}
 	go w.run()
 	return w
@@ -136,10 +138,12 @@ func (w *sideWriter) write(batch []sideItem) {
 		if err != nil {
 			w.log.Error("mqtt: writing device states", "changes", len(changes), "error", err)
 		}
+		var applied []iothub.Change
 		for j, e := range res {
 			it := &batch[owners[j]]
 			switch {
 			case e == nil:
+				applied = append(applied, feed.State(it.change.Device.ProductKey, it.change.Device.DeviceKey, it.change.At, it.change.State))
 			case iothub.ErrorCode(e) == iothub.ECONFLICT && it.ss != nil:
 				// Disabled between the login's read and its online write.
 				if it.audit.Kind != "" {
@@ -154,6 +158,11 @@ func (w *sideWriter) write(batch []sideItem) {
 			case iothub.ErrorCode(e) != iothub.ENOTFOUND && iothub.ErrorCode(e) != iothub.ECONFLICT:
 				w.log.Error("mqtt: writing device state", "productKey", it.change.Device.ProductKey,
 					"deviceKey", it.change.Device.DeviceKey, "state", it.change.State, "error", e)
+			}
+		}
+		if w.feed != nil {
+			if err := w.feed.Record(ctx, applied); err != nil {
+				w.log.Error("mqtt: recording device states for applications", "changes", len(applied), "error", err)
 			}
 		}
 	}

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/feed"
 )
 
 // errWriterClosed refuses a write that arrives after Close.
@@ -146,4 +149,19 @@ func countItems[T any](part []*groupWrite[T]) int {
 		n += len(gw.items)
 	}
 	return n
+}
+
+// recorded is commit followed by the feed's record of what it committed,
+// in the same group, so the change log holds the batch (in commit order)
+// before any of its writers is answered. With no feed it is commit.
+func recorded[T any](commit func(context.Context, []T) error, f *feed.Feed, changes func([]T) []iothub.Change) func(context.Context, []T) error {
+	if f == nil {
+		return commit
+	}
+	return func(ctx context.Context, items []T) error {
+		if err := commit(ctx, items); err != nil {
+			return err
+		}
+		return f.Record(ctx, changes(items))
+	}
 }

@@ -184,3 +184,18 @@ func (b *Bus) deliver(e iothub.Event) {
 		fn(e)
 	}
 }
+
+// Forward publishes data on subject, outside the hub's own event subject,
+// and returns once the server has it (forwarding rules deliver at least once).
+func (b *Bus) Forward(subject string, data []byte) error {
+	if subject == "" || subject == b.subject {
+		return iothub.Errorf(iothub.EINVALID, "subject %q is not a forwarding subject", subject)
+	}
+	if err := b.nc.Publish(subject, data); err != nil {
+		return fmt.Errorf("nats: forward: %w", err)
+	}
+	if err := b.nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("nats: forward: %w", err)
+	}
+	return nil
+}
