@@ -23,6 +23,9 @@ const (
 	// EventChanges: changes were appended to the change log; readers of
 	// the log on every node look for them.
 	EventChanges EventKind = "changes"
+	// EventAPIKeyRevoked: the API key KeyID was revoked; sessions logged
+	// in with it end.
+	EventAPIKeyRevoked EventKind = "apikey.revoked"
 )
 
 // Event is a notice on the Bus.
@@ -31,6 +34,7 @@ type Event struct {
 	ProductKey string    `json:"productKey,omitempty"`
 	DeviceKey  string    `json:"deviceKey,omitempty"`
 	Serial     string    `json:"serial,omitempty"`
+	KeyID      string    `json:"keyId,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
 }
 

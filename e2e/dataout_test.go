@@ -22,6 +22,10 @@ import (
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/client"
 	"github.com/iothub/iothub/feed"
+	"github.com/iothub/iothub/mqtt"
+	"github.com/iothub/iothub/sign"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // sseEvent is one server-sent event of /api/v1/stream.
@@ -286,6 +290,16 @@ func TestDataOutEveryConsumerGetsEveryPostInOrder(t *testing.T) {
 
 	seenA := newSeenPosts()
 	go drain(sseA, seenA, "measurepoints")
+	appA := newSeenPosts()
+	appClient(t, th, viewerA, map[string]func([]byte){"/sys/+/+/thing/measurepoint/post": appA.add})
+	var leakedToB sync.Map
+	appClient(t, th, keyB, map[string]func([]byte){"/sys/#": func(b []byte) {
+		var p postSeen
+		json.Unmarshal(b, &p)
+		if p.ProductKey != other[0].pk {
+			leakedToB.Store(p.ProductKey, true)
+		}
+	}})
 	run := startLoad(append(devices, other...), "tcp://"+th.MQTTAddr(), 20*time.Millisecond)
 	time.Sleep(1500 * time.Millisecond)
 	run.end(t)
@@ -294,7 +308,8 @@ func TestDataOutEveryConsumerGetsEveryPostInOrder(t *testing.T) {
 	}
 	seenA.waitAll(t, "SSE consumer", devices, 10*time.Second)
 	wr.seen.waitAll(t, "webhook", devices, 20*time.Second)
-	t.Logf("%d posts of 20 devices: SSE and webhook got each, in order; webhook duplicates %d", acked(devices), wr.duplicates())
+	appA.waitAll(t, "MQTT application", devices, 10*time.Second)
+	t.Logf("%d posts of 20 devices: SSE, webhook and MQTT application got each, in order; webhook duplicates %d", acked(devices), wr.duplicates())
 	if wr.badSig != 0 {
 		t.Fatalf("%d deliveries with a bad signature", wr.badSig)
 	}
@@ -329,6 +344,10 @@ func TestDataOutEveryConsumerGetsEveryPostInOrder(t *testing.T) {
 	if seenB.missing(other) != 0 {
 		t.Fatalf("org B missed %d of its own posts", seenB.missing(other))
 	}
+	leakedToB.Range(func(pk, _ any) bool {
+		t.Fatalf("org B's MQTT application received posts of product %v", pk)
+		return false
+	})
 
 	var got iothub.Rule
 	do(t, adminA, "GET", "/api/v1/rules/"+rule.ID, nil, &got, 200)
@@ -485,4 +504,85 @@ func TestWebhookOutboxSurvivesKillDashNine(t *testing.T) {
 	serveReceiver(t, ln, wr)
 	wr.seen.waitAll(t, "webhook after kill -9", devices, 60*time.Second)
 	t.Logf("%d acknowledged posts delivered after kill -9 and the receiver's recovery; duplicates %d", acked(devices), wr.duplicates())
+}
+
+// appOptions are paho options for an application login with key.
+func appOptions(th *testHub, key string) *paho.ClientOptions {
+	o := paho.NewClientOptions().AddBroker("tcp://" + th.MQTTAddr()).SetClientID("app-" + iothub.RandomString(6)).
+		SetUsername(mqtt.AppUsername).SetPassword(key)
+	o.SetAutoReconnect(false)
+	o.SetConnectRetry(false)
+	o.SetConnectTimeout(5 * time.Second)
+	return o
+}
+
+// appClient logs an application in with key and subscribes to each filter.
+func appClient(t testing.TB, th *testHub, key string, filters map[string]func([]byte)) paho.Client {
+	t.Helper()
+	c := connect(t, appOptions(th, key))
+	for f, fn := range filters {
+		tok := c.Subscribe(f, 0, func(_ paho.Client, m paho.Message) { fn(m.Payload()) })
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", f, tok.Error())
+		}
+		if st, ok := tok.(*paho.SubscribeToken); ok && st.Result()[f] == 0x80 {
+			t.Fatalf("subscribe %s refused", f)
+		}
+	}
+	return c
+}
+
+// An application may not subscribe to another org's product, publishes
+// nothing to devices, and its session ends when its key is revoked; a
+// revoked key cannot log in.
+func TestAppOverMQTTRefusals(t *testing.T) {
+	th := startHub(t, "")
+	orgA, _, adminA := orgKey(t, th, "org-a", iothub.RoleAdmin)
+	var k struct{ ID, Key string }
+	do(t, th.admin, "POST", "/api/v1/orgs/"+orgA+"/apikeys", map[string]any{"name": "app", "role": "viewer"}, &k, 201)
+	_, _, adminB := orgKey(t, th, "org-b", iothub.RoleAdmin)
+	var prodB iothub.Product
+	do(t, adminB, "POST", "/api/v1/products", map[string]any{"name": "b"}, &prodB, 201)
+	devA := loadDevices(t, adminA, 1)[0]
+
+	// A device of A listens on its command topic.
+	dev := connect(t, deviceOptions("tcp://"+th.MQTTAddr(), devA.pk, devA.dk, devA.secret, sign.ModeStatic))
+	got := make(chan string, 1)
+	cmd := "/sys/" + devA.pk + "/" + devA.dk + "/thing/service/restart"
+	dev.Subscribe(cmd, 0, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }).Wait()
+
+	lost := make(chan struct{})
+	o := appOptions(th, k.Key)
+	o.SetConnectionLostHandler(func(paho.Client, error) { close(lost) })
+	app := connect(t, o)
+	tok := app.Subscribe("/sys/"+prodB.ProductKey+"/+/thing/measurepoint/post", 0, func(paho.Client, paho.Message) {})
+	tok.WaitTimeout(5 * time.Second)
+	if st := tok.(*paho.SubscribeToken); st.Result()["/sys/"+prodB.ProductKey+"/+/thing/measurepoint/post"] != 0x80 {
+		t.Fatalf("subscribing to another org's product: %v", st.Result())
+	}
+	app.Publish(cmd, 0, false, `{"id":"1","method":"thing.service.restart","params":{}}`).Wait()
+	select {
+	case m := <-got:
+		t.Fatalf("an application's publish reached a device: %s", m)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	do(t, adminA, "DELETE", "/api/v1/orgs/"+orgA+"/apikeys/"+k.ID, nil, nil, 204)
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("revoking the key did not end the application's session")
+	}
+	if err := refused(appOptions(th, k.Key)); err == nil {
+		t.Fatal("an application logged in with a revoked key")
+	}
+	var audit struct{ Events []iothub.AuditEvent }
+	do(t, adminA, "GET", "/api/v1/audit", nil, &audit, 200)
+	found := false
+	for _, e := range audit.Events {
+		found = found || e.Kind == "app.login"
+	}
+	if !found {
+		t.Fatalf("no app.login in the org's audit: %+v", audit.Events)
+	}
 }

@@ -116,6 +116,7 @@ func (s *Server) revokeAPIKey(w http.ResponseWriter, r *http.Request, p iothub.P
 		return err
 	}
 	s.audit(r.Context(), iothub.AuditEvent{OrgID: o.ID, Kind: "apikey.revoked", Reason: id, Remote: remoteIP(r)})
+	s.publish(r.Context(), iothub.Event{Kind: iothub.EventAPIKeyRevoked, KeyID: id})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -49,6 +49,9 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
 	defer cancel()
 
+	if string(pk.Connect.Username) == AppUsername {
+		return s.connectApp(ctx, cl, pk, remote, now)
+	}
 	l, err := sign.ParseLogin(pk.Connect.ClientIdentifier, string(pk.Connect.Username))
 	var ss *session
 	var ref *refusal
@@ -290,6 +293,10 @@ func (s *Server) kick(ss *session, code packets.Code, reason string) {
 func (s *Server) endSession(ss *session) {
 	current, found := s.unregister(ss)
 	if !found {
+		return
+	}
+	if ss.app != nil {
+		s.endApp(ss)
 		return
 	}
 	if ss.timer != nil {

@@ -45,6 +45,9 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) bool {
 // OnACLCheck applies the access rule on every publish, subscription and delivery.
 func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 	ss := h.s.lookup(cl)
+	if ss != nil && ss.app != nil {
+		return h.s.appAllows(ss, topic, write)
+	}
 	return ss != nil && ss.allow(topic, write)
 }
 

@@ -81,6 +81,7 @@ type Server struct {
 	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
 	samples  *groupWriter[iothub.Sample]
 	events   *groupWriter[iothub.DeviceEvent]
+	relay    appRelay       // the change log to applications, while any is connected
 	side     *sideWriter    // login/logout states and audit rows, batched
 	reg      *registryCache // nil without a bus: nothing would invalidate it
 

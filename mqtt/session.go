@@ -17,8 +17,9 @@ type session struct {
 	cl         *mochi.Client
 	dev        iothub.DeviceID
 	orgID      string
-	remote     string // source IP
-	activation bool   // securemode 3: may only use the activation topics
+	remote     string      // source IP
+	activation bool        // securemode 3: may only use the activation topics
+	app        *appSession // an application (AppUsername), not a device
 
 	sysPrefix string // "/sys/{pk}/{dk}/"
 	extPrefix string // "/ext/session/{pk}/{dk}/"
