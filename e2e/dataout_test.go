@@ -23,9 +23,12 @@ import (
 	"github.com/iothub/iothub/client"
 	"github.com/iothub/iothub/feed"
 	"github.com/iothub/iothub/mqtt"
+	"github.com/iothub/iothub/nats/natstest"
+	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/sign"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	natsgo "github.com/nats-io/nats.go"
 )
 
 // sseEvent is one server-sent event of /api/v1/stream.
@@ -585,4 +588,42 @@ func TestAppOverMQTTRefusals(t *testing.T) {
 	if !found {
 		t.Fatalf("no app.login in the org's audit: %+v", audit.Events)
 	}
+}
+
+// In a cluster (PostgreSQL and NATS), a stream consumer on one node gets
+// every post devices make on the other, in order, and a rule forwarding to
+// a NATS subject delivers each to a NATS subscriber.
+func TestDataOutAcrossNodesAndToNATS(t *testing.T) {
+	dbURL, natsURL := pgtest.Standalone(t), natstest.URL(t)
+	one := startNode(t, "", dbURL, natsURL)
+	two := startNode(t, joinCluster(t, one.dir), dbURL, natsURL)
+	devices := loadDevices(t, one.admin, 20)
+
+	nc, err := natsgo.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fromNATS := newSeenPosts()
+	sub, err := nc.Subscribe("acme.posts", func(m *natsgo.Msg) { fromNATS.add(m.Data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	nc.Flush()
+	var rule struct{ ID string }
+	do(t, two.admin, "POST", "/api/v1/rules", map[string]any{"name": "to nats", "productKey": devices[0].pk,
+		"kinds": []string{"measurepoints"}, "nats": map[string]any{"subject": "acme.posts"}}, &rule, 201)
+	do(t, two.admin, "POST", "/api/v1/rules", map[string]any{"name": "x", "nats": map[string]any{"subject": "acme.>"}}, nil, 400)
+
+	stream := openStream(t, two.HTTPURL(), two.AdminKey(), "kinds=measurepoints&productKey="+devices[0].pk, "")
+	seen := newSeenPosts()
+	go drain(stream, seen, "measurepoints")
+	run := startLoad(devices, "tcp://"+one.MQTTAddr(), 20*time.Millisecond)
+	time.Sleep(1500 * time.Millisecond)
+	run.end(t)
+	seen.waitAll(t, "stream on the other node", devices, 15*time.Second)
+	fromNATS.waitAll(t, "NATS subscriber", devices, 20*time.Second)
+	t.Logf("%d posts on node one: the stream on node two and the NATS subscriber got each, in order (NATS duplicates %d)",
+		acked(devices), fromNATS.dups)
 }
