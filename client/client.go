@@ -86,14 +86,7 @@ func (c *Client) Send(ctx context.Context, method, path string, body, out any) (
 		return 0, err
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error struct{ Code, Message string }
-		}
-		json.Unmarshal(data, &e)
-		if e.Error.Code == "" {
-			e.Error.Code, e.Error.Message = "http_error", strings.TrimSpace(string(data))
-		}
-		return resp.StatusCode, &StatusError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+		return resp.StatusCode, statusError(resp.StatusCode, data)
 	}
 	if out == nil || len(data) == 0 {
 		return resp.StatusCode, nil
@@ -103,6 +96,18 @@ func (c *Client) Send(ctx context.Context, method, path string, body, out any) (
 		return resp.StatusCode, nil
 	}
 	return resp.StatusCode, json.Unmarshal(data, out)
+}
+
+// statusError reads an error answer of the API.
+func statusError(status int, data []byte) *StatusError {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	json.Unmarshal(data, &e)
+	if e.Error.Code == "" {
+		e.Error.Code, e.Error.Message = "http_error", strings.TrimSpace(string(data))
+	}
+	return &StatusError{Status: status, Code: e.Error.Code, Message: e.Error.Message}
 }
 
 // CreateProduct creates a product and returns it with its secret.
