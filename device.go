@@ -175,6 +175,14 @@ type Sample struct {
 	Measurepoints json.RawMessage `json:"measurepoints"`
 }
 
+// HistoryQuery selects stored posts by sample time: From inclusive, To
+// exclusive (zero: unbounded), after Cursor (a page's next), at most Limit.
+type HistoryQuery struct {
+	From, To time.Time
+	Cursor   string
+	Limit    int
+}
+
 // Point is the latest value of one measurepoint.
 type Point struct {
 	Name  string          `json:"name"`
@@ -196,6 +204,11 @@ type TelemetryStore interface {
 	SetAttributes(ctx context.Context, productKey, deviceKey string, attrs map[string]json.RawMessage) error
 	Attributes(ctx context.Context, productKey, deviceKey string) (map[string]json.RawMessage, error)
 	DeleteAttributes(ctx context.Context, productKey, deviceKey string, names []string) error
+	// SampleHistory and EventHistory read a device's posts in sample-time
+	// order within q, a page at a time; next is the cursor of the next
+	// page ("" after the last).
+	SampleHistory(ctx context.Context, productKey, deviceKey string, q HistoryQuery) (page []Sample, next string, err error)
+	EventHistory(ctx context.Context, productKey, deviceKey string, q HistoryQuery) (page []DeviceEvent, next string, err error)
 	// AppendEvents stores event posts and trims each device's history.
 	AppendEvents(ctx context.Context, events []DeviceEvent) error
 	RecentEvents(ctx context.Context, productKey, deviceKey string, limit int) ([]DeviceEvent, error)

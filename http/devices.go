@@ -22,8 +22,8 @@ func (s *Server) registerDevices() {
 	s.api("POST", dev+"/services/{serviceId}", iothub.RoleOperator, s.invokeService)
 	s.api("POST", dev+"/measurepoints/set", iothub.RoleOperator, s.setMeasurepoints)
 	s.api("GET", dev+"/measurepoints", iothub.RoleViewer, s.latestMeasurepoints)
-	s.api("GET", dev+"/telemetry", iothub.RoleViewer, s.deviceData("samples", recent(s, iothub.Store.RecentSamples)))
-	s.api("GET", dev+"/events", iothub.RoleViewer, s.deviceData("events", recent(s, iothub.Store.RecentEvents)))
+	s.api("GET", dev+"/telemetry", iothub.RoleViewer, history(s, "samples", iothub.Store.RecentSamples, iothub.Store.SampleHistory))
+	s.api("GET", dev+"/events", iothub.RoleViewer, history(s, "events", iothub.Store.RecentEvents, iothub.Store.EventHistory))
 	s.api("GET", dev+"/attributes", iothub.RoleViewer, s.deviceData("attributes", all(s, iothub.Store.Attributes)))
 	s.api("GET", dev+"/tags", iothub.RoleViewer, s.deviceData("tags", all(s, iothub.Store.Tags)))
 }
@@ -243,17 +243,6 @@ func (s *Server) deviceData(key string, read func(r *http.Request, d *iothub.Dev
 		}
 		writeJSON(w, http.StatusOK, map[string]any{key: v})
 		return nil
-	}
-}
-
-// recent reads a device's newest posts with the request's ?limit.
-func recent[T any](s *Server, list func(iothub.Store, context.Context, string, string, int) ([]T, error)) func(*http.Request, *iothub.Device) (any, error) {
-	return func(r *http.Request, d *iothub.Device) (any, error) {
-		limit, err := queryInt(r, "limit", 100, 1000)
-		if err != nil {
-			return nil, err
-		}
-		return list(s.Store, r.Context(), d.ProductKey, d.DeviceKey, limit)
 	}
 }
 

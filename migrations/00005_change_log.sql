@@ -48,7 +48,13 @@ CREATE TABLE forwarding_rules (
 );
 CREATE INDEX forwarding_rules_org ON forwarding_rules (org_id);
 
+-- History reads by sample time (GET …/telemetry and …/events with from, to, cursor).
+CREATE INDEX telemetry_samples_time ON telemetry_samples (product_key, device_key, time_ms, seq);
+CREATE INDEX device_events_time ON device_events (product_key, device_key, time_ms, seq);
+
 -- +goose Down
+DROP INDEX device_events_time;
+DROP INDEX telemetry_samples_time;
 DROP TABLE forwarding_rules;
 DROP TABLE change_seq;
 DROP TABLE change_log;
