@@ -710,3 +710,39 @@ func TestTelemetryHistoryBySampleTime(t *testing.T) {
 		do(t, th.admin, "GET", path+q, nil, nil, 400)
 	}
 }
+
+// A stream consumer that never reads is cut off once the hub's writes to
+// it block (10 s): the hub keeps no backlog for it.
+func TestStreamCutsOffAConsumerThatDoesNotRead(t *testing.T) {
+	th := startHub(t, "")
+	p := th.newProduct(t, map[string]any{})
+	d := th.newDevice(t, p, "big-1")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(th.HTTPURL(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/stream?kinds=measurepoints HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer %s\r\n\r\n", th.AdminKey())
+	time.Sleep(300 * time.Millisecond) // the stream is open; from here on nothing is read
+
+	c := connect(t, deviceOptions("tcp://"+th.MQTTAddr(), p.ProductKey, d.DeviceKey, d.DeviceSecret, sign.ModeStatic))
+	up := "/sys/" + p.ProductKey + "/" + d.DeviceKey + "/thing/measurepoint/post"
+	blob := strings.Repeat("x", 50000)
+	const posts = 300 // 15 MB: more than the socket buffers hold
+	for i := 1; i <= posts; i++ {
+		body := fmt.Sprintf(`{"id":"%d","method":"thing.measurepoint.post","params":{"measurepoints":{"n":%d,"blob":"%s"}}}`, i, i, blob)
+		if tok := c.Publish(up, 1, false, body); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("post %d: %v", i, tok.Error())
+		}
+	}
+	time.Sleep(12 * time.Second) // past the write deadline
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := io.Copy(io.Discard, conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the stream of a consumer that did not read is still open after %d bytes", n)
+	}
+	if n >= int64(posts*len(blob)) {
+		t.Fatalf("the consumer got all %d bytes: it was never behind", n)
+	}
+	t.Logf("cut off after %d of %d bytes", n, posts*len(blob))
+}
