@@ -8,7 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -70,8 +70,7 @@ type Server struct {
 	pmu     sync.Mutex
 	pending map[string]*pendingCall
 	ended   map[iothub.DeviceID]time.Time // last-seen of ended sessions, awaiting flush
-	callSeq atomic.Uint64
-	callTag string
+	callSeq atomic.Uint32                 // numbers downstream requests (see nextCallID)
 
 	limits   *limiters
 	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
@@ -153,8 +152,6 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   3600,
 	})
-	tag := make([]byte, 4)
-	_, _ = rand.Read(tag)
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -167,12 +164,14 @@ func New(cfg Config) (*Server, error) {
 		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
-		callTag:    hex.EncodeToString(tag),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
 	}
+	var start [4]byte
+	_, _ = rand.Read(start[:])
+	s.callSeq.Store(binary.BigEndian.Uint32(start[:]) % 1_000_000_000)
 	if cfg.TLS != nil {
 		s.tlsConf = serverTLS(cfg.TLS)
 	}
