@@ -60,6 +60,9 @@ type Config struct {
 	// MetricsPublic also serves /metrics on the HTTPS listener; by default
 	// it is served only on the management listener (HTTPAddr, loopback).
 	MetricsPublic bool
+	// TLSLegacySuites offers iothub.LegacyTLS12CipherSuites on MQTT over
+	// TLS (only there) to devices that cannot do ECDHE. Off by default.
+	TLSLegacySuites bool
 	// Durability says what a commit (and so an acknowledged post) survives:
 	// DurabilityProcess (default) a crash of the process, DurabilityPower
 	// also a power loss or OS crash, at the cost of an fsync per commit on
@@ -189,7 +192,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(),
+		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err

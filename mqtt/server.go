@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,9 @@ type Config struct {
 	// copies it and applies its own policy (TLS 1.2+, AEAD ECDHE suites,
 	// optional client certificate verified by Certs).
 	TLS *tls.Config
+	// LegacySuites adds iothub.LegacyTLS12CipherSuites to the TLS
+	// listener, after the strong ones, for devices that cannot do ECDHE.
+	LegacySuites bool
 	// MaxPayload caps a PUBLISH payload (0: DefaultMaxPayload).
 	MaxPayload int
 	// Now is the clock (nil: time.Now).
@@ -173,7 +177,10 @@ func New(cfg Config) (*Server, error) {
 	_, _ = rand.Read(start[:])
 	s.callSeq.Store(binary.BigEndian.Uint32(start[:]) % 1_000_000_000)
 	if cfg.TLS != nil {
-		s.tlsConf = serverTLS(cfg.TLS)
+		s.tlsConf = serverTLS(cfg.TLS, cfg.LegacySuites)
+		if cfg.LegacySuites {
+			s.log.Warn("mqtt: legacy TLS 1.2 suites with RSA key exchange are on (--tls-legacy-suites): no forward secrecy for the devices that use them")
+		}
 	}
 	if err := b.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, err
@@ -200,11 +207,15 @@ func (s *Server) notStored(kind string) func(items int, err error) {
 	}
 }
 
-// serverTLS applies the hub's TLS policy to a copy of base.
-func serverTLS(base *tls.Config) *tls.Config {
+// serverTLS applies the hub's TLS policy to a copy of base, with the
+// legacy suites after the strong ones if asked.
+func serverTLS(base *tls.Config, legacy bool) *tls.Config {
 	c := base.Clone()
 	c.MinVersion = tls.VersionTLS12
 	c.CipherSuites = iothub.TLS12CipherSuites
+	if legacy {
+		c.CipherSuites = append(slices.Clone(iothub.TLS12CipherSuites), iothub.LegacyTLS12CipherSuites...)
+	}
 	// The chain is verified by CertificateService.AuthorizeClient against
 	// the hub CA and the product's verified external CAs, so the handshake
 	// only asks for a certificate.
@@ -329,6 +340,9 @@ func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 			return
 		}
 		l.met.handshakes.Inc()
+		if slices.Contains(iothub.LegacyTLS12CipherSuites, tc.ConnectionState().CipherSuite) {
+			l.met.legacyHandshakes.Inc()
+		}
 		c = tc
 	}
 	if l.end.Load() {
