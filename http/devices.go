@@ -58,11 +58,8 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request, p iothub.P
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	d, err := iothub.NewDevice(prod, req.DeviceKey, req.Name, s.Now())
+	d, err := iothub.CreateDevice(r.Context(), s.Store, prod, req.DeviceKey, req.Name, s.Now())
 	if err != nil {
-		return err
-	}
-	if err := s.Store.CreateDevice(r.Context(), d); err != nil {
 		return err
 	}
 	s.audit(r.Context(), iothub.AuditEvent{OrgID: d.OrgID, Kind: "device.created", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Remote: remoteIP(r)})

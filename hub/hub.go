@@ -55,7 +55,11 @@ type Config struct {
 	// (default: ECDSA to clients that list ECDSA first, RSA-2048 to the
 	// rest), ServerKeyRSA or ServerKeyECDSA.
 	ServerKey string
-	Logger    *slog.Logger
+	// LoginMaxSkew, when positive, refuses MQTT logins whose signed
+	// timestamp is further than this from the hub's clock (off by default,
+	// as in EnOS).
+	LoginMaxSkew time.Duration
+	Logger       *slog.Logger
 }
 
 // Default addresses, as API.md fixes them.
@@ -183,7 +187,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(),
+		TLS: h.tlsConfig(), LoginMaxSkew: cfg.LoginMaxSkew,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err

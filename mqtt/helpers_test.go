@@ -217,13 +217,23 @@ func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string
 // dialV5 is connectV5 that also returns the open connection, for the
 // caller to close.
 func dialV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
+	return dialV5From(t, "", addr, tc, cid, user, pass)
+}
+
+// dialV5From is dialV5 from a chosen local IP ("" lets the kernel choose),
+// so that tests can log in from several source addresses (127.0.0.0/8).
+func dialV5From(t testing.TB, local, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
 	t.Helper()
+	d := &net.Dialer{}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
 	var c net.Conn
 	var err error
 	if tc != nil {
-		c, err = tls.Dial("tcp", addr, tc)
+		c, err = tls.DialWithDialer(d, "tcp", addr, tc)
 	} else {
-		c, err = net.Dial("tcp", addr)
+		c, err = d.Dial("tcp", addr)
 	}
 	if err != nil {
 		t.Fatal(err)

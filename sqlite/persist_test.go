@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"reflect"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	}
 	gp, err := db.Product(ctx, "pk")
 	must(t, err)
-	if *gp != *p {
+	if !reflect.DeepEqual(gp, p) {
 		t.Fatalf("product after reopen %+v, want %+v", gp, p)
 	}
 	gd, err := db.Device(ctx, "pk", "d")
