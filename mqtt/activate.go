@@ -37,8 +37,9 @@ func (s *Server) loginActivation(ctx context.Context, cl *mochi.Client, l sign.L
 		l.Verify(dummySecret, password)
 		return nil, &refusal{code: codeBadCredentials, reason: "activation: unknown product"}
 	}
-	if !p.AllowsSignMethod(string(l.SignMethod)) {
-		return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "activation: sign method " + string(l.SignMethod) + " not allowed for the product"}
+	if ref := s.loginPolicy(p, l, now); ref != nil {
+		ref.reason = "activation: " + ref.reason
+		return nil, ref
 	}
 	if !l.Verify(p.ProductSecret, password) {
 		return nil, &refusal{code: codeBadCredentials, orgID: p.OrgID, reason: "activation: bad product signature"}

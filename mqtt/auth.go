@@ -57,8 +57,6 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	switch {
 	case err != nil:
 		ref = &refusal{code: codeBadCredentials, reason: "malformed login: " + err.Error(), failed: true}
-	case !s.fresh(l.Timestamp, now):
-		ref = &refusal{code: codeNotAuthorized, reason: "login timestamp outside the freshness window", failed: true}
 	case l.SecureMode == sign.ModeStatic:
 		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	case l.SecureMode == sign.ModeDynamic:
@@ -152,8 +150,8 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		l.Verify(dummySecret, password)
 		return nil, &refusal{code: codeBadCredentials, reason: "unknown product", failed: true}
 	}
-	if !p.AllowsSignMethod(string(l.SignMethod)) {
-		return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "sign method " + string(l.SignMethod) + " not allowed for the product"}
+	if ref := s.loginPolicy(p, l, now); ref != nil {
+		return nil, ref
 	}
 	var serial string
 	var notAfter time.Time
@@ -204,6 +202,19 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		ss.offlineTimeout = time.Duration(p.OfflineTimeoutSec) * time.Second
 	}
 	return ss, nil
+}
+
+// loginPolicy applies a product's login rules that need no device: the
+// sign methods it accepts and the freshness window of the signed timestamp.
+func (s *Server) loginPolicy(p *iothub.Product, l sign.Login, now time.Time) *refusal {
+	if !p.AllowsSignMethod(string(l.SignMethod)) {
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "sign method " + string(l.SignMethod) + " not allowed for the product"}
+	}
+	if !s.fresh(l.Timestamp, now) {
+		// A replay of a captured CONNECT: counted as a failed login.
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "login timestamp outside the freshness window", failed: true}
+	}
+	return nil
 }
 
 // overTLS reports whether a client is connected over TLS.

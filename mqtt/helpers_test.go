@@ -19,9 +19,9 @@ import (
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/pki"
-	"github.com/iothub/iothub/seal"
 	"github.com/iothub/iothub/sign"
 	"github.com/iothub/iothub/sqlite"
+	"github.com/iothub/iothub/sqlite/sqlitetest"
 )
 
 // testHub is a real hub: a SQLite file, the in-process bus and the MQTT
@@ -64,19 +64,7 @@ func withPKI(h *testHub, c *Config) {
 func newTestHub(t testing.TB, opts ...hubOption) *testHub {
 	t.Helper()
 	dir := t.TempDir()
-	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sqlite.Open(filepath.Join(dir, "hub.db"), sealer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := sqlitetest.Open(t, dir)
 	h := &testHub{t: t, dir: dir, db: db, bus: inmem.NewBus()}
 	h.cfg = Config{Store: db, Bus: h.bus}
 	for _, o := range opts {

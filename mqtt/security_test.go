@@ -315,6 +315,20 @@ func TestI1LoginFreshness(t *testing.T) {
 			t.Fatalf("timestamp %s: %#x, want %#x", ts, got, want)
 		}
 	}
+	h.srv.side.Sync()
+	events, _ := h.db.AuditEvents(context.Background(), "", 100)
+	stale := 0
+	for _, e := range events {
+		if strings.Contains(e.Reason, "freshness window") {
+			stale++
+			if e.OrgID != iothub.DefaultOrgID {
+				t.Fatalf("stale login audited without its org: %+v", e)
+			}
+		}
+	}
+	if stale != 5 {
+		t.Fatalf("%d stale logins audited, want 5", stale)
+	}
 	// Off by default.
 	off := newTestHub(t)
 	op := off.product("pki1", nil)
