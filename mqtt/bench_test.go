@@ -136,8 +136,8 @@ func benchServer(b *testing.B, n int) (*Server, []*mochi.Client) {
 }
 
 // BenchmarkConnectAuth is the securemode 2 decision of a CONNECT: parse,
-// throttle check, product and device read (from the login cache, or from
-// SQLite with the cache off), signature.
+// product and device read (from the login cache, or from SQLite with the
+// cache off), product login policy, signature.
 func BenchmarkConnectAuth(b *testing.B) {
 	b.Run("cached", func(b *testing.B) { benchConnectAuth(b, true) })
 	b.Run("store", func(b *testing.B) { benchConnectAuth(b, false) })
