@@ -173,6 +173,7 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 		case "":
 			products[i] = p
 		case iothub.ENOTFOUND:
+			s.registerRefused(ss, "product not found: "+r.ProductKey)
 			return nil, codeNotFound, "product not found: " + r.ProductKey
 		case iothub.EFORBIDDEN:
 			s.registerRefused(ss, iothub.ErrorMessage(err))

@@ -141,8 +141,8 @@ func TestF1RegisterOnlyFromGateway(t *testing.T) {
 			}
 		}
 	}
-	if refused < 4 {
-		t.Fatalf("%d refusals audited, want at least 4", refused)
+	if refused < 6 {
+		t.Fatalf("%d refusals audited, want at least 6", refused)
 	}
 }
 
