@@ -69,7 +69,11 @@ type Config struct {
 	// SQLite. PostgreSQL keeps its own setting (synchronous_commit, on by
 	// default: power-safe).
 	Durability string
-	Logger     *slog.Logger
+	// LoginMaxSkew, when positive, refuses MQTT logins whose signed
+	// timestamp is further than this from the hub's clock (off by default,
+	// as in EnOS).
+	LoginMaxSkew time.Duration
+	Logger       *slog.Logger
 }
 
 // Durability levels of Config.Durability.
@@ -192,7 +196,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites,
+		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err

@@ -24,6 +24,7 @@ const (
 	codeEmpty        = 1251
 	codeMismatch     = 1260
 	codeInternal     = 500
+	codeTooMany      = 429 // rate-limited: retry later
 	// codeNotStored answers a post the store could not take (disk full,
 	// database down): nothing was stored and the device should retry. Its
 	// PUBACK is withheld (MQTT 5: reason 0x80), so an SDK resends it.

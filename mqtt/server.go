@@ -51,6 +51,11 @@ type Config struct {
 	LegacySuites bool
 	// MaxPayload caps a PUBLISH payload (0: DefaultMaxPayload).
 	MaxPayload int
+	// LoginMaxSkew, when positive, refuses a login whose signed timestamp
+	// (ms since the epoch) is further than this from the hub's clock, so a
+	// captured CONNECT cannot be replayed later. Off (0) by default: EnOS
+	// does not check it and the C SDK signs a fixed timestamp.
+	LoginMaxSkew time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 }
