@@ -125,7 +125,7 @@ func TestActivationFlow(t *testing.T) {
 		}
 	}
 	all := strings.Join(kinds, "\n")
-	for _, want := range []string{"activation.ok", "770: device already activated", "770: dynamic activation is off", "device.registered"} {
+	for _, want := range []string{"activation.ok", "770: device already activated", "770: dynamic activation is off", "device.created:by securemode 3 auto-registration"} {
 		if !strings.Contains(all, want) {
 			t.Fatalf("audit lacks %q:\n%s", want, all)
 		}
