@@ -124,6 +124,7 @@ type Store interface {
 	ProductStore
 	DeviceStore
 	TelemetryStore
+	TopologyStore
 	CertStore
 	RequestLog
 	AuditLog

@@ -235,3 +235,14 @@ type AuditLog interface {
 	AuditBatch(ctx context.Context, events []AuditEvent) error
 	AuditEvents(ctx context.Context, orgID string, limit int) ([]AuditEvent, error)
 }
+
+// TopologyStore keeps which sub-devices each gateway connects.
+type TopologyStore interface {
+	// AddSubDevices puts devices in a gateway's topology; a device in
+	// another gateway's topology is ECONFLICT.
+	AddSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
+	SubDevices(ctx context.Context, gateway DeviceID) ([]DeviceID, error)
+	// GatewayOf returns the gateway whose topology holds sub, or ENOTFOUND.
+	GatewayOf(ctx context.Context, sub DeviceID) (DeviceID, error)
+	RemoveSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
+}

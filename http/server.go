@@ -110,6 +110,7 @@ func NewServer(cfg Config) *Server {
 	s.registerIAM()
 	s.registerProducts()
 	s.registerDevices()
+	s.registerTopology()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	return s

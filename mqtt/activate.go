@@ -200,6 +200,15 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 		}
 		res = append(res, registeredDevice{d.AssetID, d.ProductKey, d.DeviceKey, d.DeviceSecret})
 	}
+	// The gateway registered them to connect them: they join its topology.
+	subs := make([]iothub.DeviceID, len(res))
+	for i, d := range res {
+		subs[i] = iothub.DeviceID{ProductKey: d.ProductKey, DeviceKey: d.DeviceKey}
+	}
+	if err := s.cfg.Store.AddSubDevices(ctx, ss.dev, subs); err != nil {
+		s.removeRegistered(ctx, res)
+		return nil, codeNotStored, msgNotStored
+	}
 	return res, codeOK, ""
 }
 

@@ -154,6 +154,10 @@ func TestGatewayRegistersSubDevices(t *testing.T) {
 	if r["code"] != 702.0 {
 		t.Fatalf("duplicate register: %v", r)
 	}
+	// What a gateway registers joins its topology.
+	if gw, err := h.db.GatewayOf(context.Background(), iothub.DeviceID{ProductKey: "pksub", DeviceKey: "child1"}); err != nil || gw.DeviceKey != "gw" {
+		t.Fatalf("registered device's gateway: %v %v", gw, err)
+	}
 }
 
 // Activation attempts are throttled per source address, valid or not.

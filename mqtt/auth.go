@@ -317,9 +317,16 @@ func (s *Server) startTimer(ss *session, now time.Time) {
 	ss.timer = time.AfterFunc(d, func() { s.kick(ss, codeNotAuthorized, reason) })
 }
 
-// kick closes a session from the hub's side.
+// kick closes a session from the hub's side. A sub-device is logged out
+// of its gateway's connection, which stays, and the gateway is told when
+// the device was disabled or deleted.
 func (s *Server) kick(ss *session, code packets.Code, reason string) {
 	s.met.kicks.WithLabelValues(reason).Inc()
+	if ss.gateway != nil {
+		notice := map[string]string{"device_disabled": "disable", "device_deleted": "delete"}[reason]
+		s.endSub(ss, notice)
+		return
+	}
 	if ss.cl.Properties.ProtocolVersion == 5 {
 		_ = s.broker.DisconnectClient(ss.cl, code)
 		return
@@ -334,6 +341,7 @@ func (s *Server) endSession(ss *session) {
 	if !found {
 		return
 	}
+	s.endSubs(ss)
 	if ss.timer != nil {
 		ss.timer.Stop()
 	}

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,13 @@ type session struct {
 	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
 	refusals    atomic.Int32 // posts refused in a row for want of storage
 	timer       *time.Timer  // certificate expiry or activation deadline
+
+	// gateway is set on a sub-device's session: the gateway session whose
+	// connection (cl) it uses.
+	gateway *session
+	// subs are a gateway's logged-in sub-devices by /sys/ prefix.
+	subMu sync.RWMutex
+	subs  map[string]*session
 }
 
 // Topic prefixes of a device.
@@ -64,7 +72,7 @@ func (s *session) allow(topic string, write bool) bool {
 		}
 		return strings.HasPrefix(topic, s.extPrefix)
 	}
-	return strings.HasPrefix(topic, s.sysPrefix) || strings.HasPrefix(topic, s.extPrefix)
+	return strings.HasPrefix(topic, s.sysPrefix) || strings.HasPrefix(topic, s.extPrefix) || s.subFor(topic) != nil
 }
 
 // touch records inbound activity.
