@@ -127,11 +127,26 @@ func (s *Server) checkSubDevice(ctx context.Context, gw *session, e signedEntry)
 		return nil, codeNotStored, msgNotStored
 	case err != nil || d.OrgID != gw.orgID:
 		l.Verify(dummySecret, e.Sign)
-		return nil, codeNotFound, fmt.Sprintf("device %s/%s not found", e.ProductKey, e.DeviceKey)
+		code, msg := s.subFailure(gw, e, codeNotFound, fmt.Sprintf("device %s/%s not found", e.ProductKey, e.DeviceKey))
+		return nil, code, msg
 	case !l.Verify(d.DeviceSecret, e.Sign):
-		return nil, codeSignFailed, fmt.Sprintf("sign check failed for %s/%s", e.ProductKey, e.DeviceKey)
+		code, msg := s.subFailure(gw, e, codeSignFailed, fmt.Sprintf("sign check failed for %s/%s", e.ProductKey, e.DeviceKey))
+		return nil, code, msg
 	}
 	return d, codeOK, ""
+}
+
+// subFailure counts a failed sub-device credential like a failed login
+// (per device and gateway, and per gateway): the right signature is never
+// throttled, and once the buckets are empty the failures are answered
+// 429 and the gateway is disconnected after the reply, so that guessing
+// costs a reconnect.
+func (s *Server) subFailure(gw *session, e signedEntry, code int, msg string) (int, string) {
+	if s.limits.failed(e.ProductKey+"/"+e.DeviceKey, "gateway "+gw.dev.ProductKey+"/"+gw.dev.DeviceKey, s.now()) {
+		gw.closeAfterReply.Store(true)
+		return codeTooMany, "too many failed sub-device credentials; retry later"
+	}
+	return code, msg
 }
 
 func (s *Server) topoAdd(ctx context.Context, gw *session, params json.RawMessage) (any, int, string) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,5 +196,33 @@ func TestGatewayRefusals(t *testing.T) {
 	}
 	if tok := gw.Subscribe("/sys/pkplain/outsider/#", 0, nil); tok.WaitTimeout(5*time.Second) && tok.(*paho.SubscribeToken).Result()["/sys/pkplain/outsider/#"] != 0x80 {
 		t.Fatal("a gateway may subscribe to a device it has not logged in")
+	}
+}
+
+// Wrong sub-device signatures are counted like failed logins: past the
+// buckets the gateway is told 429 and disconnected; the right signature
+// still works after it reconnects.
+func TestGatewayGuessingSubDeviceSecretsIsThrottled(t *testing.T) {
+	h := newTestHub(t)
+	gwP := h.product("pkgw", func(p *iothub.Product) { p.NodeType = iothub.NodeGateway })
+	subP := h.product("pksub", nil)
+	gwD, a := h.device(gwP, "gw"), h.device(subP, "a")
+	gw := h.connect(t, "pkgw", "gw", gwD.DeviceSecret)
+	var codes []float64
+	for range 30 {
+		if !gw.IsConnectionOpen() {
+			break
+		}
+		bad := signedSub(t, a, "a", "sha256", false)
+		bad["sign"] = strings.Repeat("0", 64)
+		codes = append(codes, ask(t, gw, "/sys/pkgw/gw/thing/topo/add", req("thing.topo.add", []any{bad}))["code"].(float64))
+	}
+	if codes[0] != 742 || codes[len(codes)-1] != 429 {
+		t.Fatalf("codes %v: want 742 first, then 429", codes)
+	}
+	eventually(t, "gateway disconnected", func() bool { return !gw.IsConnectionOpen() })
+	gw = h.connect(t, "pkgw", "gw", gwD.DeviceSecret)
+	if r := ask(t, gw, "/sys/pkgw/gw/thing/topo/add", req("thing.topo.add", []any{signedSub(t, a, "a", "sha256", false)})); r["code"] != 200.0 {
+		t.Fatalf("the right signature after the throttle: %v", r)
 	}
 }

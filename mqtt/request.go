@@ -169,6 +169,10 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 	defer cancel()
 	data, code, msg := handler(s, ctx, target, req.Params)
 	s.reply(ss, topic, req.ID, code, data, msg)
+	if ss.closeAfterReply.Load() {
+		s.kick(ss, codeBusy, "throttled")
+		return answered
+	}
 	if code == codeNotStored {
 		s.refused(ss)
 		return notStored

@@ -38,7 +38,9 @@ type session struct {
 	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
 	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
 	refusals    atomic.Int32 // posts refused in a row for want of storage
-	timer       *time.Timer  // certificate expiry or activation deadline
+	// closeAfterReply ends the session once the current request is answered.
+	closeAfterReply atomic.Bool
+	timer           *time.Timer // certificate expiry or activation deadline
 
 	// gateway is set on a sub-device's session: the gateway session whose
 	// connection (cl) it uses.
