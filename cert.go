@@ -77,5 +77,6 @@ type Store interface {
 	TelemetryStore
 	CertStore
 	AuditLog
+	ChangeLog
 	Close() error
 }

@@ -16,9 +16,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/changes"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/mqtt"
@@ -55,7 +57,10 @@ type Config struct {
 	// (default: ECDSA to clients that list ECDSA first, RSA-2048 to the
 	// rest), ServerKeyRSA or ServerKeyECDSA.
 	ServerKey string
-	Logger    *slog.Logger
+	// ReconcileEvery is how often the node reads the change log for what
+	// the bus did not bring (changes.DefaultEvery if 0).
+	ReconcileEvery time.Duration
+	Logger         *slog.Logger
 }
 
 // Default addresses, as API.md fixes them.
@@ -72,6 +77,7 @@ type Hub struct {
 	log     *slog.Logger
 	db      iothub.Store
 	natsBus *natsbus.Bus
+	changes *changes.Bus
 	auth    *pki.Authority
 	certs   *pki.Service
 	broker  *mqtt.Server
@@ -165,15 +171,28 @@ func Open(cfg Config) (h *Hub, err error) {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
-	var bus iothub.Bus = inmem.NewBus()
+	// The bus is the fast path; the change log in the store is the truth
+	// every node catches up from, periodically and when NATS reconnects.
+	var fast iothub.Bus = inmem.NewBus()
+	var durable atomic.Pointer[changes.Bus]
 	if cfg.NATSURL != "" {
-		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log})
+		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log, OnReconnect: func() {
+			if d := durable.Load(); d != nil {
+				d.Reconcile()
+			}
+		}})
 		if err != nil {
 			closeAll(httpLn, httpsLn)
 			return nil, err
 		}
-		h.natsBus, bus = nb, nb
+		h.natsBus, fast = nb, nb
 	}
+	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	durable.Store(h.changes)
+	var bus iothub.Bus = h.changes
 	if h.certs, err = pki.NewService(h.auth, h.db, bus, h.log); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -350,6 +369,9 @@ func (h *Hub) Close() error {
 	}
 	if h.certs != nil {
 		h.certs.Close()
+	}
+	if h.changes != nil {
+		h.changes.Close()
 	}
 	if h.natsBus != nil {
 		errs = append(errs, h.natsBus.Close())

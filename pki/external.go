@@ -32,37 +32,43 @@ func (s *Service) loadExternalCAs(ctx context.Context) error {
 		return err
 	}
 	for _, p := range products {
-		cas, err := s.store.ExternalCAs(ctx, p.ProductKey)
-		if err != nil {
+		if err := s.loadProductCAs(ctx, p.ProductKey); err != nil {
 			return err
-		}
-		for _, ca := range cas {
-			if !ca.Verified {
-				continue
-			}
-			c, err := parseCertPEM(ca.CertPEM, "external CA certificate")
-			if err != nil {
-				s.log.Error("pki: stored external CA does not parse; it is not trusted", "id", ca.ID, "err", err)
-				continue
-			}
-			s.trust(ca.ProductKey, c)
 		}
 	}
 	return nil
 }
 
-// trust adds a verified external CA to its product's pool.
-func (s *Service) trust(productKey string, c *x509.Certificate) {
+// loadProductCAs replaces the product's pool with its verified external
+// CAs as stored.
+func (s *Service) loadProductCAs(ctx context.Context, productKey string) error {
+	cas, err := s.store.ExternalCAs(ctx, productKey)
+	if err != nil {
+		return err
+	}
+	var pool *x509.CertPool
+	for _, ca := range cas {
+		if !ca.Verified {
+			continue
+		}
+		c, err := parseCertPEM(ca.CertPEM, "external CA certificate")
+		if err != nil {
+			s.log.Error("pki: stored external CA does not parse; it is not trusted", "id", ca.ID, "err", err)
+			continue
+		}
+		if pool == nil {
+			pool = x509.NewCertPool()
+		}
+		pool.AddCert(c)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pool := s.external[productKey]
 	if pool == nil {
-		pool = x509.NewCertPool()
+		delete(s.external, productKey)
 	} else {
-		pool = pool.Clone() // readers hold the old pool without a lock
+		s.external[productKey] = pool // readers hold the old pool without a lock
 	}
-	pool.AddCert(c)
-	s.external[productKey] = pool
+	return nil
 }
 
 // RegisterCA records certPEM, a customer's CA certificate, for product p
@@ -152,8 +158,14 @@ func (s *Service) VerifyCA(ctx context.Context, id, proofPEM string) (*iothub.Ex
 	if err := s.store.MarkExternalCAVerified(ctx, id, now); err != nil {
 		return nil, err
 	}
-	s.trust(ca.ProductKey, caCert)
+	if err := s.loadProductCAs(ctx, ca.ProductKey); err != nil {
+		// Stored as verified: the other nodes and the next start trust it.
+		s.log.Error("pki: reload external CAs after verification", "productKey", ca.ProductKey, "err", err)
+	}
 	ca.Verified, ca.VerifiedAt = true, &now
+	if err := s.bus.Publish(ctx, iothub.Event{Kind: iothub.EventCAChanged, ProductKey: ca.ProductKey}); err != nil {
+		s.log.Error("pki: publish CA verification", "id", id, "err", err)
+	}
 	s.log.Info("pki: external CA verified", "id", id, "productKey", ca.ProductKey)
 	return ca, nil
 }

@@ -180,26 +180,22 @@ func (s *Service) tick(now time.Time) {
 // onEvent keeps the revoked set in step with revocations made by other
 // hub nodes sharing the store. It must not block: it loads in a goroutine.
 func (s *Service) onEvent(e iothub.Event) {
-	if e.Kind != iothub.EventCertRevoked || e.Serial == "" || s.IsRevoked(e.Serial) {
+	if e.Kind == iothub.EventCAChanged && e.ProductKey != "" {
+		s.load(func(ctx context.Context) {
+			if err := s.loadProductCAs(ctx, e.ProductKey); err != nil {
+				s.log.Error("pki: reload external CAs", "productKey", e.ProductKey, "err", err)
+			}
+		})
 		return
 	}
-	s.mu.Lock()
-	closed := s.closed
-	if !closed {
-		s.loads.Add(1)
-	}
-	s.mu.Unlock()
-	if closed {
+	if e.Kind != iothub.EventCertRevoked || e.Serial == "" || s.IsRevoked(e.Serial) {
 		return
 	}
 	// Refuse the serial from now on: a device reconnecting to this node
 	// before the store read below must not get back in.
 	s.setHeard(e.Serial, true)
-	go func() {
-		defer s.loads.Done()
+	s.load(func(ctx context.Context) {
 		defer s.setHeard(e.Serial, false)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
 		c, err := s.store.Certificate(ctx, e.Serial)
 		if err != nil || c.RevokedAt == nil {
 			return // not revoked after all: the announcement alone does not count
@@ -209,6 +205,26 @@ func (s *Service) onEvent(e iothub.Event) {
 				s.log.Error("pki: sign CRL", "err", err)
 			}
 		}
+	})
+}
+
+// load runs fn, a store read after a bus event, in its own goroutine
+// unless Close has begun; Close waits for it.
+func (s *Service) load(fn func(ctx context.Context)) {
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.loads.Add(1)
+	}
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	go func() {
+		defer s.loads.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		fn(ctx)
 	}()
 }
 

@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Attributes", testAttributes},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
+		{"ChangeLog", testChangeLog},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
 	}
