@@ -20,7 +20,14 @@ const (
 	EventProductChanged EventKind = "product.changed"
 	// EventCAChanged: the product's set of verified external CAs changed.
 	EventCAChanged EventKind = "ca.changed"
+	// EventSessionOpened: the device logged in on node Node at At; other
+	// nodes close their older session of it (one session per device).
+	EventSessionOpened EventKind = "session.opened"
 )
+
+// Logged reports whether events of kind k go into the ChangeLog. Session
+// notices do not: the device rows name each session's node already.
+func (k EventKind) Logged() bool { return k != EventSessionOpened }
 
 // Event is a notice on the Bus.
 type Event struct {
@@ -31,6 +38,9 @@ type Event struct {
 	Reason     string    `json:"reason,omitempty"`
 	// Change is the event's id in the ChangeLog (0 when it was not logged).
 	Change int64 `json:"change,omitempty"`
+	// Node and At: where and when a session opened (EventSessionOpened).
+	Node string    `json:"node,omitempty"`
+	At   time.Time `json:"at,omitzero"`
 }
 
 // Bus carries events between the parts of one hub and, with NATS, between

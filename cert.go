@@ -78,5 +78,6 @@ type Store interface {
 	CertStore
 	AuditLog
 	ChangeLog
+	NodeStore
 	Close() error
 }

@@ -95,6 +95,9 @@ func (b *Bus) Publish(ctx context.Context, e iothub.Event) error {
 	if e.Kind == "" {
 		return iothub.Errorf(iothub.EINVALID, "event needs a kind")
 	}
+	if !e.Kind.Logged() {
+		return b.inner.Publish(ctx, e)
+	}
 	id, logErr := b.log.AppendChange(ctx, e, time.Now())
 	if logErr != nil {
 		logErr = fmt.Errorf("changes: log %s: %w", e.Kind, logErr)

@@ -198,11 +198,16 @@ func Open(cfg Config) (h *Hub, err error) {
 		return nil, err
 	}
 
+	node, err := nodeID(filepath.Join(cfg.DataDir, "node.id"))
+	if err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(),
+		TLS: h.tlsConfig(), Node: node,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -315,6 +320,29 @@ func (h *Hub) ensureAdminKey() error {
 	return nil
 }
 
+// nodeID reads the node's name from path, creating it on first start. It
+// stays with the data directory, so a restarted node knows which sessions
+// it held; nodes of a cluster must not share the file.
+func nodeID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	host, _ := os.Hostname()
+	id := iothub.RandomString(12)
+	if host != "" {
+		id = host + "-" + id
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	return id, nil
+}
+
 func listen(addr string) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
@@ -352,6 +380,11 @@ func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
 
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }
+
+// HasSession reports whether the device has a live session on this node.
+func (h *Hub) HasSession(productKey, deviceKey string) bool {
+	return h.broker.Online(productKey, deviceKey)
+}
 
 // Store is the node's registry.
 func (h *Hub) Store() iothub.Store { return h.db }

@@ -68,6 +68,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 
 	ss.cl = cl
 	ss.remote = remote
+	ss.loginAt = now
 	ss.touch(now)
 	// mochi takes over sessions by client id: naming the client after the
 	// device makes a second login of the same device replace the first
@@ -108,10 +109,13 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		// Registered first, so a disable from here on finds the session; a
 		// disable that landed since the device was read makes the queued
 		// online write fail, and refuseLate closes the session.
-		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now}
+		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node}
 		it.ss = ss
 	}
 	s.side.Add(it)
+	if !ss.activation {
+		s.announceLogin(ss)
+	}
 	return nil
 }
 
@@ -307,5 +311,5 @@ func (s *Server) endSession(ss *session) {
 	}
 	// Offline replaces only online: a disable, reset or deletion that
 	// landed meanwhile keeps its state.
-	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now()}})
+	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now(), Node: s.cfg.Node}})
 }

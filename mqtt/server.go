@@ -44,6 +44,11 @@ type Config struct {
 	MaxPayload int
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Node names this hub node in the shared store, stable across its
+	// restarts: the sessions it opens are recorded under it, a restart
+	// ends those a crash left, and other nodes end them once its lease
+	// expires. Empty: a random name, for a single run.
+	Node string
 }
 
 // Server is the MQTT side of the hub. It implements iothub.DeviceGateway.
@@ -73,6 +78,7 @@ type Server struct {
 	side    *sideWriter    // login/logout states and audit rows, batched
 	reg     *registryCache // nil without a bus: nothing would invalidate it
 
+	instance   string // this run's lease token
 	touchEvery time.Duration
 	unsub      func()
 	stop       chan struct{}
@@ -144,6 +150,9 @@ func New(cfg Config) (*Server, error) {
 	})
 	tag := make([]byte, 4)
 	_, _ = rand.Read(tag)
+	if cfg.Node == "" {
+		cfg.Node = iothub.RandomString(16)
+	}
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -157,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
 		callTag:    hex.EncodeToString(tag),
+		instance:   iothub.RandomString(16),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		stop:       make(chan struct{}),
@@ -169,6 +179,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
+	}
+	if err := s.startLease(); err != nil {
+		return nil, err
 	}
 	s.samples = newSampleWriter(cfg.Store, cfg.Logger, 100*time.Millisecond, 500)
 	s.side = newSideWriter(cfg.Store, cfg.Logger, s.refuseLate, sideInterval, sideBatch)
@@ -224,8 +237,9 @@ func (s *Server) Serve() error {
 	if s.cfg.Bus != nil {
 		s.unsub = s.cfg.Bus.Subscribe(s.onEvent)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.sweep()
+	go s.lease()
 	return s.broker.Serve()
 }
 
@@ -244,6 +258,11 @@ func (s *Server) Close() error {
 		s.samples.Close()
 		s.side.Close() // after the broker: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.cfg.Store.StopNode(ctx, s.cfg.Node, s.instance); err != nil {
+			s.log.Warn("mqtt: giving up the node's lease; other nodes reap it when it expires", "node", s.cfg.Node, "error", err)
+		}
+		cancel()
 	})
 	return err
 }

@@ -213,16 +213,16 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 			res[i] = nil
 			if c.State == iothub.StateOffline {
 				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
-					WHERE product_key = $1 AND device_key = $2 AND state = 'online'`, pk, dk); err != nil {
+					WHERE product_key = $1 AND device_key = $2 AND state = 'online' AND node_id = $3`, pk, dk, c.Node); err != nil {
 					return wrap("apply device states", err)
 				}
 				continue
 			}
 			t := sqlstore.MS(db.truncMS(c.At))
-			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online',
+			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online', node_id = $4,
 					activated_at = COALESCE(activated_at, $1),
 					last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 THEN $1 ELSE last_seen_at END
-				WHERE product_key = $2 AND device_key = $3 AND state <> 'disabled'`, t, pk, dk)
+				WHERE product_key = $2 AND device_key = $3 AND state <> 'disabled'`, t, pk, dk, c.Node)
 			if err != nil {
 				return wrap("apply device states", err)
 			}

@@ -57,6 +57,7 @@ type DB struct {
 	stProduct      *sql.Stmt // read
 	stTouch        *sql.Stmt // write
 	stSetState     *sql.Stmt // write
+	stOnline       *sql.Stmt // write: a login on a node
 	stAudit        *sql.Stmt // write
 	stDeviceExists *sql.Stmt // write (used inside write transactions)
 	stLastSeq      *sql.Stmt // write: device exists?, newest sample seq
@@ -182,6 +183,10 @@ func (db *DB) prepare() error {
 			activated_at = CASE WHEN ? AND activated_at IS NULL THEN ? ELSE activated_at END,
 			last_seen_at = CASE WHEN ? AND (last_seen_at IS NULL OR last_seen_at < ?) THEN ? ELSE last_seen_at END
 			WHERE product_key = ? AND device_key = ? AND (state <> 'disabled' OR ?)`},
+		{&db.stOnline, db.write, `UPDATE devices SET state = 'online', node_id = ?,
+			activated_at = COALESCE(activated_at, ?),
+			last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < ? THEN ? ELSE last_seen_at END
+			WHERE product_key = ? AND device_key = ? AND state <> 'disabled'`},
 		{&db.stAudit, db.write, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 			SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM audit_events`},
 		{&db.stDeviceExists, db.write, `SELECT 1 FROM devices WHERE product_key = ? AND device_key = ?`},
@@ -209,7 +214,7 @@ func (db *DB) prepare() error {
 
 // Close closes both pools. The DB must not be used afterwards.
 func (db *DB) Close() error {
-	for _, st := range []*sql.Stmt{db.stDevice, db.stProduct, db.stTouch, db.stSetState, db.stAudit,
+	for _, st := range []*sql.Stmt{db.stDevice, db.stProduct, db.stTouch, db.stSetState, db.stOnline, db.stAudit,
 		db.stDeviceExists, db.stLastSeq, db.stInsertSample, db.stTrimSamples, db.stUpsertPoint} {
 		if st != nil {
 			st.Close()

@@ -168,20 +168,20 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 		return res, nil
 	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
-		setState := tx.StmtContext(ctx, db.stSetState)
+		online := tx.StmtContext(ctx, db.stOnline)
 		exists := tx.StmtContext(ctx, db.stDeviceExists)
 		for i, c := range changes {
 			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
 			res[i] = nil
 			if c.State == iothub.StateOffline {
 				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
-					WHERE product_key = ? AND device_key = ? AND state = 'online'`, pk, dk); err != nil {
+					WHERE product_key = ? AND device_key = ? AND state = 'online' AND node_id = ?`, pk, dk, c.Node); err != nil {
 					return wrap("apply device states", err)
 				}
 				continue
 			}
 			t := sqlstore.MS(db.truncMS(c.At))
-			r, err := setState.ExecContext(ctx, string(iothub.StateOnline), true, t, true, t, t, pk, dk, false)
+			r, err := online.ExecContext(ctx, c.Node, t, t, t, pk, dk)
 			if err != nil {
 				return wrap("apply device states", err)
 			}

@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
 		{"ChangeLog", testChangeLog},
+		{"NodeLeases", testNodeLeases},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
 	}
