@@ -66,6 +66,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		return s.refuse(cl, l, err == nil, remote, now, ref)
 	}
 
+	clampKeepalive(cl)
 	ss.cl = cl
 	ss.remote = remote
 	ss.loginAt = now

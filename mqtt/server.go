@@ -311,6 +311,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 
 func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 	_ = c.SetDeadline(time.Now().Add(connectTimeout)) // mochi replaces it after CONNECT
+	c = &deadlineConn{Conn: c, stalled: func() { l.met.kicks.WithLabelValues("write_stalled").Inc() }}
 	if l.tls != nil {
 		tc := tls.Server(c, l.tls)
 		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
