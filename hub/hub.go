@@ -389,8 +389,20 @@ func (h *Hub) HasSession(productKey, deviceKey string) bool {
 // Store is the node's registry.
 func (h *Hub) Store() iothub.Store { return h.db }
 
-// Close stops the listeners, flushes pending writes and closes the database.
+// DrainTimeout is how long a stopping hub waits for the service calls
+// under way to be answered.
+const DrainTimeout = 5 * time.Second
+
+// Close stops the node gracefully: it refuses new logins and calls, gives
+// the calls under way DrainTimeout to be answered (then answers them
+// unavailable), stops the listeners, ends the sessions (MQTT 5: DISCONNECT
+// 0x8B), flushes pending writes and closes the database.
 func (h *Hub) Close() error {
+	if h.broker != nil {
+		drain, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+		h.broker.Drain(drain)
+		cancel()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var errs []error

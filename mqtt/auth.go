@@ -55,6 +55,8 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	switch {
 	case err != nil:
 		ref = &refusal{code: codeBadCredentials, reason: "malformed login: " + err.Error(), failed: true}
+	case s.draining.Load():
+		ref = &refusal{code: codeUnavailable, reason: "hub is shutting down"}
 	case l.SecureMode == sign.ModeStatic:
 		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	case l.SecureMode == sign.ModeDynamic:

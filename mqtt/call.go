@@ -29,6 +29,9 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	} else if !json.Valid(params) {
 		return nil, iothub.Errorf(iothub.EINVALID, "params are not valid JSON")
 	}
+	if s.draining.Load() {
+		return nil, errShuttingDown
+	}
 	dev := iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}
 	ss := s.deviceSession(dev)
 	if ss == nil || ss.cl.Closed() {
@@ -71,6 +74,8 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 			return r, nil
 		case <-ctx.Done():
 			return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
+		case <-s.abandon:
+			return nil, errShuttingDown
 		}
 	}
 }

@@ -79,6 +79,9 @@ type Server struct {
 	reg     *registryCache // nil without a bus: nothing would invalidate it
 
 	instance   string // this run's lease token
+	draining   atomic.Bool
+	abandon    chan struct{} // closed when Drain gives up on the calls under way
+	drainOnce  sync.Once
 	touchEvery time.Duration
 	unsub      func()
 	stop       chan struct{}
@@ -170,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		stop:       make(chan struct{}),
+		abandon:    make(chan struct{}),
 	}
 	if cfg.TLS != nil {
 		s.tlsConf = serverTLS(cfg.TLS)
