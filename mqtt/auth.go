@@ -203,13 +203,18 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 }
 
 // writeConnackRefusal answers a refused CONNECT: MQTT 5 clients get the
-// reason code, 3.1.1 clients return code 5 (not authorized).
+// reason code, 3.1.1 clients return code 3 (server unavailable: try again
+// later) when the hub cannot decide (store down, shutting down), else 5
+// (not authorized).
 func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
-	if cl.Properties.ProtocolVersion == 5 {
+	switch {
+	case cl.Properties.ProtocolVersion == 5:
 		ack.ReasonCode = code.Code
 		ack.Properties.ReasonString = code.Reason
-	} else {
+	case code == codeUnavailable:
+		ack.ReasonCode = packets.Err3ServerUnavailable.Code
+	default:
 		ack.ReasonCode = packets.Err3NotAuthorized.Code
 	}
 	_ = cl.WritePacket(ack)
