@@ -23,7 +23,7 @@ const (
 func (s *Server) startLease() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ended, err := s.cfg.Store.StartNode(ctx, s.cfg.Node, s.instance, s.now())
+	ended, err := s.cfg.Store.StartNode(ctx, s.cfg.Node, s.instance, time.Now())
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func (s *Server) lease() {
 func (s *Server) renewLease() error {
 	ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
 	defer cancel()
-	now := s.now()
+	now := time.Now() // leases compare wall clocks across nodes, never Config.Now
 	lost, err := s.cfg.Store.RenewNode(ctx, s.cfg.Node, s.instance, now)
 	if err != nil {
 		return err
