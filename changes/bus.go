@@ -27,6 +27,8 @@ const (
 	DefaultKeep  = time.Hour
 	// readBatch is how many entries one read of the log returns.
 	readBatch = 500
+	// appendTimeout bounds one write to the log.
+	appendTimeout = 5 * time.Second
 )
 
 // Options tune a Bus; the zero value is usable.
@@ -54,10 +56,11 @@ type Bus struct {
 
 	local *inmem.Bus // this node's subscribers
 
-	kick chan struct{}
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	retries sync.WaitGroup // log writes retried in the background
 }
 
 var _ iothub.Bus = (*Bus)(nil)
@@ -89,8 +92,10 @@ func New(inner iothub.Bus, log iothub.ChangeLog, o Options) (*Bus, error) {
 }
 
 // Publish logs e, then sends it on the fast path (which delivers it to
-// this node's subscribers). An error means some nodes may hear of e only
-// when they next read the log, or, if the log write failed, not at all.
+// this node's subscribers). The log write does not end with ctx (a
+// client hanging up after its change must not keep the change from the
+// other nodes); when it fails, it is retried in the background until it
+// succeeds or the Bus closes, and Publish reports the first failure.
 func (b *Bus) Publish(ctx context.Context, e iothub.Event) error {
 	if e.Kind == "" {
 		return iothub.Errorf(iothub.EINVALID, "event needs a kind")
@@ -98,12 +103,41 @@ func (b *Bus) Publish(ctx context.Context, e iothub.Event) error {
 	if !e.Kind.Logged() {
 		return b.inner.Publish(ctx, e)
 	}
-	id, logErr := b.log.AppendChange(ctx, e, time.Now())
+	at := time.Now()
+	id, logErr := b.append(context.WithoutCancel(ctx), e, at)
 	if logErr != nil {
-		logErr = fmt.Errorf("changes: log %s: %w", e.Kind, logErr)
+		logErr = fmt.Errorf("changes: log %s (retrying in the background): %w", e.Kind, logErr)
+		b.retries.Add(1)
+		go b.retryAppend(e, at)
 	}
 	e.Change = id
 	return errors.Join(logErr, b.inner.Publish(ctx, e))
+}
+
+func (b *Bus) append(ctx context.Context, e iothub.Event, at time.Time) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, appendTimeout)
+	defer cancel()
+	return b.log.AppendChange(ctx, e, at)
+}
+
+// retryAppend logs e once the store takes it again.
+func (b *Bus) retryAppend(e iothub.Event, at time.Time) {
+	defer b.retries.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.stop:
+			b.l.Error("changes: stopped before the change log took an event; nodes that missed it on the bus never apply it",
+				"kind", e.Kind, "productKey", e.ProductKey, "deviceKey", e.DeviceKey, "serial", e.Serial)
+			return
+		case <-tick.C:
+		}
+		if _, err := b.append(context.Background(), e, at); err == nil {
+			b.l.Info("changes: logged an event after a retry", "kind", e.Kind)
+			return
+		}
+	}
 }
 
 // Subscribe registers fn for every event, heard on the bus or read from
@@ -125,6 +159,7 @@ func (b *Bus) Close() {
 		b.unsub()
 		close(b.stop)
 		<-b.done
+		b.retries.Wait()
 	})
 }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/changes"
 	"github.com/iothub/iothub/inmem"
+	"github.com/iothub/iothub/postgres"
+	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/seal"
 	"github.com/iothub/iothub/sqlite"
 )
@@ -147,5 +149,45 @@ func TestEventHeardOnTheBusIsNotRepeatedFromTheLog(t *testing.T) {
 		if ev := r.events(); len(ev) != 3 || ev[0].Change != 1 || ev[2].Change != 3 {
 			t.Fatalf("node %d heard %+v, want each event once", i, ev)
 		}
+	}
+}
+
+// TestLogWriteRetriedAfterStoreOutage: an event published while the
+// database is down still reaches the log, and so a node without the bus,
+// once the database is back.
+func TestLogWriteRetriedAfterStoreOutage(t *testing.T) {
+	pg := pgtest.Serve(t)
+	url, err := pg.CreateDatabase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := seal.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(url, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	a, _ := node(t, db, 50*time.Millisecond)
+	_, rb := node(t, db, 50*time.Millisecond)
+
+	if err := pg.Halt(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish(context.Background(), iothub.Event{Kind: iothub.EventCertRevoked, Serial: "0b"}); err == nil {
+		t.Fatal("publishing with the database down reported no error")
+	}
+	if err := pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if got := rb.waitFor(t, 1, 10*time.Second); got[0].Serial != "0b" {
+		t.Fatalf("node B heard %+v", got[0])
 	}
 }
