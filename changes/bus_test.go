@@ -44,9 +44,9 @@ func (r *recorder) waitFor(t *testing.T, n int, d time.Duration) []iothub.Event 
 	return nil
 }
 
-func openStore(t *testing.T) *sqlite.DB {
-	dir := t.TempDir()
-	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
+// newSealer makes a sealer with a fresh key.
+func newSealer(t *testing.T) *seal.Sealer {
+	key, err := seal.LoadOrCreateKey(filepath.Join(t.TempDir(), "data.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,11 @@ func openStore(t *testing.T) *sqlite.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sqlite.Open(filepath.Join(dir, "iothub.db"), s)
+	return s
+}
+
+func openStore(t *testing.T) *sqlite.DB {
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "iothub.db"), newSealer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,16 +165,7 @@ func TestLogWriteRetriedAfterStoreOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := seal.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := postgres.Open(url, s)
+	db, err := postgres.Open(url, newSealer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
