@@ -17,13 +17,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/inmem"
 )
 
 // Defaults of Options.
 const (
-	DefaultEvery = 2 * time.Second
+	DefaultEvery = time.Second
 	DefaultKeep  = time.Hour
 	// readBatch is how many entries one read of the log returns.
 	readBatch = 500
@@ -39,6 +41,8 @@ type Options struct {
 	// cut off from the database for longer restarts from the newest entry.
 	Keep   time.Duration
 	Logger *slog.Logger
+	// Registerer receives iothub_changes_from_log_total; nil registers nothing.
+	Registerer prometheus.Registerer
 }
 
 // Bus is an iothub.Bus over another (the fast path) and a change log (the
@@ -54,7 +58,8 @@ type Bus struct {
 	mark int64              // every entry up to mark was delivered or predates the start
 	seen map[int64]struct{} // entries above mark already heard on the bus
 
-	local *inmem.Bus // this node's subscribers
+	local   *inmem.Bus         // this node's subscribers
+	fromLog prometheus.Counter // entries delivered from the log, missed by the bus
 
 	kick    chan struct{}
 	stop    chan struct{}
@@ -86,6 +91,15 @@ func New(inner iothub.Bus, log iothub.ChangeLog, o Options) (*Bus, error) {
 	b := &Bus{inner: inner, log: log, o: o, l: o.Logger, mark: mark, seen: map[int64]struct{}{},
 		local: inmem.NewBus(), kick: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	b.fromLog = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "iothub_changes_from_log_total",
+		Help: "Events this node applied from the change log because the bus did not bring them.",
+	})
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(b.fromLog); err != nil {
+			return nil, err
+		}
+	}
 	b.unsub = inner.Subscribe(b.heard)
 	go b.run()
 	return b, nil
@@ -235,6 +249,7 @@ func (b *Bus) reconcile() error {
 			b.mark = ch.ID
 			b.mu.Unlock()
 			if !dup && ch.Event.Kind != "" {
+				b.fromLog.Inc()
 				b.deliver(ch.Event)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,6 +158,22 @@ func TestRevocationSurvivesBusOutage(t *testing.T) {
 		if err := ns.Restart(); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Node A counts what it had to take from the log.
+	res, err := http.Get(a.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	var fromLog float64
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if v, ok := strings.CutPrefix(line, "iothub_changes_from_log_total "); ok {
+			fromLog, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if fromLog < float64(2*trials) {
+		t.Fatalf("node A counted %v events from the change log, want at least %d", fromLog, 2*trials)
 	}
 	slices.Sort(delays)
 	t.Logf("%d trials, 0 misses; delay from the API calls on B to node A applying all: min %v, median %v, p90 %v, max %v",

@@ -187,7 +187,9 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 		h.natsBus, fast = nb, nb
 	}
-	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log}); err != nil {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log, Registerer: reg}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
@@ -203,8 +205,6 @@ func Open(cfg Config) (h *Hub, err error) {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, Registerer: reg,
 		TLS: h.tlsConfig(), Node: node,
