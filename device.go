@@ -149,9 +149,11 @@ type DeviceStore interface {
 	// ApplyDeviceStates records login and logout transitions in one
 	// transaction, in order, and returns one result per change. Online
 	// follows SetDeviceState (ECONFLICT on a disabled device, ENOTFOUND if
-	// it is gone); offline replaces only online owned by the same node and
-	// is otherwise a no-op (nil), so a late logout never undoes a disable,
-	// a reset or a login elsewhere. The second
+	// it is gone) but is a no-op (nil) while another node holds the device
+	// from a later login (StateChange.At), so a login's write arriving late
+	// does not take the device back; offline replaces only online owned by
+	// the same node and is otherwise a no-op (nil), so a late logout never
+	// undoes a disable, a reset or a login elsewhere. The second
 	// result fails the whole batch (nothing written).
 	ApplyDeviceStates(ctx context.Context, changes []StateChange) ([]error, error)
 	DeleteDevice(ctx context.Context, productKey, deviceKey string) error

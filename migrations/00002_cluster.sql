@@ -21,12 +21,16 @@ CREATE TABLE nodes (
     heartbeat_ms BIGINT NOT NULL
 );
 
--- node_id names the node holding an online device's session.
+-- node_id names the node holding an online device's session and login_ms
+-- when that session began: a login's online write that arrives after a
+-- newer login on another node does not take the device back.
 ALTER TABLE devices ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN login_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX devices_node ON devices (node_id, state);
 
 -- +goose Down
 DROP INDEX devices_node;
+ALTER TABLE devices DROP COLUMN login_ms;
 ALTER TABLE devices DROP COLUMN node_id;
 DROP TABLE nodes;
 DROP TABLE changes;

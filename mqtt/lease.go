@@ -67,7 +67,7 @@ func (s *Server) renewLease() error {
 	}
 	if lost {
 		s.log.Warn("mqtt: the node's lease had expired and its devices were marked offline; marking its live sessions online again", "node", s.cfg.Node)
-		s.reassertSessions(now)
+		s.reassertSessions()
 	}
 	ended, err := s.cfg.Store.ExpireNodes(ctx, now.Add(-leaseExpiry))
 	if err != nil {
@@ -79,8 +79,9 @@ func (s *Server) renewLease() error {
 	return nil
 }
 
-// reassertSessions queues an online write for every live session.
-func (s *Server) reassertSessions(now time.Time) {
+// reassertSessions queues an online write for every live session, at its
+// login time: a newer login elsewhere keeps the device.
+func (s *Server) reassertSessions() {
 	s.mu.RLock()
 	list := make([]*session, 0, len(s.byDevice))
 	for _, ss := range s.byDevice {
@@ -88,7 +89,7 @@ func (s *Server) reassertSessions(now time.Time) {
 	}
 	s.mu.RUnlock()
 	for _, ss := range list {
-		s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node}, ss: ss})
+		s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: ss.loginAt, Node: s.cfg.Node}, ss: ss})
 	}
 }
 

@@ -169,7 +169,7 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		online := tx.StmtContext(ctx, db.stOnline)
-		exists := tx.StmtContext(ctx, db.stDeviceExists)
+		stateOf := tx.StmtContext(ctx, db.stStateOf)
 		for i, c := range changes {
 			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
 			res[i] = nil
@@ -181,22 +181,22 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 				continue
 			}
 			t := sqlstore.MS(db.truncMS(c.At))
-			r, err := online.ExecContext(ctx, c.Node, t, t, t, pk, dk)
+			r, err := online.ExecContext(ctx, c.Node, t, pk, dk)
 			if err != nil {
 				return wrap("apply device states", err)
 			}
 			if n, _ := r.RowsAffected(); n > 0 {
 				continue
 			}
-			var one int
-			switch err := exists.QueryRowContext(ctx, pk, dk).Scan(&one); {
+			var state string
+			switch err := stateOf.QueryRowContext(ctx, pk, dk).Scan(&state); {
 			case errors.Is(err, sql.ErrNoRows):
 				res[i] = sqlstore.NotFound("device %q not found in product %q", dk, pk)
 			case err != nil:
 				return wrap("apply device states", err)
-			default:
+			case state == string(iothub.StateDisabled):
 				res[i] = iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", dk)
-			}
+			} // else a newer login on another node holds it: a no-op
 		}
 		return nil
 	})

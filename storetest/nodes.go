@@ -56,6 +56,13 @@ func testNodeLeases(t *testing.T, db iothub.Store) {
 		t.Fatalf("b after n1's late logout: %s", s)
 	}
 
+	// n1's write for an earlier login arrives after n2's later one: b stays n2's.
+	apply(iothub.StateChange{Device: dev("b"), State: iothub.StateOnline, At: t0.Add(-time.Second), Node: "n1"},
+		iothub.StateChange{Device: dev("b"), State: iothub.StateOffline, At: t0, Node: "n1"})
+	if s := state("b"); s != iothub.StateOnline {
+		t.Fatalf("b after n1's late write of an older login: %s", s)
+	}
+
 	// n1 restarts after a crash: a goes offline, b (now on n2) stays.
 	ended, err = db.StartNode(ctx, "n1", "i2", t0.Add(time.Second))
 	must(t, err)
