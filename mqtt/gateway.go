@@ -278,6 +278,7 @@ func (s *Server) loginSub(ctx context.Context, gw *session, e signedEntry) (any,
 		secretVersion: d.SecretVersion,
 	}
 	sub.touch(now)
+	sub.loginAt = now
 	if old := s.registerSub(sub); old != nil {
 		old.quiet.Store(true) // the device stays online: its new session took over
 		s.kick(old, packets.ErrSessionTakenOver, "session_taken_over")
@@ -286,9 +287,10 @@ func (s *Server) loginSub(ctx context.Context, gw *session, e signedEntry) (any,
 	s.side.Add(sideItem{
 		audit: iothub.AuditEvent{Time: now, OrgID: d.OrgID, Kind: "login.ok", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey,
 			Remote: gw.remote, Reason: fmt.Sprintf("sub-device of gateway %s/%s", gw.dev.ProductKey, gw.dev.DeviceKey)},
-		change: iothub.StateChange{Device: sub.dev, State: iothub.StateOnline, At: now},
+		change: iothub.StateChange{Device: sub.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node},
 		ss:     sub,
 	})
+	s.announceLogin(sub)
 	return map[string]string{"assetId": d.AssetID, "productKey": d.ProductKey, "deviceKey": d.DeviceKey}, codeOK, ""
 }
 
@@ -416,7 +418,7 @@ func (s *Server) endSub(sub *session, notice string) {
 	}
 	s.queueTouch(sub)
 	if !sub.quiet.Load() {
-		s.side.Add(sideItem{change: iothub.StateChange{Device: sub.dev, State: iothub.StateOffline, At: s.now()}})
+		s.side.Add(sideItem{change: iothub.StateChange{Device: sub.dev, State: iothub.StateOffline, At: s.now(), Node: s.cfg.Node}})
 	}
 }
 

@@ -26,6 +26,7 @@ type session struct {
 	extPrefix string // "/ext/session/{pk}/{dk}/"
 	actReply  string // activation: the one topic it may publish to
 
+	loginAt        time.Time
 	secretVersion  int
 	serial         string // client certificate serial, "" when none
 	certNotAfter   time.Time
