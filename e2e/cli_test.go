@@ -28,7 +28,17 @@ func buildCLI(t *testing.T) string {
 // returns the HTTP API URL it reports.
 func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0")
+	addrs, stop := serveBinaryAddrs(t, bin, dir)
+	return addrs["http"], stop
+}
+
+// serveBinaryAddrs runs `iothub serve` on dir with every listener on a free
+// loopback port, waits for its ready line and returns what it names:
+// http, https (URLs), mqtt, mqtts (host:port). Its log lines go to logs, when given.
+func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func()) {
+	t.Helper()
+	args := append([]string{"serve", "--data-dir", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(bin, args...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -42,19 +52,21 @@ func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 		close(lines)
 	}()
 	deadline := time.After(60 * time.Second)
-	re := regexp.MustCompile(`http=(http://[0-9.:]+)`)
-	for httpURL == "" {
+	field := regexp.MustCompile(`"?(https?|mqtts?)"?[=:]"?([^\s",]+)`)
+	for addrs == nil {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatal("iothub serve exited before its ready line")
 			}
-			if strings.Contains(l, "ready") {
-				m := re.FindStringSubmatch(l)
-				if m == nil {
+			if strings.Contains(l, "iothub ready") {
+				addrs = map[string]string{}
+				for _, m := range field.FindAllStringSubmatch(l, -1) {
+					addrs[m[1]] = m[2]
+				}
+				if addrs["http"] == "" {
 					t.Fatalf("ready line names no http address: %s", l)
 				}
-				httpURL = m[1]
 			}
 		case <-deadline:
 			cmd.Process.Kill()
@@ -65,7 +77,7 @@ func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 		for range lines {
 		}
 	}()
-	return httpURL, func() {
+	return addrs, func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
