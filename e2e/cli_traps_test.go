@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// cliRun runs the CLI and returns its stdout, stderr and exit code.
+func cliRun(t *testing.T, bin, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = &out, &errb, strings.NewReader(stdin)
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// TestCLITraps: the mistakes a new operator makes get a clear error and a
+// distinct exit code, and change nothing.
+func TestCLITraps(t *testing.T) {
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	addrs, stop := serveBinaryAddrs(t, bin, dir)
+	defer stop()
+	api := []string{"--server", addrs["http"], "--data-dir", dir}
+	run := func(wantCode int, args ...string) (string, string) {
+		t.Helper()
+		out, errOut, code := cliRun(t, bin, "", append(args, api...)...)
+		if code != wantCode {
+			t.Fatalf("iothub %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, out, errOut)
+		}
+		return out, errOut
+	}
+	products := func() int {
+		out, _ := run(0, "product", "list", "-o", "json")
+		var l struct{ Products []json.RawMessage }
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			t.Fatalf("product list -o json: %v\n%s", err, out)
+		}
+		return len(l.Products)
+	}
+
+	// An output format the CLI cannot print is refused before the product
+	// (and its one-time secret) is created.
+	before := products()
+	if _, errOut := run(2, "product", "create", "--name", "lost", "-o", "yaml"); !strings.Contains(errOut, "yaml") {
+		t.Fatalf("product create -o yaml: %s", errOut)
+	}
+	if after := products(); after != before {
+		t.Fatalf("product create -o yaml created a product: %d → %d", before, after)
+	}
+	// Unknown subcommands, flags and flags of other commands are usage errors.
+	if _, errOut := run(2, "device", "lst", "-p", "x"); !strings.Contains(errOut, `unknown command "lst"`) || !strings.Contains(errOut, "list") {
+		t.Fatalf("device lst: %s", errOut)
+	}
+	run(2, "apikey", "lst")
+	run(2, "product", "create", "--nmae", "x")
+	if _, errOut, code := cliRun(t, bin, "", "serve", "--server", "http://x", "--data-dir", t.TempDir()); code != 2 || !strings.Contains(errOut, "unknown flag: --server") {
+		t.Fatalf("serve --server: exit %d: %s", code, errOut)
+	}
+	// Not found, unauthorised, unreachable.
+	run(3, "device", "get", "-p", "nosuch", "SN1")
+	run(4, "product", "list", "--key", "ihk_wrong")
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadURL := "http://" + free.Addr().String()
+	free.Close()
+	if _, errOut, code := cliRun(t, bin, "", "product", "list", "--server", deadURL, "--data-dir", dir); code != 5 {
+		t.Fatalf("unreachable hub: exit %d: %s", code, errOut)
+	}
+	// The API key from stdin.
+	key, _ := os.ReadFile(filepath.Join(dir, "admin.key"))
+	if out, errOut, code := cliRun(t, bin, string(key), "org", "list", "--key-file", "-", "--server", addrs["http"], "--data-dir", t.TempDir()); code != 0 || !strings.Contains(out, "default") {
+		t.Fatalf("org list --key-file -: exit %d: %s %s", code, out, errOut)
+	}
+	if out, _ := run(0, "apikey", "list"); !strings.Contains(out, "true") { // the bootstrap key
+		t.Fatalf("apikey list:\n%s", out)
+	}
+
+	// device list pages through everything, and says when it stops early.
+	run(0, "product", "create", "--name", "fleet", "--product-key", "fleet")
+	for i := range 5 {
+		run(0, "device", "create", "-p", "fleet", "--device-key", fmt.Sprintf("D%d", i))
+	}
+	rows := func(out string) int { return strings.Count(out, "\n") - 1 }
+	out, errOut := run(0, "device", "list", "-p", "fleet", "--limit", "2")
+	if rows(out) != 2 || !strings.Contains(errOut, "--cursor D1") {
+		t.Fatalf("device list --limit 2:\n%s\nstderr: %s", out, errOut)
+	}
+	if out, errOut = run(0, "device", "list", "-p", "fleet", "--limit", "2", "--cursor", "D1"); rows(out) != 2 || !strings.Contains(out, "D2") || !strings.Contains(errOut, "--cursor D3") {
+		t.Fatalf("device list --cursor D1:\n%s\nstderr: %s", out, errOut)
+	}
+	if out, errOut = run(0, "device", "list", "-p", "fleet", "--limit", "5"); rows(out) != 5 || errOut != "" {
+		t.Fatalf("device list --limit 5 (all there is) warns or misses rows:\n%s\nstderr: %s", out, errOut)
+	}
+	if out, errOut = run(0, "device", "list", "-p", "fleet", "--all"); rows(out) != 5 || errOut != "" {
+		t.Fatalf("device list --all:\n%s\nstderr: %s", out, errOut)
+	}
+}
+
+// TestCLIVersionStamp: a release build names its version.
+func TestCLIVersionStamp(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "iothub")
+	if out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v9.8.7", "-o", bin, "../cmd/iothub").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	if out, _, code := cliRun(t, bin, "", "version"); code != 0 || !strings.HasPrefix(out, "iothub v9.8.7 ") {
+		t.Fatalf("version: exit %d: %q", code, out)
+	}
+}
