@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,15 @@ type Config struct {
 	Logger  *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Ready are the checks of /readyz (database, bus, listeners).
+	Ready []ReadyCheck
+}
+
+// ReadyCheck is one condition of readiness: Check returns why the node is
+// not ready, or nil.
+type ReadyCheck struct {
+	Name  string
+	Check func(context.Context) error
 }
 
 // Server is the hub's HTTP handler.
@@ -112,6 +122,7 @@ func NewServer(cfg Config) *Server {
 	s.registerDevices()
 	s.registerCertificates()
 	s.registerDeviceAPI()
+	s.registerHealth()
 	return s
 }
 
@@ -119,7 +130,68 @@ func NewServer(cfg Config) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
+	// Only the mux's own ServeHTTP sets the request's path values.
+	if h, pattern := s.mux.Handler(r); pattern == "" {
+		s.noRoute(w, r, h)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers a request no route matches with the mux's status (404,
+// or 405 with its Allow header) in the API's JSON error shape.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
+	c := &statusOnly{header: http.Header{}}
+	muxAnswer.ServeHTTP(c, r)
+	if allow := c.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+	}
+	code, msg := iothub.ENOTFOUND, "no route "+r.URL.Path
+	if c.status == http.StatusMethodNotAllowed {
+		code, msg = EMETHOD, "method "+r.Method+" not allowed on "+r.URL.Path+" (allowed: "+c.header.Get("Allow")+")"
+	} else if c.status != http.StatusNotFound && c.status != 0 {
+		code, msg = http.StatusText(c.status), http.StatusText(c.status)
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message = code, msg
+	writeJSON(w, max(c.status, http.StatusNotFound), body)
+}
+
+// EMETHOD is the error code of a method a route does not take (405).
+const EMETHOD = "method_not_allowed"
+
+// statusOnly records the status and headers a handler writes, dropping the body.
+type statusOnly struct {
+	header http.Header
+	status int
+}
+
+func (c *statusOnly) Header() http.Header         { return c.header }
+func (c *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (c *statusOnly) WriteHeader(status int)      { c.status = status }
+
+// registerHealth adds /livez (the process answers) and /readyz (every
+// ReadyCheck passes; 503 naming the failing ones otherwise).
+func (s *Server) registerHealth() {
+	s.handle("GET", "/livez", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.handle("GET", "/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		status, checks := http.StatusOK, map[string]string{}
+		for _, c := range s.Ready {
+			checks[c.Name] = "ok"
+			if err := c.Check(ctx); err != nil {
+				status, checks[c.Name] = http.StatusServiceUnavailable, err.Error()
+			}
+		}
+		word := "ready"
+		if status != http.StatusOK {
+			word = "not ready"
+		}
+		writeJSON(w, status, map[string]any{"status": word, "checks": checks})
+	})
 }
 
 // Routes lists "METHOD /path" of every API route, for the OpenAPI check.
@@ -156,19 +228,23 @@ func (s *Server) api(method, path string, need iothub.Role, h apiHandler) {
 	})
 }
 
-// authenticate resolves the bearer API key to a principal.
+// authenticate resolves the bearer API key to a principal. Failures are
+// throttled per source address and key prefix, so that a client retrying
+// bad keys is slowed without locking out the good keys of its neighbours
+// behind the same address; a throttled answer carries Retry-After.
 func (s *Server) authenticate(r *http.Request) (iothub.Principal, error) {
-	ip := remoteIP(r)
-	if !s.allow("auth:"+ip, false) {
-		return iothub.Principal{}, iothub.Errorf(iothub.ETOOMANY, "too many failed authentications; retry later")
-	}
 	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	raw = strings.TrimSpace(raw)
 	if !ok || raw == "" {
 		return iothub.Principal{}, iothub.Errorf(iothub.EUNAUTHORIZED, "missing bearer API key")
 	}
-	k, err := s.Store.APIKeyByHash(r.Context(), HashAPIKey(strings.TrimSpace(raw)))
+	bucket := "auth:" + remoteIP(r) + " " + keyPrefix(raw)
+	if !s.allow(bucket, false) {
+		return iothub.Principal{}, iothub.Errorf(iothub.ETOOMANY, "too many failed authentications with this key; retry later")
+	}
+	k, err := s.Store.APIKeyByHash(r.Context(), HashAPIKey(raw))
 	if iothub.ErrorCode(err) == iothub.ENOTFOUND {
-		s.allow("auth:"+ip, true)
+		s.allow(bucket, true)
 		return iothub.Principal{}, iothub.Errorf(iothub.EUNAUTHORIZED, "unknown or revoked API key")
 	} else if err != nil {
 		return iothub.Principal{}, err
@@ -176,9 +252,24 @@ func (s *Server) authenticate(r *http.Request) (iothub.Principal, error) {
 	return iothub.Principal{KeyID: k.ID, OrgID: k.OrgID, Role: k.Role, Bootstrap: k.Bootstrap}, nil
 }
 
+// keyPrefix is the part of an API key that names its throttling bucket:
+// enough to tell keys apart, far too little to help guess one.
+func keyPrefix(key string) string {
+	const n = len("ihk_") + 6
+	if len(key) > n {
+		return key[:n]
+	}
+	return key
+}
+
+// Failed authentications allowed per bucket: a burst, then one per refill.
+const (
+	authBurst  = 10
+	authRefill = 6 * time.Second
+)
+
 // allow consults the failure limiter for key. With spend it records one
 // failure; without, it only tells whether failures are still allowed.
-// Ten failures in a burst, then one every six seconds.
 func (s *Server) allow(key string, spend bool) bool {
 	s.limitMu.Lock()
 	defer s.limitMu.Unlock()
@@ -190,7 +281,7 @@ func (s *Server) allow(key string, spend bool) bool {
 		if len(s.limits) > 100000 {
 			clear(s.limits) // bounded memory under a flood of sources
 		}
-		l = rate.NewLimiter(rate.Every(6*time.Second), 10)
+		l = rate.NewLimiter(rate.Every(authRefill), authBurst)
 		s.limits[key] = l
 	}
 	if spend {
@@ -259,6 +350,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if status == http.StatusInternalServerError {
 		s.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if status == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
+		// Every throttle here refills a failure token within authRefill.
+		w.Header().Set("Retry-After", strconv.Itoa(int(authRefill/time.Second)))
 	}
 	var body errorBody
 	body.Error.Code = code
