@@ -82,18 +82,7 @@ type readiness struct {
 // checks the database, the bus and the listeners and, with PostgreSQL
 // stopped, answers 503 naming the database.
 func TestReadyzNamesWhatIsDown(t *testing.T) {
-	cluster, err := pgtest.Start(pgtest.Options{})
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip("PostgreSQL is not installed")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Stop)
-	url, err := cluster.CreateDatabase()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster, url := ownPostgres(t, pgtest.Options{})
 	th := startHubWith(t, "", hub.Config{DatabaseURL: url})
 	var r readiness
 	if resp := rawJSON(t, "GET", th.HTTPURL()+"/readyz", "", &r); resp.StatusCode != 200 || r.Status != "ready" ||
@@ -111,4 +100,23 @@ func TestReadyzNamesWhatIsDown(t *testing.T) {
 	if resp := rawJSON(t, "GET", th.HTTPURL()+"/livez", "", &live); resp.StatusCode != 200 {
 		t.Fatalf("livez: %d %v", resp.StatusCode, live)
 	}
+}
+
+// ownPostgres starts a PostgreSQL cluster for this test alone (stopped at
+// its end; the test may stop or restart it) and returns a database on it.
+func ownPostgres(t *testing.T, o pgtest.Options) (*pgtest.Cluster, string) {
+	t.Helper()
+	cluster, err := pgtest.Start(o)
+	if errors.Is(err, pgtest.ErrNotInstalled) {
+		t.Skip("PostgreSQL is not installed")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Stop)
+	url, err := cluster.CreateDatabase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cluster, url
 }
