@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,14 +29,15 @@ func buildCLI(t *testing.T) string {
 // returns the HTTP API URL it reports.
 func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 	t.Helper()
-	addrs, stop := serveBinaryAddrs(t, bin, dir)
+	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
 	return addrs["http"], stop
 }
 
 // serveBinaryAddrs runs `iothub serve` on dir with every listener on a free
 // loopback port, waits for its ready line and returns what it names:
-// http, https (URLs), mqtt, mqtts (host:port). Its log lines go to logs, when given.
-func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func()) {
+// http, https (URLs), mqtt, mqtts (host:port). logs returns the lines it
+// has logged so far.
+func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func(), logs func() []string) {
 	t.Helper()
 	args := append([]string{"serve", "--data-dir", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(bin, args...)
@@ -44,9 +46,14 @@ func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map
 		t.Fatal(err)
 	}
 	lines := make(chan string, 100)
+	var mu sync.Mutex
+	var logged []string
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			mu.Lock()
+			logged = append(logged, sc.Text())
+			mu.Unlock()
 			lines <- sc.Text()
 		}
 		close(lines)
@@ -77,12 +84,18 @@ func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map
 		for range lines {
 		}
 	}()
-	return addrs, func() {
+	stop = func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
 		}
 	}
+	logs = func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), logged...)
+	}
+	return addrs, stop, logs
 }
 
 func TestCLIServeAndAdminCommands(t *testing.T) {

@@ -34,7 +34,7 @@ func cliRun(t *testing.T, bin, stdin string, args ...string) (stdout, stderr str
 func TestCLITraps(t *testing.T) {
 	bin := buildCLI(t)
 	dir := t.TempDir()
-	addrs, stop := serveBinaryAddrs(t, bin, dir)
+	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
 	defer stop()
 	api := []string{"--server", addrs["http"], "--data-dir", dir}
 	run := func(wantCode int, args ...string) (string, string) {

@@ -3,9 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/iothub/iothub/hub"
 	"github.com/iothub/iothub/postgres/pgtest"
@@ -119,4 +124,80 @@ func ownPostgres(t *testing.T, o pgtest.Options) (*pgtest.Cluster, string) {
 		t.Fatal(err)
 	}
 	return cluster, url
+}
+
+// TestSecurityEventsAreLogged: with --log-format json, a refused login, a
+// disable, a certificate revocation and management writes each give one
+// JSON line naming org, product, device, remote and reason, and no line
+// carries a secret.
+func TestSecurityEventsAreLogged(t *testing.T) {
+	mosquittoPub := needTool(t, "mosquitto_pub")
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	addrs, stop, logs := serveBinaryAddrs(t, bin, dir, "--log-format", "json")
+	defer stop()
+	cli := func(args ...string) map[string]any {
+		t.Helper()
+		out, errOut, code := cliRun(t, bin, "", append(args, "-o", "json", "--server", addrs["http"], "--data-dir", dir)...)
+		if code != 0 {
+			t.Fatalf("iothub %v: exit %d: %s", args, code, errOut)
+		}
+		var m map[string]any
+		json.Unmarshal([]byte(out), &m)
+		return m
+	}
+	prod := cli("product", "create", "--name", "logged", "--product-key", "logged")
+	dev := cli("device", "create", "-p", "logged", "--device-key", "SN7")
+	host, port, _ := net.SplitHostPort(addrs["mqtt"])
+	// As the README does it: the login from iothub sign, through $(…).
+	wrong := mosquittoPub + " -h " + host + " -p " + port + " $(" + bin + " sign -p logged -d SN7 --secret not-the-secret) -t /sys/logged/SN7/x -m {}"
+	if out, err := exec.Command("bash", "-c", wrong).CombinedOutput(); err == nil || !strings.Contains(string(out), "not authorised") {
+		t.Fatalf("a wrong secret: %v %s", err, out)
+	}
+	cli("device", "disable", "-p", "logged", "SN7")
+
+	want := map[string]bool{"product.created": false, "device.created": false, "login.refused": false, "device.disabled": false}
+	secrets := []string{prod["productSecret"].(string), dev["deviceSecret"].(string)}
+	key, _ := os.ReadFile(filepath.Join(dir, "admin.key"))
+	secrets = append(secrets, strings.TrimSpace(string(key)))
+	defer func() {
+		if t.Failed() {
+			t.Log(strings.Join(logs(), "\n"))
+		}
+	}()
+	eventually(t, 10*time.Second, "the audit log lines", func() bool {
+		for _, l := range logs() {
+			var line map[string]any
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatalf("--log-format json wrote a line that is not JSON: %s", l)
+			}
+			kind, _ := line["kind"].(string)
+			if _, ok := want[kind]; !ok {
+				continue
+			}
+			if line["org"] != "default" || line["product"] != "logged" || line["remote"] != "127.0.0.1" {
+				t.Fatalf("%s line lacks org, product or remote: %s", kind, l)
+			}
+			if kind != "product.created" && line["device"] != "SN7" {
+				t.Fatalf("%s line lacks the device: %s", kind, l)
+			}
+			if kind == "login.refused" && line["reason"] == "" {
+				t.Fatalf("login.refused line without a reason: %s", l)
+			}
+			want[kind] = true
+		}
+		for _, seen := range want {
+			if !seen {
+				return false
+			}
+		}
+		return true
+	})
+	for _, l := range logs() {
+		for _, s := range secrets {
+			if strings.Contains(l, s) {
+				t.Fatalf("a log line carries a secret: %s", l)
+			}
+		}
+	}
 }

@@ -82,7 +82,7 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	addrs, stop := serveBinaryAddrs(t, buildCLI(t), filepath.Join(work, "data"))
+	addrs, stop, _ := serveBinaryAddrs(t, buildCLI(t), filepath.Join(work, "data"))
 	defer stop()
 	port := func(name string) string {
 		_, p, err := net.SplitHostPort(addrs[name])

@@ -40,6 +40,7 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, p iothub.Prin
 	if err := s.Store.CreateOrg(r.Context(), o); err != nil {
 		return err
 	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: o.ID, Kind: "org.created", Remote: remoteIP(r), Reason: "by apikey " + p.KeyID})
 	writeJSON(w, http.StatusCreated, o)
 	return nil
 }

@@ -163,6 +163,7 @@ func (s *Server) updateProduct(w http.ResponseWriter, r *http.Request, p iothub.
 	if err := s.Store.UpdateProduct(r.Context(), prod); err != nil {
 		return err
 	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: prod.OrgID, Kind: "product.updated", ProductKey: prod.ProductKey, Remote: remoteIP(r), Reason: "by apikey " + p.KeyID})
 	s.publish(r.Context(), iothub.Event{Kind: iothub.EventProductChanged, ProductKey: prod.ProductKey})
 	writeJSON(w, http.StatusOK, withoutSecret(prod))
 	return nil

@@ -245,6 +245,7 @@ func (s *Server) authenticate(r *http.Request) (iothub.Principal, error) {
 	k, err := s.Store.APIKeyByHash(r.Context(), HashAPIKey(raw))
 	if iothub.ErrorCode(err) == iothub.ENOTFOUND {
 		s.allow(bucket, true)
+		s.Logger.Warn("api key refused", "remote", remoteIP(r), "method", r.Method, "path", r.URL.Path, "reason", "unknown or revoked API key")
 		return iothub.Principal{}, iothub.Errorf(iothub.EUNAUTHORIZED, "unknown or revoked API key")
 	} else if err != nil {
 		return iothub.Principal{}, err

@@ -134,7 +134,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	if err != nil {
 		return nil, err
 	}
-	h.db = db
+	h.db = auditLogged{Store: db, log: h.log}
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
 	}
