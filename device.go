@@ -31,7 +31,16 @@ type Product struct {
 	AuthMode          AuthMode `json:"authMode"`
 	DynamicActivation bool     `json:"dynamicActivation"`
 	AutoRegister      bool     `json:"autoRegister"`
-	// DeviceLimit caps devices created by auto-registration (0: DefaultDeviceLimit).
+	// NodeType is what the product's devices are; fixed at creation.
+	NodeType NodeType `json:"nodeType"`
+	// AllowGatewayRegistration lets gateways of the product's org create
+	// its devices (thing.device.register).
+	AllowGatewayRegistration bool `json:"allowGatewayRegistration"`
+	// SignMethods lists the login sign methods the product's devices may
+	// use, lower case (empty: every method the hub knows).
+	SignMethods []string `json:"signMethods,omitempty"`
+	// DeviceLimit caps the product's devices, however they are created
+	// (0: DefaultDeviceLimit).
 	DeviceLimit int `json:"deviceLimit"`
 	// OfflineTimeoutSec marks an online device offline after this long without
 	// data (0: 1.5 × the session's keepalive).

@@ -14,6 +14,7 @@
 #   --keep     keep the work directory (results, configs, logs, profile)
 #   --only S   run only the scenarios named S (idle, connect, publish, store, call)
 #   --hub-bin  run this iothub binary instead of building one (to compare commits)
+# IOTHUB_SERVE_ARGS adds flags to `iothub serve`, e.g. "--durability power".
 # Both brokers run at once on the same 2 cores as the generator; only one
 # is loaded at a time.
 set -euo pipefail
@@ -76,7 +77,7 @@ HT=$(freeport) HS=$(freeport) HH=$(freeport) HHS=$(freeport)
 if [[ -n $PROFILE ]]; then
 	"$B" hub --cpuprofile "$W/hub.cpu" --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS >"$W/hub.log" 2>&1 &
 else
-	"$W/iothub" serve --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS --log-level warn >"$W/hub.log" 2>&1 &
+	"$W/iothub" serve --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS --log-level warn ${IOTHUB_SERVE_ARGS:-} >"$W/hub.log" 2>&1 &
 fi
 HUB_PID=$!
 PIDS+=("$HUB_PID")

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/iothub/iothub"
 )
 
 // buildCLI compiles cmd/iothub once per test binary.
@@ -115,6 +117,12 @@ func TestCLIServeAndAdminCommands(t *testing.T) {
 	json.Unmarshal([]byte(cli("product", "create", "--name", "meter", "--dynamic-activation", "-o", "json")), &prod)
 	if prod.ProductKey == "" || prod.ProductSecret == "" {
 		t.Fatal("product create -o json gave no key and secret")
+	}
+	var gw iothub.Product
+	json.Unmarshal([]byte(cli("product", "create", "--name", "gw", "--node-type", "gateway", "--allow-gateway-registration",
+		"--sign-methods", "sha256,hmacsha256", "-o", "json")), &gw)
+	if gw.NodeType != iothub.NodeGateway || !gw.AllowGatewayRegistration || len(gw.SignMethods) != 2 {
+		t.Fatalf("product create --node-type gateway: %+v", gw)
 	}
 	table := cli("device", "create", "-p", prod.ProductKey, "--device-key", "SN42")
 	if !strings.Contains(table, "DEVICEKEY") || !strings.Contains(table, "SN42") || !strings.Contains(table, "inactive") {

@@ -27,6 +27,7 @@ import (
 	"github.com/iothub/iothub/client"
 	"github.com/iothub/iothub/hub"
 	"github.com/iothub/iothub/postgres/pgtest"
+	"github.com/iothub/iothub/sign"
 )
 
 // procHub is `iothub serve` run as its own process, so that it can be
@@ -187,7 +188,12 @@ func TestFaultFullDiskRefusesAndResumes(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	filler := filepath.Join(dir, "filler")
 	fillDisk(t, filler)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
+	// An MQTT 5 client is told why in its PUBACK: 0x80 (128), not stored.
+	if out := mqtt5Post(t, th.MQTTAddr(), devices[0]); !strings.Contains(out, "received PUBACK") || !strings.Contains(out, "RC:128") {
+		t.Errorf("MQTT 5 post on a full disk: want a PUBACK with reason 128, mosquitto_pub says:\n%s", out)
+	}
+	time.Sleep(time.Second)
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +217,21 @@ func TestFaultFullDiskRefusesAndResumes(t *testing.T) {
 	if after.missing != 0 || after.acked <= full.acked {
 		t.Fatalf("after the disk was freed: %s; want new posts acknowledged and stored", after)
 	}
+}
+
+// mqtt5Post posts one measurepoint as d over MQTT 5 with mosquitto_pub and
+// returns its debug output, which names the PUBACK's reason code.
+func mqtt5Post(t testing.TB, addr string, d *loadDevice) string {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	cid, user, pass, err := sign.Credentials(d.dk+"-v5", d.pk, d.dk, d.secret, 2, sign.SHA256, strconv.FormatInt(time.Now().UnixMilli(), 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command(needTool(t, "mosquitto_pub"), "-V", "mqttv5", "-d", "-q", "1", "-h", host, "-p", port,
+		"-i", cid, "-u", user, "-P", pass, "-t", d.topic(),
+		"-m", `{"id":"v5","version":"1.0","method":"thing.measurepoint.post","params":{"measurepoints":{"n":0}}}`).CombinedOutput()
+	return string(out)
 }
 
 // fillDisk writes to path until the file system is full.

@@ -61,13 +61,20 @@ type Config struct {
 	// MetricsPublic also serves /metrics on the HTTPS listener; by default
 	// it is served only on the management listener (HTTPAddr, loopback).
 	MetricsPublic bool
+	// TLSLegacySuites offers iothub.LegacyTLS12CipherSuites on MQTT over
+	// TLS (only there) to devices that cannot do ECDHE. Off by default.
+	TLSLegacySuites bool
 	// Durability says what a commit (and so an acknowledged post) survives:
 	// DurabilityProcess (default) a crash of the process, DurabilityPower
 	// also a power loss or OS crash, at the cost of an fsync per commit on
 	// SQLite. PostgreSQL keeps its own setting (synchronous_commit, on by
 	// default: power-safe).
 	Durability string
-	Logger     *slog.Logger
+	// LoginMaxSkew, when positive, refuses MQTT logins whose signed
+	// timestamp is further than this from the hub's clock (off by default,
+	// as in EnOS).
+	LoginMaxSkew time.Duration
+	Logger       *slog.Logger
 }
 
 // Durability levels of Config.Durability.
@@ -193,7 +200,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(),
+		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err

@@ -9,11 +9,8 @@ import (
 // CreateDevice registers a device of p under deviceKey ("" generates one).
 // The answer carries the DeviceSecret in clear, once.
 func (s *Service) CreateDevice(ctx context.Context, a Actor, p *iothub.Product, deviceKey, name string) (*iothub.Device, error) {
-	d, err := iothub.NewDevice(p, deviceKey, name, s.now())
+	d, err := iothub.CreateDevice(ctx, s.cfg.Store, p, deviceKey, name, s.now())
 	if err != nil {
-		return nil, err
-	}
-	if err := s.cfg.Store.CreateDevice(ctx, d); err != nil {
 		return nil, err
 	}
 	s.audit(ctx, a, iothub.AuditEvent{OrgID: d.OrgID, Kind: "device.created", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey})

@@ -134,8 +134,8 @@ func TestActivationFlow(t *testing.T) {
 
 func TestGatewayRegistersSubDevices(t *testing.T) {
 	h := newTestHub(t)
-	gwp := h.product("pkgw", nil)
-	sub := h.product("pksub", nil)
+	gwp := h.product("pkgw", func(p *iothub.Product) { p.NodeType = iothub.NodeGateway })
+	sub := h.product("pksub", func(p *iothub.Product) { p.AllowGatewayRegistration = true })
 	gw := h.device(gwp, "gw")
 	c := h.connect(t, "pkgw", "gw", gw.DeviceSecret)
 	r := ask(t, c, "/sys/pkgw/gw/thing/device/register",

@@ -3,7 +3,9 @@ package mqtt
 import (
 	"context"
 	"crypto/tls"
+	"math"
 	"net"
+	"strconv"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -58,7 +60,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	case l.SecureMode == sign.ModeStatic:
 		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	case l.SecureMode == sign.ModeDynamic:
-		ss, ref = s.loginActivation(ctx, l, string(pk.Connect.Password), remote, now)
+		ss, ref = s.loginActivation(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	default:
 		ref = &refusal{code: codeNotAuthorized, reason: "securemode not supported"}
 	}
@@ -68,6 +70,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 
 	ss.cl = cl
 	ss.remote = remote
+	ss.tls = overTLS(cl)
 	ss.touch(now)
 	// mochi takes over sessions by client id: naming the client after the
 	// device makes a second login of the same device replace the first
@@ -117,12 +120,16 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 
 // refuse records a refused login (buckets, metric, audit) and writes the
 // CONNACK; it returns the code for mochi to close the connection with.
+// A failure over the failed-login buckets is answered as throttled (0x89).
 func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
-	if ref.failed && parsed {
-		s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
-	}
 	if ref.failed {
-		s.limits.failAddr.take(remote, now)
+		device := ""
+		if parsed {
+			device = l.ProductKey + "/" + l.DeviceKey
+		}
+		if s.limits.failed(device, remote, now) {
+			ref.code, ref.reason = codeBusy, ref.reason+"; throttled after failed logins"
+		}
 	}
 	s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
 	s.audit(iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
@@ -131,11 +138,10 @@ func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote stri
 	return ref.code
 }
 
-// loginStatic checks a securemode 2 login.
+// loginStatic checks a securemode 2 login. The signature is checked
+// before any throttle: failed logins are counted (refuse), but the holder
+// of the right secret is never refused for others' failures.
 func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
-	if s.limits.failDevice.blocked(l.ProductKey+"/"+l.DeviceKey, now) || s.limits.failAddr.blocked(remote, now) {
-		return nil, &refusal{code: codeBusy, reason: "throttled after failed logins"}
-	}
 	p, err := s.product(ctx, l.ProductKey)
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
@@ -143,6 +149,9 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		}
 		l.Verify(dummySecret, password)
 		return nil, &refusal{code: codeBadCredentials, reason: "unknown product", failed: true}
+	}
+	if ref := s.loginPolicy(p, l, now); ref != nil {
+		return nil, ref
 	}
 	var serial string
 	var notAfter time.Time
@@ -193,6 +202,39 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		ss.offlineTimeout = time.Duration(p.OfflineTimeoutSec) * time.Second
 	}
 	return ss, nil
+}
+
+// loginPolicy applies a product's login rules that need no device: the
+// sign methods it accepts and the freshness window of the signed timestamp.
+func (s *Server) loginPolicy(p *iothub.Product, l sign.Login, now time.Time) *refusal {
+	if !p.AllowsSignMethod(string(l.SignMethod)) {
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "sign method " + string(l.SignMethod) + " not allowed for the product"}
+	}
+	if !s.fresh(l.Timestamp, now) {
+		// A replay of a captured CONNECT: counted as a failed login.
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "login timestamp outside the freshness window", failed: true}
+	}
+	return nil
+}
+
+// overTLS reports whether a client is connected over TLS.
+func overTLS(cl *mochi.Client) bool {
+	_, ok := cl.Net.Conn.(*tls.Conn)
+	return ok
+}
+
+// fresh reports whether a login's signed timestamp (ms since the epoch, a
+// fraction allowed) is within Config.LoginMaxSkew of now; always true when
+// the window is off.
+func (s *Server) fresh(timestamp string, now time.Time) bool {
+	if s.cfg.LoginMaxSkew <= 0 {
+		return true
+	}
+	ms, err := strconv.ParseFloat(timestamp, 64)
+	if err != nil || math.IsNaN(ms) || math.IsInf(ms, 0) {
+		return false
+	}
+	return math.Abs(ms-float64(now.UnixMilli())) <= float64(s.cfg.LoginMaxSkew.Milliseconds())
 }
 
 // writeConnackRefusal answers a refused CONNECT: MQTT 5 clients get the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"strconv"
 
 	"github.com/iothub/iothub"
@@ -34,7 +35,7 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	if ss == nil || ss.cl.Closed() {
 		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
 	}
-	id := s.callTag + "-" + strconv.FormatUint(s.callSeq.Add(1), 10)
+	id := s.nextCallID()
 	payload, err := json.Marshal(struct {
 		ID      string          `json:"id"`
 		Version string          `json:"version"`
@@ -65,6 +66,16 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	case <-ctx.Done():
 		return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
 	}
+}
+
+// nextCallID returns the id of a new downstream request: a decimal number
+// between 1 and 2^31-1, because the EnOS C SDK reads the id with atoi and
+// writes it back unquoted. Ids need only be unique among this node's
+// pending calls (a reply comes back on the connection it was sent to); the
+// counter starts at a random point so that a restarted node does not
+// reuse the ids of calls its devices may still answer.
+func (s *Server) nextCallID() string {
+	return strconv.FormatUint(uint64(s.callSeq.Add(1)%math.MaxInt32)+1, 10)
 }
 
 // deliverReply hands a device's reply on {topic}_reply to the Call that

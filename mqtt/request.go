@@ -24,6 +24,7 @@ const (
 	codeEmpty        = 1251
 	codeMismatch     = 1260
 	codeInternal     = 500
+	codeTooMany      = 429 // rate-limited: retry later
 	// codeNotStored answers a post the store could not take (disk full,
 	// database down): nothing was stored and the device should retry. Its
 	// PUBACK is withheld (MQTT 5: reason 0x80), so an SDK resends it.
@@ -137,9 +138,14 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		s.reply(ss, topic, req.ID, re.Code, nil, re.Msg)
 		return answered
 	}
-	if req.Method != methodFor(rel) {
-		s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
-		return answered
+	if want := methodFor(rel); req.Method != want {
+		// The topic is authoritative for event posts: the Python SDK 0.1.1
+		// sends "thing.event.%s.post" unformatted.
+		if !strings.HasPrefix(rel, "thing/event/") || !strings.HasPrefix(req.Method, "thing.event.") {
+			s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
+			return answered
+		}
+		s.log.Debug("mqtt: event post method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

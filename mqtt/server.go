@@ -8,11 +8,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,8 +46,16 @@ type Config struct {
 	// copies it and applies its own policy (TLS 1.2+, AEAD ECDHE suites,
 	// optional client certificate verified by Certs).
 	TLS *tls.Config
+	// LegacySuites adds iothub.LegacyTLS12CipherSuites to the TLS
+	// listener, after the strong ones, for devices that cannot do ECDHE.
+	LegacySuites bool
 	// MaxPayload caps a PUBLISH payload (0: DefaultMaxPayload).
 	MaxPayload int
+	// LoginMaxSkew, when positive, refuses a login whose signed timestamp
+	// (ms since the epoch) is further than this from the hub's clock, so a
+	// captured CONNECT cannot be replayed later. Off (0) by default: EnOS
+	// does not check it and the C SDK signs a fixed timestamp.
+	LoginMaxSkew time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 }
@@ -70,8 +79,7 @@ type Server struct {
 	pmu     sync.Mutex
 	pending map[string]*pendingCall
 	ended   map[iothub.DeviceID]time.Time // last-seen of ended sessions, awaiting flush
-	callSeq atomic.Uint64
-	callTag string
+	callSeq atomic.Uint32                 // numbers downstream requests (see nextCallID)
 
 	limits   *limiters
 	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
@@ -153,8 +161,6 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   3600,
 	})
-	tag := make([]byte, 4)
-	_, _ = rand.Read(tag)
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -167,14 +173,19 @@ func New(cfg Config) (*Server, error) {
 		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
-		callTag:    hex.EncodeToString(tag),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
 	}
+	var start [4]byte
+	_, _ = rand.Read(start[:])
+	s.callSeq.Store(binary.BigEndian.Uint32(start[:]) % 1_000_000_000)
 	if cfg.TLS != nil {
-		s.tlsConf = serverTLS(cfg.TLS)
+		s.tlsConf = serverTLS(cfg.TLS, cfg.LegacySuites)
+		if cfg.LegacySuites {
+			s.log.Warn("mqtt: legacy TLS 1.2 suites with RSA key exchange are on (--tls-legacy-suites): no forward secrecy for the devices that use them")
+		}
 	}
 	if err := b.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, err
@@ -201,11 +212,15 @@ func (s *Server) notStored(kind string) func(items int, err error) {
 	}
 }
 
-// serverTLS applies the hub's TLS policy to a copy of base.
-func serverTLS(base *tls.Config) *tls.Config {
+// serverTLS applies the hub's TLS policy to a copy of base, with the
+// legacy suites after the strong ones if asked.
+func serverTLS(base *tls.Config, legacy bool) *tls.Config {
 	c := base.Clone()
 	c.MinVersion = tls.VersionTLS12
 	c.CipherSuites = iothub.TLS12CipherSuites
+	if legacy {
+		c.CipherSuites = append(slices.Clone(iothub.TLS12CipherSuites), iothub.LegacyTLS12CipherSuites...)
+	}
 	// The chain is verified by CertificateService.AuthorizeClient against
 	// the hub CA and the product's verified external CAs, so the handshake
 	// only asks for a certificate.
@@ -330,6 +345,9 @@ func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 			return
 		}
 		l.met.handshakes.Inc()
+		if slices.Contains(iothub.LegacyTLS12CipherSuites, tc.ConnectionState().CipherSuite) {
+			l.met.legacyHandshakes.Inc()
+		}
 		c = tc
 	}
 	if l.end.Load() {

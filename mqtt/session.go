@@ -19,6 +19,7 @@ type session struct {
 	orgID      string
 	remote     string // source IP
 	activation bool   // securemode 3: may only use the activation topics
+	tls        bool   // connected over TLS: secrets may be sent on it
 
 	sysPrefix string // "/sys/{pk}/{dk}/"
 	extPrefix string // "/ext/session/{pk}/{dk}/"

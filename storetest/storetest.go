@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -213,14 +214,15 @@ func testAPIKeys(t *testing.T, db iothub.Store) {
 func testProducts(t *testing.T, db iothub.Store) {
 	must(t, db.CreateOrg(ctx, &iothub.Org{ID: "acme", Name: "Acme"}))
 	p := &iothub.Product{OrgID: "acme", ProductKey: "pk1", ProductSecret: "s1", Name: "Meter",
-		DynamicActivation: true, AutoRegister: true, DeviceLimit: 5, OfflineTimeoutSec: 90, MaxCertDays: 30}
+		DynamicActivation: true, AutoRegister: true, DeviceLimit: 5, OfflineTimeoutSec: 90, MaxCertDays: 30,
+		NodeType: iothub.NodeGateway, AllowGatewayRegistration: true, SignMethods: []string{"sha256", "hmacsha256"}}
 	must(t, db.CreateProduct(ctx, p))
 	if p.AuthMode != iothub.AuthSecret || p.CreatedAt.IsZero() {
 		t.Fatalf("defaults not filled: %+v", p)
 	}
 	got, err := db.Product(ctx, "pk1")
 	must(t, err)
-	if *got != *p {
+	if !reflect.DeepEqual(got, p) {
 		t.Fatalf("Product = %+v\nwant      %+v", got, p)
 	}
 	mkProduct(t, db, "pk2")
@@ -231,6 +233,7 @@ func testProducts(t *testing.T, db iothub.Store) {
 		"bad key":     {OrgID: "acme", ProductKey: "a/b", ProductSecret: "x"},
 		"no secret":   {OrgID: "acme", ProductKey: "pk3"},
 		"bad mode":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", AuthMode: "psk"},
+		"bad node":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", NodeType: "hub"},
 		"negative":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", DeviceLimit: -1},
 		"unknown org": {OrgID: "ghost", ProductKey: "pk3", ProductSecret: "x"},
 	} {
@@ -259,10 +262,15 @@ func testProducts(t *testing.T, db iothub.Store) {
 	// Rotation and field updates.
 	up := *got
 	up.ProductSecret, up.Name, up.AuthMode, up.AutoRegister, up.CreatedAt = "s2", "Meter v2", iothub.AuthCertificate, false, time.Time{}
+	up.AllowGatewayRegistration, up.SignMethods, up.NodeType = false, nil, iothub.NodeDevice
 	must(t, db.UpdateProduct(ctx, &up))
 	got, _ = db.Product(ctx, "pk1")
-	if got.ProductSecret != "s2" || got.Name != "Meter v2" || got.AuthMode != iothub.AuthCertificate || got.AutoRegister || !got.CreatedAt.Equal(p.CreatedAt) {
+	if got.ProductSecret != "s2" || got.Name != "Meter v2" || got.AuthMode != iothub.AuthCertificate || got.AutoRegister || !got.CreatedAt.Equal(p.CreatedAt) ||
+		got.AllowGatewayRegistration || len(got.SignMethods) != 0 {
 		t.Fatalf("after update: %+v", got)
+	}
+	if got.NodeType != iothub.NodeGateway {
+		t.Fatalf("the node type is fixed at creation, got %q after an update", got.NodeType)
 	}
 	moved := *got
 	moved.OrgID = iothub.DefaultOrgID
@@ -273,7 +281,7 @@ func testProducts(t *testing.T, db iothub.Store) {
 	empty := *got
 	empty.ProductSecret = ""
 	wantCode(t, db.UpdateProduct(ctx, &empty), iothub.EINVALID)
-	if again, _ := db.Product(ctx, "pk1"); *again != *got {
+	if again, _ := db.Product(ctx, "pk1"); !reflect.DeepEqual(again, got) {
 		t.Fatalf("refused update changed the row: %+v", again)
 	}
 

@@ -10,7 +10,7 @@ import (
 )
 
 var (
-	productCols = []string{"productKey", "name", "authMode", "dynamicActivation", "autoRegister", "orgId"}
+	productCols = []string{"productKey", "name", "nodeType", "authMode", "dynamicActivation", "autoRegister", "orgId"}
 	deviceCols  = []string{"productKey", "deviceKey", "state", "assetId", "lastSeenAt", "activatedAt"}
 	certCols    = []string{"serial", "deviceKey", "status", "notAfter", "reason"}
 )
@@ -62,11 +62,15 @@ func productFlags(cmd *cobra.Command) func(body map[string]any) {
 	limit := f.Int("device-limit", 0, "cap on auto-registered devices (0: default)")
 	offline := f.Int("offline-timeout", 0, "seconds without data before a device is offline (0: 1.5 × keepalive)")
 	days := f.Int("max-cert-days", 0, "cap on device certificate validity (0: default)")
+	gwReg := f.Bool("allow-gateway-registration", false, "let gateways of the org register devices of this product")
+	methods := f.StringSlice("sign-methods", nil, "login sign methods accepted, e.g. sha256,hmacsha256 (empty: all)")
 	return func(body map[string]any) {
 		set := map[string]any{"name": *name, "auth-mode": *mode, "dynamic-activation": *dyn, "auto-register": *auto,
-			"device-limit": *limit, "offline-timeout": *offline, "max-cert-days": *days}
+			"device-limit": *limit, "offline-timeout": *offline, "max-cert-days": *days,
+			"allow-gateway-registration": *gwReg, "sign-methods": *methods}
 		field := map[string]string{"name": "name", "auth-mode": "authMode", "dynamic-activation": "dynamicActivation",
-			"auto-register": "autoRegister", "device-limit": "deviceLimit", "offline-timeout": "offlineTimeoutSec", "max-cert-days": "maxCertDays"}
+			"auto-register": "autoRegister", "device-limit": "deviceLimit", "offline-timeout": "offlineTimeoutSec", "max-cert-days": "maxCertDays",
+			"allow-gateway-registration": "allowGatewayRegistration", "sign-methods": "signMethods"}
 		for flag, v := range set {
 			if f.Changed(flag) {
 				body[field[flag]] = v
@@ -77,7 +81,7 @@ func productFlags(cmd *cobra.Command) func(body map[string]any) {
 
 func productCmd(g *globals) *cobra.Command {
 	cmd := groupCmd("product", "Manage products")
-	var org, key string
+	var org, key, nodeType string
 	var createBody, updateBody func(map[string]any)
 	create := apiCmd(g, "create", "Create a product (its ProductSecret is shown once)", cobra.NoArgs, func([]string) (call, error) {
 		body := map[string]any{}
@@ -88,11 +92,15 @@ func productCmd(g *globals) *cobra.Command {
 		if key != "" {
 			body["productKey"] = key
 		}
-		return call{method: "POST", path: "/api/v1/products", body: body, columns: append(productCols[:2:2], "productSecret", "authMode", "dynamicActivation", "autoRegister")}, nil
+		if nodeType != "" {
+			body["nodeType"] = nodeType
+		}
+		return call{method: "POST", path: "/api/v1/products", body: body, columns: append(productCols[:3:3], "productSecret", "authMode", "dynamicActivation", "autoRegister")}, nil
 	})
 	createBody = productFlags(create)
 	create.Flags().StringVar(&org, "org", "", "organisation id (bootstrap key only)")
 	create.Flags().StringVar(&key, "product-key", "", "product key (default: generated)")
+	create.Flags().StringVar(&nodeType, "node-type", "", "device (default) or gateway; fixed at creation")
 	update := apiCmd(g, "update PK", "Change a product's settings", cobra.ExactArgs(1), func(a []string) (call, error) {
 		body := map[string]any{}
 		updateBody(body)

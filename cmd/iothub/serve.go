@@ -64,7 +64,9 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&hostnames, "hostname", "localhost,127.0.0.1", "DNS names and IPs in the hub's server certificate")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL put in certificates for CRL, CA and OCSP (default: the https listener)")
 	f.StringVar(&cfg.ServerKey, "server-key", hub.ServerKeyClient, "hub certificate for TLS clients: client (ECDSA to clients preferring it, else RSA-2048), rsa or ecdsa")
+	f.BoolVar(&cfg.TLSLegacySuites, "tls-legacy-suites", false, "also offer TLS 1.2 RSA key exchange suites (AES-128 GCM/CBC) on --mqtts, for device stacks without ECDHE such as the EnOS C SDK's mbedtls; no forward secrecy")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "also serve /metrics on the https listener (default: only on --http)")
+	f.DurationVar(&cfg.LoginMaxSkew, "login-max-skew", 0, "refuse MQTT logins whose signed timestamp is further than this from the hub's clock, e.g. 10m (0: off, as in EnOS; the C SDK signs a fixed timestamp)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text (key=value) or json, one object per line")
 	return cmd
