@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cliRun runs the CLI and returns its stdout, stderr and exit code.
@@ -122,5 +124,78 @@ func TestCLIVersionStamp(t *testing.T) {
 	}
 	if out, _, code := cliRun(t, bin, "", "version"); code != 0 || !strings.HasPrefix(out, "iothub v9.8.7 ") {
 		t.Fatalf("version: exit %d: %q", code, out)
+	}
+}
+
+// TestCLIAudit: iothub audit filters by kind, device and time, pages with
+// a cursor, and --follow prints events as they happen.
+func TestCLIAudit(t *testing.T) {
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
+	defer stop()
+	api := []string{"--server", addrs["http"], "--data-dir", dir}
+	run := func(args ...string) (string, string) {
+		t.Helper()
+		out, errOut, code := cliRun(t, bin, "", append(args, api...)...)
+		if code != 0 {
+			t.Fatalf("iothub %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
+		}
+		return out, errOut
+	}
+	rows := func(out string) int { return strings.Count(out, "\n") - 1 }
+	run("product", "create", "--name", "audited", "--product-key", "audited")
+	for i := range 3 {
+		run("device", "create", "-p", "audited", "--device-key", fmt.Sprintf("A%d", i))
+	}
+	run("device", "disable", "-p", "audited", "A1")
+
+	if out, _ := run("audit", "--kind", "device.disabled"); rows(out) != 1 || !strings.Contains(out, "A1") {
+		t.Fatalf("audit --kind device.disabled:\n%s", out)
+	}
+	if out, _ := run("audit", "--device", "A1"); rows(out) != 2 || strings.Contains(out, "A0") {
+		t.Fatalf("audit --device A1:\n%s", out)
+	}
+	first, note := run("audit", "--kind", "device.", "--limit", "3")
+	i := strings.Index(note, "--cursor ")
+	if rows(first) != 3 || i < 0 {
+		t.Fatalf("audit --kind device. --limit 3:\n%s\nstderr: %s", first, note)
+	}
+	cursor := strings.Fields(note[i+len("--cursor "):])[0]
+	if rest, note := run("audit", "--kind", "device.", "--cursor", cursor); rows(rest) != 1 || !strings.Contains(rest, "A0") || note != "" {
+		t.Fatalf("audit --cursor %s:\n%s\nstderr: %s", cursor, rest, note)
+	}
+	if out, _ := run("audit", "--since", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)); rows(out) != 0 {
+		t.Fatalf("audit --since in an hour:\n%s", out)
+	}
+	if _, errOut, code := cliRun(t, bin, "", append([]string{"audit", "--since", "yesterday"}, api...)...); code != 1 || !strings.Contains(errOut, "RFC 3339") {
+		t.Fatalf("audit --since yesterday: exit %d: %s", code, errOut)
+	}
+
+	// --follow prints what happens next.
+	follow := exec.Command(bin, append([]string{"audit", "--follow", "--kind", "device.", "-o", "json"}, api...)...)
+	out, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { follow.Process.Kill(); follow.Wait() }()
+	guard := time.AfterFunc(30*time.Second, func() { follow.Process.Kill() }) // a silent follow ends the reads below
+	defer guard.Stop()
+	lines := bufio.NewScanner(out)
+	for range 4 { // the four device events so far, oldest first
+		if !lines.Scan() {
+			t.Fatal("audit --follow ended")
+		}
+	}
+	run("device", "disable", "-p", "audited", "A2")
+	if !lines.Scan() {
+		t.Fatal("audit --follow ended")
+	}
+	var e struct{ Kind, DeviceKey string }
+	if err := json.Unmarshal(lines.Bytes(), &e); err != nil || e.Kind != "device.disabled" || e.DeviceKey != "A2" {
+		t.Fatalf("audit --follow printed %s (%v), want A2's disable", lines.Text(), err)
 	}
 }

@@ -1,11 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 
+	"github.com/iothub/iothub/client"
 	"github.com/spf13/cobra"
 )
 
@@ -243,21 +250,96 @@ func certCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// auditCmd reads the security audit log.
+// auditCols are the columns of an audit listing.
+var auditCols = []string{"id", "time", "orgId", "kind", "productKey", "deviceKey", "remote", "reason"}
+
+// auditCmd reads the security audit log, newest first, or follows it.
 func auditCmd(g *globals) *cobra.Command {
-	var org string
-	var limit int
-	cmd := apiCmd(g, "audit", "Show the newest security events (logins, refusals, revocations, management writes)", cobra.NoArgs, func([]string) (call, error) {
-		q := url.Values{"limit": {strconv.Itoa(limit)}}
-		if org != "" {
-			q.Set("orgId", org)
+	var org, kind, product, device, since, until string
+	var follow bool
+	var page *paging
+	filter := func() url.Values {
+		q := url.Values{}
+		for k, v := range map[string]string{"orgId": org, "kind": kind, "productKey": product, "deviceKey": device, "since": since, "until": until} {
+			if v != "" {
+				q.Set(k, v)
+			}
 		}
-		return call{method: "GET", path: "/api/v1/audit?" + q.Encode(), list: "events",
-			columns: []string{"id", "time", "orgId", "kind", "productKey", "deviceKey", "remote", "reason"}}, nil
+		return q
+	}
+	cmd := apiCmd(g, "audit", "Show security events (logins, refusals, revocations, management writes), newest first", cobra.NoArgs, func([]string) (call, error) {
+		return call{method: "GET", path: "/api/v1/audit?" + filter().Encode(), list: "events", columns: auditCols, page: page}, nil
 	})
-	cmd.Flags().StringVar(&org, "org", "", "only this organisation (bootstrap key; default every org it sees)")
-	cmd.Flags().IntVar(&limit, "limit", 100, "how many of the newest events (at most 1000)")
+	list := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if !follow {
+			return list(cmd, args)
+		}
+		if err := g.checkOutput(); err != nil {
+			return err
+		}
+		cl, err := g.client(cmd)
+		if err != nil {
+			return err
+		}
+		return followAudit(cmd.Context(), cl, filter(), g.output, cmd.OutOrStdout())
+	}
+	f := cmd.Flags()
+	f.StringVar(&org, "org", "", "only this organisation (bootstrap key; default every org the key sees)")
+	f.StringVar(&kind, "kind", "", "only this kind (login.refused), or kinds with this prefix ending in a dot (login.)")
+	f.StringVar(&product, "product", "", "only this product key")
+	f.StringVar(&device, "device", "", "only this device key")
+	f.StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
+	f.StringVar(&until, "until", "", "only events before this RFC 3339 time")
+	f.BoolVarP(&follow, "follow", "f", false, "print events as they happen, oldest first, until interrupted")
+	page = listFlags(cmd, "events")
+	cmd.MarkFlagsMutuallyExclusive("follow", "cursor")
 	return cmd
+}
+
+// followAudit prints the events q selects as they are recorded, one line
+// each, polling every second until ctx ends.
+func followAudit(ctx context.Context, cl *client.Client, q url.Values, format string, w io.Writer) error {
+	var after int64
+	for {
+		if after > 0 {
+			q.Set("after", strconv.FormatInt(after, 10))
+		}
+		q.Set("limit", strconv.Itoa(pageSize))
+		var page struct{ Events []map[string]any }
+		if err := cl.Do(ctx, "GET", "/api/v1/audit?"+q.Encode(), nil, &page); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if after == 0 { // the first answer is newest first: show it oldest first
+			slices.Reverse(page.Events)
+		}
+		for _, e := range page.Events {
+			if id, ok := e["id"].(float64); ok {
+				after = max(after, int64(id))
+			}
+			if format == outJSON {
+				b, _ := json.Marshal(e)
+				fmt.Fprintf(w, "%s\n", b)
+				continue
+			}
+			vals := make([]string, len(auditCols))
+			for i, c := range auditCols {
+				vals[i] = cell(e[c])
+			}
+			fmt.Fprintln(w, strings.Join(vals, "\t"))
+		}
+		if len(page.Events) == pageSize {
+			continue // more are waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // crlCmd downloads the hub CA's certificate revocation list.
