@@ -17,13 +17,15 @@ import (
 
 func newServeCmd() *cobra.Command {
 	var cfg hub.Config
-	var hostnames, logLevel, logFormat string
+	var hostnames, logLevel, logFormat, configFile string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the hub: MQTT, MQTT over TLS, the REST API and the CA",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f := cmd.Flags()
+			if err := applyConfig(cmd.Flags(), configFile); err != nil {
+				return err
+			}
 			logger, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 			if err != nil {
 				return err
@@ -33,12 +35,6 @@ func newServeCmd() *cobra.Command {
 				if h = strings.TrimSpace(h); h != "" {
 					cfg.Hostnames = append(cfg.Hostnames, h)
 				}
-			}
-			if !f.Changed("database") {
-				cfg.DatabaseURL = os.Getenv("IOTHUB_DATABASE")
-			}
-			if !f.Changed("nats") {
-				cfg.NATSURL = os.Getenv("IOTHUB_NATS")
 			}
 			h, err := hub.Open(cfg)
 			if err != nil {
@@ -52,8 +48,9 @@ func newServeCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DatabaseURL, "database", "", "PostgreSQL URL postgres://… shared by the nodes of a cluster (default: SQLite in the data directory; env IOTHUB_DATABASE)")
-	f.StringVar(&cfg.NATSURL, "nats", "", "NATS URL nats://… carrying events between nodes (default: in-process; env IOTHUB_NATS)")
+	f.StringVar(&configFile, "config", os.Getenv("IOTHUB_CONFIG"), "JSON file of flag values keyed by flag name, e.g. {\"mqtt\": \":1883\"}; every flag is also read from IOTHUB_<NAME> (env IOTHUB_CONFIG)")
+	f.StringVar(&cfg.DatabaseURL, "database", "", "PostgreSQL URL postgres://… shared by the nodes of a cluster (default: SQLite in the data directory)")
+	f.StringVar(&cfg.NATSURL, "nats", "", "NATS URL nats://… carrying events between nodes (default: in-process)")
 	f.StringVar(&cfg.DataDir, "data-dir", "./data", "data directory (database, CA, keys)")
 	f.SetNormalizeFunc(dataDirAlias)
 	f.StringVar(&cfg.Durability, "durability", hub.DurabilityProcess, "what an acknowledged post survives: process (kill -9) or power (power loss too: an fsync per SQLite commit)")
@@ -82,8 +79,8 @@ func newAdminKeyCmd() *cobra.Command {
 		Short: "Replace the bootstrap key with a new one, written to DATA/admin.key",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("database") {
-				database = os.Getenv("IOTHUB_DATABASE")
+			if err := applyConfig(cmd.Flags(), ""); err != nil {
+				return err
 			}
 			if _, err := hub.RotateAdminKey(data, database); err != nil {
 				return err
@@ -94,7 +91,7 @@ func newAdminKeyCmd() *cobra.Command {
 	}
 	rotate.Flags().StringVar(&data, "data-dir", "./data", "the hub's data directory")
 	rotate.Flags().SetNormalizeFunc(dataDirAlias)
-	rotate.Flags().StringVar(&database, "database", "", "the hub's PostgreSQL URL, if it uses one (env IOTHUB_DATABASE)")
+	rotate.Flags().StringVar(&database, "database", "", "the hub's PostgreSQL URL, if it uses one (every flag is also read from IOTHUB_<NAME>)")
 	cmd.AddCommand(rotate)
 	return cmd
 }
