@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -198,6 +199,32 @@ func TestSecurityEventsAreLogged(t *testing.T) {
 			if strings.Contains(l, s) {
 				t.Fatalf("a log line carries a secret: %s", l)
 			}
+		}
+	}
+}
+
+// TestOperatorMetrics: /metrics counts HTTP answers by route and code, and
+// audited security events by kind (certificate issuance among them).
+func TestOperatorMetrics(t *testing.T) {
+	th := startHub(t, "")
+	p := th.newProduct(t, map[string]any{"name": "metered", "authMode": "certificate"})
+	th.enrollWithOpenSSL(t, t.TempDir(), p, "M1", "m1")
+	do(t, th.admin, "GET", "/api/v1/products/"+p.ProductKey+"/devices/nobody", nil, nil, 404)
+	resp, err := http.Get(th.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`iothub_http_requests_total{code="201",route="POST /api/v1/products"} 1`,
+		`iothub_http_requests_total{code="404",route="GET /api/v1/products/{pk}/devices/{dk}"} 1`,
+		`iothub_http_request_seconds_count{route="POST /api/v1/products/{pk}/devices/{dk}/certificates"} 1`,
+		`iothub_audit_events_total{kind="cert.issued"} 1`,
+		`iothub_audit_events_total{kind="product.created"} 1`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/manage"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -43,6 +44,8 @@ type Config struct {
 	Now func() time.Time
 	// Ready are the checks of /readyz (database, bus, listeners).
 	Ready []ReadyCheck
+	// Registerer receives the HTTP request metrics; nil registers nothing.
+	Registerer prometheus.Registerer
 }
 
 // ReadyCheck is one condition of readiness: Check returns why the node is
@@ -62,6 +65,9 @@ type Server struct {
 	// ocspLimit paces OCSP requests per source address (F10): each answer
 	// not in the cache costs a signature.
 	ocspLimit *perAddress
+	// requests and latency count the answers by route (nil: not measured).
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 }
 
 // OCSP requests allowed per source address: a burst, then a steady rate.
@@ -123,6 +129,17 @@ func NewServer(cfg Config) *Server {
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	s.registerHealth()
+	if cfg.Registerer != nil {
+		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iothub_http_requests_total",
+			Help: "HTTP requests answered, by route pattern and status code."}, []string{"route", "code"})
+		s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "iothub_http_request_seconds",
+			Help: "Time to answer an HTTP request, by route pattern.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"route"})
+		for _, c := range []prometheus.Collector{s.requests, s.latency} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				s.Logger.Warn("http metrics not registered", "err", err)
+			}
+		}
+	}
 	return s
 }
 
@@ -130,13 +147,41 @@ func NewServer(cfg Config) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
-	// Only the mux's own ServeHTTP sets the request's path values.
-	if h, pattern := s.mux.Handler(r); pattern == "" {
+	h, pattern := s.mux.Handler(r)
+	if s.requests != nil {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		w = sw
+		start := time.Now()
+		route := pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		defer func() {
+			s.requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+			s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+	}
+	if pattern == "" {
 		s.noRoute(w, r, h)
 		return
 	}
+	// Only the mux's own ServeHTTP sets the request's path values.
 	s.mux.ServeHTTP(w, r)
 }
+
+// statusWriter remembers the status code a handler answers with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // noRoute answers a request no route matches with the mux's status (404,
 // or 405 with its Allow header) in the API's JSON error shape.

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/iothub/iothub"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // auditLogged is the registry with every security event it records also
@@ -15,6 +16,16 @@ import (
 type auditLogged struct {
 	iothub.Store
 	log *slog.Logger
+	// events counts the events by kind: logins and refusals, certificates
+	// issued and revoked, management writes.
+	events *prometheus.CounterVec
+}
+
+func newAuditLogged(db iothub.Store, log *slog.Logger, reg prometheus.Registerer) auditLogged {
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iothub_audit_events_total",
+		Help: "Security events audited, by kind (login.ok, login.refused, cert.issued, cert.revoked, device.disabled, …)."}, []string{"kind"})
+	reg.MustRegister(events)
+	return auditLogged{Store: db, log: log, events: events}
 }
 
 func (s auditLogged) Audit(ctx context.Context, e iothub.AuditEvent) error {
@@ -31,6 +42,7 @@ func (s auditLogged) AuditBatch(ctx context.Context, events []iothub.AuditEvent)
 
 // logEvent writes e at warn level when it is a refusal, else at info.
 func (s auditLogged) logEvent(ctx context.Context, e iothub.AuditEvent) {
+	s.events.WithLabelValues(e.Kind).Inc()
 	level := slog.LevelInfo
 	if strings.Contains(e.Kind, "refused") {
 		level = slog.LevelWarn

@@ -141,7 +141,9 @@ func Open(cfg Config) (h *Hub, err error) {
 	if err != nil {
 		return nil, err
 	}
-	h.db = auditLogged{Store: db, log: h.log}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.db = newAuditLogged(db, h.log, reg)
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
 	}
@@ -196,8 +198,6 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 
 	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
 		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew,
@@ -240,8 +240,9 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
 		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		Ready:   h.readyChecks(),
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Ready:      h.readyChecks(),
+		Registerer: reg,
 	})
 	if httpLn != nil {
 		h.serve(httpLn, api)
