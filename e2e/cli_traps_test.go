@@ -199,3 +199,26 @@ func TestCLIAudit(t *testing.T) {
 		t.Fatalf("audit --follow printed %s (%v), want A2's disable", lines.Text(), err)
 	}
 }
+
+// TestCLIPagesProducts: product list pages like device list (the API pages
+// products, orgs and API keys by key).
+func TestCLIPagesProducts(t *testing.T) {
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
+	defer stop()
+	api := []string{"--server", addrs["http"], "--data-dir", dir}
+	for i := range 3 {
+		if _, errOut, code := cliRun(t, bin, "", append([]string{"product", "create", "--name", "p", "--product-key", fmt.Sprintf("P%d", i)}, api...)...); code != 0 {
+			t.Fatal(errOut)
+		}
+	}
+	out, errOut, _ := cliRun(t, bin, "", append([]string{"product", "list", "--limit", "2"}, api...)...)
+	if !strings.Contains(out, "P0") || !strings.Contains(out, "P1") || strings.Contains(out, "P2") || !strings.Contains(errOut, "--cursor P1") {
+		t.Fatalf("product list --limit 2:\n%s\nstderr: %s", out, errOut)
+	}
+	out, errOut, _ = cliRun(t, bin, "", append([]string{"product", "list", "--cursor", "P1"}, api...)...)
+	if strings.Count(out, "\n") != 2 || !strings.Contains(out, "P2") || errOut != "" {
+		t.Fatalf("product list --cursor P1:\n%s\nstderr: %s", out, errOut)
+	}
+}

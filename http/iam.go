@@ -58,7 +58,11 @@ func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request, p iothub.Princ
 			visible = append(visible, o)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"orgs": visible})
+	visible, next, err := pageOf(r, visible, func(o *iothub.Org) string { return o.ID })
+	if err != nil {
+		return err
+	}
+	writePage(w, "orgs", visible, next)
 	return nil
 }
 
@@ -105,7 +109,11 @@ func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request, p iothub.Pr
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"apikeys": keys})
+	keys, next, err := pageOf(r, keys, func(k *iothub.APIKey) string { return k.ID })
+	if err != nil {
+		return err
+	}
+	writePage(w, "apikeys", keys, next)
 	return nil
 }
 

@@ -170,11 +170,15 @@ func (s *Server) listProducts(w http.ResponseWriter, r *http.Request, p iothub.P
 	if err != nil {
 		return err
 	}
+	prods, next, err := pageOf(r, prods, func(p *iothub.Product) string { return p.ProductKey })
+	if err != nil {
+		return err
+	}
 	out := make([]*iothub.Product, len(prods))
 	for i, prod := range prods {
 		out[i] = withoutSecret(prod)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"products": out})
+	writePage(w, "products", out, next)
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -334,6 +335,41 @@ func (s *Server) allow(key string, spend bool) bool {
 		return l.Allow()
 	}
 	return l.Tokens() >= 1
+}
+
+// listPage is the most rows a list without a store-side cursor answers at once.
+const listPage = 1000
+
+// pageOf sorts items by key and answers the page the request asks for:
+// those after ?cursor, at most ?limit (default and cap listPage), and the
+// cursor of the next page when more remain ("" otherwise).
+func pageOf[T any](r *http.Request, items []T, key func(T) string) ([]T, string, error) {
+	limit, err := queryInt(r, "limit", listPage, listPage)
+	if err != nil {
+		return nil, "", err
+	}
+	slices.SortFunc(items, func(a, b T) int { return strings.Compare(key(a), key(b)) })
+	if cursor := r.URL.Query().Get("cursor"); cursor != "" {
+		i, found := slices.BinarySearchFunc(items, cursor, func(it T, c string) int { return strings.Compare(key(it), c) })
+		if found {
+			i++
+		}
+		items = items[i:]
+	}
+	if len(items) > limit {
+		return items[:limit], key(items[limit-1]), nil
+	}
+	return items, "", nil
+}
+
+// writePage writes a page of a list as {name: items, nextCursor} (the
+// cursor only when more remain).
+func writePage(w http.ResponseWriter, name string, items any, next string) {
+	body := map[string]any{name: items}
+	if next != "" {
+		body["nextCursor"] = next
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // actor is the caller of a management request, for the audit row.

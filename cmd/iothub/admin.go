@@ -149,6 +149,19 @@ func listFlags(cmd *cobra.Command, noun string) *paging {
 	return p
 }
 
+// listCmd makes a command that pages through a list (the call's list
+// field) with --limit, --all and --cursor.
+func listCmd(g *globals, use, short, noun string, build func() (call, error)) *cobra.Command {
+	var page *paging
+	cmd := apiCmd(g, use, short, cobra.NoArgs, func([]string) (call, error) {
+		c, err := build()
+		c.page = page
+		return c, err
+	})
+	page = listFlags(cmd, noun)
+	return cmd
+}
+
 // apiCmd makes a command that sends the call built from its flags and
 // arguments and prints the answer.
 func apiCmd(g *globals, use, short string, args cobra.PositionalArgs, build func(args []string) (call, error)) *cobra.Command {

@@ -28,7 +28,7 @@ func orgCmd(g *globals) *cobra.Command {
 		apiCmd(g, "create NAME", "Create an organisation (bootstrap key)", cobra.ExactArgs(1), func(a []string) (call, error) {
 			return call{method: "POST", path: "/api/v1/orgs", body: map[string]any{"name": a[0]}, columns: []string{"id", "name"}}, nil
 		}),
-		apiCmd(g, "list", "List organisations", cobra.NoArgs, func([]string) (call, error) {
+		listCmd(g, "list", "List organisations", "orgs", func() (call, error) {
 			return call{method: "GET", path: "/api/v1/orgs", list: "orgs", columns: []string{"id", "name"}}, nil
 		}),
 	)
@@ -50,7 +50,7 @@ func apikeyCmd(g *globals) *cobra.Command {
 	})
 	revoke.Flags().StringVar(&revokeOrg, "org", "default", "organisation id")
 	var listOrg string
-	list := apiCmd(g, "list", "List an organisation's API keys (never the keys themselves)", cobra.NoArgs, func([]string) (call, error) {
+	list := listCmd(g, "list", "List an organisation's API keys (never the keys themselves)", "apikeys", func() (call, error) {
 		return call{method: "GET", path: "/api/v1/orgs/" + url.PathEscape(listOrg) + "/apikeys", list: "apikeys",
 			columns: []string{"id", "name", "role", "bootstrap", "createdAt", "revokedAt"}}, nil
 	})
@@ -115,7 +115,7 @@ func productCmd(g *globals) *cobra.Command {
 	})
 	updateBody = productFlags(update)
 	cmd.AddCommand(create, update,
-		apiCmd(g, "list", "List products", cobra.NoArgs, func([]string) (call, error) {
+		listCmd(g, "list", "List products", "products", func() (call, error) {
 			return call{method: "GET", path: "/api/v1/products", list: "products", columns: productCols}, nil
 		}),
 		apiCmd(g, "get PK", "Show a product", cobra.ExactArgs(1), func(a []string) (call, error) {
@@ -154,16 +154,14 @@ func deviceCmd(g *globals) *cobra.Command {
 	})
 	create.Flags().StringVar(&key, "device-key", "", "device key, e.g. the serial number (default: generated)")
 	create.Flags().StringVar(&name, "name", "", "device name")
-	var page *paging
-	list := apiCmd(g, "list", "List a product's devices", cobra.NoArgs, func([]string) (call, error) {
-		c, err := devCall("GET", nil, "", call{list: "devices", columns: deviceCols, page: page})
+	list := listCmd(g, "list", "List a product's devices", "devices", func() (call, error) {
+		c, err := devCall("GET", nil, "", call{list: "devices", columns: deviceCols})
 		if state != "" {
 			c.path += "?state=" + url.QueryEscape(state)
 		}
 		return c, err
 	})
 	list.Flags().StringVar(&state, "state", "", "only devices in this state")
-	page = listFlags(list, "devices")
 	lifecycle := func(verb, short string) *cobra.Command {
 		return apiCmd(g, verb+" DK", short, cobra.ExactArgs(1), func(a []string) (call, error) {
 			return devCall("POST", a, "/"+verb, call{columns: append(deviceCols, "deviceSecret")})
