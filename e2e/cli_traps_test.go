@@ -31,22 +31,39 @@ func cliRun(t *testing.T, bin, stdin string, args ...string) (stdout, stderr str
 	return out.String(), errb.String(), code
 }
 
+// cliHub is an `iothub serve` process and the CLI pointed at it.
+type cliHub struct {
+	t        *testing.T
+	bin, dir string
+	addrs    map[string]string
+	logs     func() []string
+}
+
+// startCLIHub builds the CLI and starts `iothub serve` (with extra flags)
+// on a fresh data directory; the hub stops when the test ends.
+func startCLIHub(t *testing.T, extra ...string) *cliHub {
+	t.Helper()
+	bin, dir := buildCLI(t), t.TempDir()
+	addrs, stop, logs := serveBinaryAddrs(t, bin, dir, extra...)
+	t.Cleanup(stop)
+	return &cliHub{t: t, bin: bin, dir: dir, addrs: addrs, logs: logs}
+}
+
+// run runs the CLI against the hub and fails the test unless it exits with want.
+func (h *cliHub) run(want int, args ...string) (stdout, stderr string) {
+	h.t.Helper()
+	out, errOut, code := cliRun(h.t, h.bin, "", append(args, "--server", h.addrs["http"], "--data-dir", h.dir)...)
+	if code != want {
+		h.t.Fatalf("iothub %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, want, out, errOut)
+	}
+	return out, errOut
+}
+
 // TestCLITraps: the mistakes a new operator makes get a clear error and a
 // distinct exit code, and change nothing.
 func TestCLITraps(t *testing.T) {
-	bin := buildCLI(t)
-	dir := t.TempDir()
-	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
-	defer stop()
-	api := []string{"--server", addrs["http"], "--data-dir", dir}
-	run := func(wantCode int, args ...string) (string, string) {
-		t.Helper()
-		out, errOut, code := cliRun(t, bin, "", append(args, api...)...)
-		if code != wantCode {
-			t.Fatalf("iothub %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, out, errOut)
-		}
-		return out, errOut
-	}
+	h := startCLIHub(t)
+	bin, dir, addrs, run := h.bin, h.dir, h.addrs, h.run
 	products := func() int {
 		out, _ := run(0, "product", "list", "-o", "json")
 		var l struct{ Products []json.RawMessage }
@@ -130,18 +147,12 @@ func TestCLIVersionStamp(t *testing.T) {
 // TestCLIAudit: iothub audit filters by kind, device and time, pages with
 // a cursor, and --follow prints events as they happen.
 func TestCLIAudit(t *testing.T) {
-	bin := buildCLI(t)
-	dir := t.TempDir()
-	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
-	defer stop()
-	api := []string{"--server", addrs["http"], "--data-dir", dir}
+	h := startCLIHub(t)
+	bin := h.bin
+	api := []string{"--server", h.addrs["http"], "--data-dir", h.dir}
 	run := func(args ...string) (string, string) {
 		t.Helper()
-		out, errOut, code := cliRun(t, bin, "", append(args, api...)...)
-		if code != 0 {
-			t.Fatalf("iothub %s: exit %d\n%s", strings.Join(args, " "), code, errOut)
-		}
-		return out, errOut
+		return h.run(0, args...)
 	}
 	rows := func(out string) int { return strings.Count(out, "\n") - 1 }
 	run("product", "create", "--name", "audited", "--product-key", "audited")
@@ -168,8 +179,8 @@ func TestCLIAudit(t *testing.T) {
 	if out, _ := run("audit", "--since", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)); rows(out) != 0 {
 		t.Fatalf("audit --since in an hour:\n%s", out)
 	}
-	if _, errOut, code := cliRun(t, bin, "", append([]string{"audit", "--since", "yesterday"}, api...)...); code != 1 || !strings.Contains(errOut, "RFC 3339") {
-		t.Fatalf("audit --since yesterday: exit %d: %s", code, errOut)
+	if _, errOut := h.run(1, "audit", "--since", "yesterday"); !strings.Contains(errOut, "RFC 3339") {
+		t.Fatalf("audit --since yesterday: %s", errOut)
 	}
 
 	// --follow prints what happens next.
@@ -203,21 +214,15 @@ func TestCLIAudit(t *testing.T) {
 // TestCLIPagesProducts: product list pages like device list (the API pages
 // products, orgs and API keys by key).
 func TestCLIPagesProducts(t *testing.T) {
-	bin := buildCLI(t)
-	dir := t.TempDir()
-	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
-	defer stop()
-	api := []string{"--server", addrs["http"], "--data-dir", dir}
+	h := startCLIHub(t)
 	for i := range 3 {
-		if _, errOut, code := cliRun(t, bin, "", append([]string{"product", "create", "--name", "p", "--product-key", fmt.Sprintf("P%d", i)}, api...)...); code != 0 {
-			t.Fatal(errOut)
-		}
+		h.run(0, "product", "create", "--name", "p", "--product-key", fmt.Sprintf("P%d", i))
 	}
-	out, errOut, _ := cliRun(t, bin, "", append([]string{"product", "list", "--limit", "2"}, api...)...)
+	out, errOut := h.run(0, "product", "list", "--limit", "2")
 	if !strings.Contains(out, "P0") || !strings.Contains(out, "P1") || strings.Contains(out, "P2") || !strings.Contains(errOut, "--cursor P1") {
 		t.Fatalf("product list --limit 2:\n%s\nstderr: %s", out, errOut)
 	}
-	out, errOut, _ = cliRun(t, bin, "", append([]string{"product", "list", "--cursor", "P1"}, api...)...)
+	out, errOut = h.run(0, "product", "list", "--cursor", "P1")
 	if strings.Count(out, "\n") != 2 || !strings.Contains(out, "P2") || errOut != "" {
 		t.Fatalf("product list --cursor P1:\n%s\nstderr: %s", out, errOut)
 	}

@@ -133,16 +133,11 @@ func ownPostgres(t *testing.T, o pgtest.Options) (*pgtest.Cluster, string) {
 // carries a secret.
 func TestSecurityEventsAreLogged(t *testing.T) {
 	mosquittoPub := needTool(t, "mosquitto_pub")
-	bin := buildCLI(t)
-	dir := t.TempDir()
-	addrs, stop, logs := serveBinaryAddrs(t, bin, dir, "--log-format", "json")
-	defer stop()
+	h := startCLIHub(t, "--log-format", "json")
+	bin, dir, addrs, logs := h.bin, h.dir, h.addrs, h.logs
 	cli := func(args ...string) map[string]any {
 		t.Helper()
-		out, errOut, code := cliRun(t, bin, "", append(args, "-o", "json", "--server", addrs["http"], "--data-dir", dir)...)
-		if code != 0 {
-			t.Fatalf("iothub %v: exit %d: %s", args, code, errOut)
-		}
+		out, _ := h.run(0, append(args, "-o", "json")...)
 		var m map[string]any
 		json.Unmarshal([]byte(out), &m)
 		return m
