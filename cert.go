@@ -124,8 +124,11 @@ type Store interface {
 	ProductStore
 	DeviceStore
 	TelemetryStore
+	TopologyStore
 	CertStore
 	RequestLog
 	AuditLog
+	ChangeLog
+	NodeStore
 	Close() error
 }

@@ -158,8 +158,11 @@ type DeviceStore interface {
 	// ApplyDeviceStates records login and logout transitions in one
 	// transaction, in order, and returns one result per change. Online
 	// follows SetDeviceState (ECONFLICT on a disabled device, ENOTFOUND if
-	// it is gone); offline replaces only online and is otherwise a no-op
-	// (nil), so a late logout never undoes a disable or a reset. The second
+	// it is gone) but is a no-op (nil) while another node holds the device
+	// from a later login (StateChange.At), so a login's write arriving late
+	// does not take the device back; offline replaces only online owned by
+	// the same node and is otherwise a no-op (nil), so a late logout never
+	// undoes a disable, a reset or a login elsewhere. The second
 	// result fails the whole batch (nothing written).
 	ApplyDeviceStates(ctx context.Context, changes []StateChange) ([]error, error)
 	DeleteDevice(ctx context.Context, productKey, deviceKey string) error
@@ -169,11 +172,15 @@ type DeviceStore interface {
 type DeviceID struct{ ProductKey, DeviceKey string }
 
 // StateChange is one login (StateOnline) or logout (StateOffline) of a
-// device at time At, for ApplyDeviceStates.
+// device at time At on hub node Node, for ApplyDeviceStates. Going online
+// records Node as the session's owner; going offline applies only while
+// Node still owns it, so a session ending on one node does not undo a
+// newer login on another.
 type StateChange struct {
 	Device DeviceID
 	State  DeviceState
 	At     time.Time
+	Node   string
 }
 
 // Sample is one upstream measurepoint post as stored.
@@ -255,4 +262,15 @@ type AuditFilter struct {
 	After int64
 	// Limit defaults to a page and is capped by the store.
 	Limit int
+}
+
+// TopologyStore keeps which sub-devices each gateway connects.
+type TopologyStore interface {
+	// AddSubDevices puts devices in a gateway's topology; a device in
+	// another gateway's topology is ECONFLICT.
+	AddSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
+	SubDevices(ctx context.Context, gateway DeviceID) ([]DeviceID, error)
+	// GatewayOf returns the gateway whose topology holds sub, or ENOTFOUND.
+	GatewayOf(ctx context.Context, sub DeviceID) (DeviceID, error)
+	RemoveSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
 }

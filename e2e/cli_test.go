@@ -27,19 +27,22 @@ func buildCLI(t *testing.T) string {
 	return bin
 }
 
-// serveBinary runs `iothub serve` on dir, waits for its ready line and
-// returns the HTTP API URL it reports.
-func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
-	t.Helper()
-	addrs, stop, _ := serveBinaryAddrs(t, bin, dir)
-	return addrs["http"], stop
+// hubProcess is a running `iothub serve`.
+type hubProcess struct {
+	cmd      *exec.Cmd
+	httpURL  string
+	mqttAddr string
+	// addrs are the addresses of the ready line: http, https (URLs), mqtt,
+	// mqtts (host:port).
+	addrs map[string]string
+	// logs returns the lines the hub has logged so far.
+	logs func() []string
 }
 
-// serveBinaryAddrs runs `iothub serve` on dir with every listener on a free
-// loopback port, waits for its ready line and returns what it names:
-// http, https (URLs), mqtt, mqtts (host:port). logs returns the lines it
-// has logged so far.
-func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func(), logs func() []string) {
+// startBinary runs `iothub serve` on dir, with every listener on a free
+// loopback port and extra flags, and waits for its ready line. The process
+// is killed at the end of the test if still running.
+func startBinary(t *testing.T, bin, dir string, extra ...string) *hubProcess {
 	t.Helper()
 	args := append([]string{"serve", "--data-dir", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(bin, args...)
@@ -47,6 +50,12 @@ func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
 	lines := make(chan string, 100)
 	var mu sync.Mutex
 	var logged []string
@@ -60,22 +69,28 @@ func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map
 		}
 		close(lines)
 	}()
+	p := &hubProcess{cmd: cmd, logs: func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), logged...)
+	}}
 	deadline := time.After(60 * time.Second)
 	field := regexp.MustCompile(`"?(https?|mqtts?)"?[=:]"?([^\s",]+)`)
-	for addrs == nil {
+	for p.addrs == nil {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatal("iothub serve exited before its ready line")
 			}
 			if strings.Contains(l, "iothub ready") {
-				addrs = map[string]string{}
+				p.addrs = map[string]string{}
 				for _, m := range field.FindAllStringSubmatch(l, -1) {
-					addrs[m[1]] = m[2]
+					p.addrs[m[1]] = m[2]
 				}
-				if addrs["http"] == "" {
+				if p.addrs["http"] == "" {
 					t.Fatalf("ready line names no http address: %s", l)
 				}
+				p.httpURL, p.mqttAddr = p.addrs["http"], p.addrs["mqtt"]
 			}
 		case <-deadline:
 			cmd.Process.Kill()
@@ -86,18 +101,37 @@ func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map
 		for range lines {
 		}
 	}()
-	stop = func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
-		}
+	return p
+}
+
+// kill ends the process with SIGKILL: no cleanup runs.
+func (p *hubProcess) kill() {
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
+
+// stop ends the process with SIGTERM and fails the test unless it exits cleanly.
+func (p *hubProcess) stop(t *testing.T) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
 	}
-	logs = func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), logged...)
-	}
-	return addrs, stop, logs
+}
+
+// serveBinary runs `iothub serve` on dir, waits for its ready line and
+// returns the HTTP API URL it reports.
+func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
+	t.Helper()
+	p := startBinary(t, bin, dir)
+	return p.httpURL, func() { p.stop(t) }
+}
+
+// serveBinaryAddrs is startBinary answering the ready line's addresses, a
+// stop (SIGTERM, clean exit expected) and the hub's log lines.
+func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func(), logs func() []string) {
+	t.Helper()
+	p := startBinary(t, bin, dir, extra...)
+	return p.addrs, func() { p.stop(t) }, p.logs
 }
 
 func TestCLIServeAndAdminCommands(t *testing.T) {

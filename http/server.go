@@ -127,6 +127,7 @@ func NewServer(cfg Config) *Server {
 	s.registerIAM()
 	s.registerProducts()
 	s.registerDevices()
+	s.registerTopology()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	s.registerHealth()
@@ -421,6 +422,7 @@ var statusOf = map[string]int{
 	iothub.ETOOMANY:      http.StatusTooManyRequests,
 	iothub.EOFFLINE:      http.StatusConflict,
 	iothub.ETIMEOUT:      http.StatusGatewayTimeout,
+	iothub.EUNAVAILABLE:  http.StatusServiceUnavailable,
 	iothub.EINTERNAL:     http.StatusInternalServerError,
 }
 

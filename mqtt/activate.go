@@ -10,6 +10,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 	"github.com/iothub/iothub/sign"
 )
 
@@ -92,7 +93,7 @@ func (s *Server) loginActivation(ctx context.Context, cl *mochi.Client, l sign.L
 
 // autoRegister creates a device for an activation of an unknown key.
 func (s *Server) autoRegister(ctx context.Context, p *iothub.Product, deviceKey, remote string, now time.Time) (*iothub.Device, error) {
-	d, err := iothub.CreateDevice(ctx, s.cfg.Store, p, deviceKey, "", now)
+	d, err := s.cfg.Manage.CreateDevice(ctx, manage.Actor{Remote: remote, By: "securemode 3 auto-registration"}, p, deviceKey, "")
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ECONFLICT || errors.Is(err, iothub.ErrDeviceLimit) {
 			return nil, err
@@ -106,8 +107,6 @@ func (s *Server) autoRegister(ctx context.Context, p *iothub.Product, deviceKey,
 		}
 		return d, nil
 	}
-	s.audit(iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
-		ProductKey: p.ProductKey, DeviceKey: deviceKey, Remote: remote, Reason: "auto-registration by securemode 3"})
 	return d, nil
 }
 
@@ -182,11 +181,11 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 			return nil, codeInternal, "store error"
 		}
 	}
-	now := s.now()
+	by := manage.Actor{Remote: ss.remote, By: "gateway " + ss.dev.ProductKey + "/" + ss.dev.DeviceKey}
 	res := make([]registeredDevice, 0, len(reqs))
 	for i, r := range reqs {
 		name, _ := r.DeviceName.(string)
-		d, err := iothub.CreateDevice(ctx, s.cfg.Store, products[i], r.DeviceKey, name, now)
+		d, err := s.cfg.Manage.CreateDevice(ctx, by, products[i], r.DeviceKey, name)
 		if err != nil {
 			s.removeRegistered(ctx, res)
 			switch {
@@ -201,10 +200,14 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 		}
 		res = append(res, registeredDevice{d.AssetID, d.ProductKey, d.DeviceKey, d.DeviceSecret})
 	}
-	for _, d := range res {
-		s.audit(iothub.AuditEvent{Time: now, OrgID: gw.OrgID, Kind: "device.registered",
-			ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Remote: ss.remote,
-			Reason: "thing.device.register by gateway " + ss.dev.ProductKey + "/" + ss.dev.DeviceKey})
+	// The gateway registered them to connect them: they join its topology.
+	subs := make([]iothub.DeviceID, len(res))
+	for i, d := range res {
+		subs[i] = iothub.DeviceID{ProductKey: d.ProductKey, DeviceKey: d.DeviceKey}
+	}
+	if err := s.cfg.Store.AddSubDevices(ctx, ss.dev, subs); err != nil {
+		s.removeRegistered(ctx, res)
+		return nil, codeNotStored, msgNotStored
 	}
 	return res, codeOK, ""
 }

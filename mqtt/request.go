@@ -118,19 +118,37 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		// activation reply, which needs no action.
 		return answered
 	}
-	if !strings.HasPrefix(topic, ss.sysPrefix) {
-		return routed
-	}
-	rel := topic[len(ss.sysPrefix):]
-	if strings.HasSuffix(rel, replySuffix) {
-		if s.deliverReply(ss, strings.TrimSuffix(rel, replySuffix), payload) {
-			return answered
+	// target is the device the request is for: the session's own, or a
+	// sub-device logged in through it (a gateway).
+	target, rel := ss, ""
+	var handler handlerFn
+	switch {
+	case strings.HasPrefix(topic, ss.sysPrefix):
+		rel = topic[len(ss.sysPrefix):]
+	case strings.HasPrefix(topic, ss.extPrefix):
+		rel = topic[len(ss.extPrefix):]
+		var ok bool
+		if handler, ok = sessionRequest(rel); !ok {
+			return routed
 		}
-		return routed
+	default:
+		if target = ss.subFor(topic); target == nil {
+			return routed
+		}
+		target.touch(s.now())
+		rel = topic[len(target.sysPrefix):]
 	}
-	handler, ok := upstream(rel)
-	if !ok {
-		return routed
+	if handler == nil {
+		if strings.HasSuffix(rel, replySuffix) {
+			if s.deliverReply(target, strings.TrimSuffix(rel, replySuffix), payload) {
+				return answered
+			}
+			return routed
+		}
+		var ok bool
+		if handler, ok = upstream(rel); !ok {
+			return routed
+		}
 	}
 	req, err := parseRequest(payload, s.maxPay)
 	if err != nil {
@@ -149,8 +167,12 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	data, code, msg := handler(s, ctx, ss, req.Params)
+	data, code, msg := handler(s, ctx, target, req.Params)
 	s.reply(ss, topic, req.ID, code, data, msg)
+	if ss.closeAfterReply.Load() {
+		s.kick(ss, codeBusy, "throttled")
+		return answered
+	}
 	if code == codeNotStored {
 		s.refused(ss)
 		return notStored
@@ -210,6 +232,12 @@ func upstream(rel string) (handlerFn, bool) {
 		return queryNames("tags", iothub.Store.Tags), true
 	case "thing/tag/delete":
 		return deleteNames("tags", iothub.Store.DeleteTags), true
+	case "thing/topo/add":
+		return (*Server).topoAdd, true
+	case "thing/topo/get":
+		return (*Server).topoGet, true
+	case "thing/topo/delete":
+		return (*Server).topoDelete, true
 	case "thing/device/register":
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
@@ -263,15 +291,21 @@ type postParams struct {
 // The measurepoints pass the store's own rules here, so that a post the
 // store would refuse never joins a batch.
 func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) {
+	dev := ss.dev
 	if (p.ProductKey != "" && p.ProductKey != ss.dev.ProductKey) || (p.DeviceKey != "" && p.DeviceKey != ss.dev.DeviceKey) {
-		return iothub.Sample{}, codeNoPermission, "entry belongs to another device"
+		// A gateway posts for its logged-in sub-devices too.
+		sub := ss.sub(iothub.DeviceID{ProductKey: p.ProductKey, DeviceKey: p.DeviceKey})
+		if sub == nil {
+			return iothub.Sample{}, codeNoPermission, "entry belongs to another device (not this device or a logged-in sub-device)"
+		}
+		dev = sub.dev
 	}
 	mp, err := iothub.ParseMeasurepoints(p.Measurepoints)
 	if err != nil {
 		code, msg := storeCode(err)
 		return iothub.Sample{}, code, msg
 	}
-	return iothub.Sample{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Time: s.postTime(p.Time),
+	return iothub.Sample{ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Time: s.postTime(p.Time),
 		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""
 }
 

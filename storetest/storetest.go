@@ -61,8 +61,11 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"TelemetryHistoryBound", testTelemetryHistoryBound},
 		{"Attributes", testAttributes},
 		{"EventsAndTags", testEventsAndTags},
+		{"Topology", testTopology},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
+		{"ChangeLog", testChangeLog},
+		{"NodeLeases", testNodeLeases},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
 	}
@@ -888,6 +891,42 @@ func testEventsAndTags(t *testing.T, db iothub.Store) {
 	if tags, _ := db.Tags(ctx, "pk", "a"); len(tags) != 0 {
 		t.Fatalf("a re-created device inherited tags: %v", tags)
 	}
+}
+
+func testTopology(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "gwp")
+	mkProduct(t, db, "pk")
+	id := func(pk, dk string) iothub.DeviceID { return iothub.DeviceID{ProductKey: pk, DeviceKey: dk} }
+	gw, gw2 := id("gwp", "gw"), id("gwp", "gw2")
+	mkDevice(t, db, "gwp", "gw")
+	mkDevice(t, db, "gwp", "gw2")
+	mkDevice(t, db, "pk", "a")
+	mkDevice(t, db, "pk", "b")
+	must(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "b"), id("pk", "a")}))
+	must(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "a")})) // again: no change
+	subs, err := db.SubDevices(ctx, gw)
+	must(t, err)
+	if len(subs) != 2 || subs[0] != id("pk", "a") || subs[1] != id("pk", "b") {
+		t.Fatalf("SubDevices = %v", subs)
+	}
+	wantCode(t, db.AddSubDevices(ctx, gw2, []iothub.DeviceID{id("pk", "a")}), iothub.ECONFLICT)
+	wantCode(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "ghost")}), iothub.ENOTFOUND)
+	wantCode(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{gw}), iothub.EINVALID)
+	if owner, err := db.GatewayOf(ctx, id("pk", "a")); err != nil || owner != gw {
+		t.Fatalf("GatewayOf(a) = %v, %v", owner, err)
+	}
+	_, err = db.GatewayOf(ctx, gw2)
+	wantCode(t, err, iothub.ENOTFOUND)
+	must(t, db.RemoveSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "b"), id("pk", "ghost")}))
+	must(t, db.DeleteDevice(ctx, "pk", "a"))
+	if subs, _ := db.SubDevices(ctx, gw); len(subs) != 0 {
+		t.Fatalf("after remove and delete: %v", subs)
+	}
+	// Deleting a gateway empties its topology.
+	must(t, db.AddSubDevices(ctx, gw2, []iothub.DeviceID{id("pk", "b")}))
+	must(t, db.DeleteDevice(ctx, "gwp", "gw2"))
+	_, err = db.GatewayOf(ctx, id("pk", "b"))
+	wantCode(t, err, iothub.ENOTFOUND)
 }
 
 func testDeleteDeviceRemovesDataKeepsCertificates(t *testing.T, db iothub.Store) {
