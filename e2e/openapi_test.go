@@ -131,6 +131,9 @@ func TestOpenAPISchemasMatchAnswers(t *testing.T) {
 	p := th.newProduct(t, map[string]any{"name": "schema", "authMode": "certificate"})
 	th.newDevice(t, p, "S1")
 	c := th.enrollWithOpenSSL(t, dir, p, "S2", "s2")
+	gw := th.newProduct(t, map[string]any{"name": "gw", "nodeType": "gateway"})
+	th.newDevice(t, gw, "G1")
+	subs := "/api/v1/products/" + gw.ProductKey + "/devices/G1/subdevices"
 	pk, devs := p.ProductKey, "/api/v1/products/"+p.ProductKey+"/devices"
 	dev := devs + "/"
 	for _, step := range []struct {
@@ -162,6 +165,8 @@ func TestOpenAPISchemasMatchAnswers(t *testing.T) {
 		{"GET", "/api/v1/certificates/" + c.serial, "/api/v1/certificates/{serial}", nil, 200},
 		{"POST", "/api/v1/certificates/" + c.serial + "/revoke", "/api/v1/certificates/{serial}/revoke", map[string]any{"reason": "keyCompromise"}, 200},
 		{"GET", "/api/v1/audit?limit=3", "/api/v1/audit", nil, 200},
+		{"POST", subs, "/api/v1/products/{pk}/devices/{dk}/subdevices", map[string]any{"subDevices": []map[string]string{{"productKey": pk, "deviceKey": "S3"}}}, 200},
+		{"GET", subs, "/api/v1/products/{pk}/devices/{dk}/subdevices", nil, 200},
 		{"GET", dev + "nobody", "/api/v1/products/{pk}/devices/{dk}", nil, 404},
 		{"POST", "/api/v1/products", "/api/v1/products", map[string]any{"name": "x", "bogus": 1}, 400},
 	} {
