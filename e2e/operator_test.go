@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -72,6 +73,10 @@ func TestThrottleIsPerKeyPrefix(t *testing.T) {
 	}
 	if last.StatusCode != 429 || last.Header.Get("Retry-After") == "" || e.Error.Code != "rate_limited" {
 		t.Fatalf("12 bad keys: last %d Retry-After=%q %+v", last.StatusCode, last.Header.Get("Retry-After"), e)
+	}
+	// The client: ten different bad keys, then a good one.
+	for i := range 10 {
+		rawJSON(t, "GET", th.HTTPURL()+"/api/v1/products", fmt.Sprintf("ihk_%02dBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", i), &e)
 	}
 	var products map[string]any
 	if resp := rawJSON(t, "GET", th.HTTPURL()+"/api/v1/products", th.AdminKey(), &products); resp.StatusCode != 200 {
