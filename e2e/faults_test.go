@@ -173,18 +173,7 @@ func fillDisk(t testing.TB, path string) {
 // PostgreSQL restarted (immediate shutdown, as in a crash) under load: no
 // acknowledged post is missing and storing resumes without a hub restart.
 func TestFaultPostgresRestartLosesNoAcknowledgedPost(t *testing.T) {
-	cluster, err := pgtest.Start(pgtest.Options{Durable: true})
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip("PostgreSQL is not installed")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Stop)
-	url, err := cluster.CreateDatabase()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster, url := ownPostgres(t, pgtest.Options{Durable: true})
 	th := startHubWith(t, "", hub.Config{DatabaseURL: url})
 	devices := loadDevices(t, th.admin, 20)
 	run := startLoad(devices, "tcp://"+th.MQTTAddr(), 20*time.Millisecond)
