@@ -124,9 +124,12 @@ type Store interface {
 	ProductStore
 	DeviceStore
 	TelemetryStore
+	TopologyStore
 	CertStore
 	RequestLog
 	AuditLog
-	ChangeStore
+	ChangeLog
+	NodeStore
+	DataLog
 	Close() error
 }

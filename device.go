@@ -31,7 +31,16 @@ type Product struct {
 	AuthMode          AuthMode `json:"authMode"`
 	DynamicActivation bool     `json:"dynamicActivation"`
 	AutoRegister      bool     `json:"autoRegister"`
-	// DeviceLimit caps devices created by auto-registration (0: DefaultDeviceLimit).
+	// NodeType is what the product's devices are; fixed at creation.
+	NodeType NodeType `json:"nodeType"`
+	// AllowGatewayRegistration lets gateways of the product's org create
+	// its devices (thing.device.register).
+	AllowGatewayRegistration bool `json:"allowGatewayRegistration"`
+	// SignMethods lists the login sign methods the product's devices may
+	// use, lower case (empty: every method the hub knows).
+	SignMethods []string `json:"signMethods,omitempty"`
+	// DeviceLimit caps the product's devices, however they are created
+	// (0: DefaultDeviceLimit).
 	DeviceLimit int `json:"deviceLimit"`
 	// OfflineTimeoutSec marks an online device offline after this long without
 	// data (0: 1.5 × the session's keepalive).
@@ -149,8 +158,11 @@ type DeviceStore interface {
 	// ApplyDeviceStates records login and logout transitions in one
 	// transaction, in order, and returns one result per change. Online
 	// follows SetDeviceState (ECONFLICT on a disabled device, ENOTFOUND if
-	// it is gone); offline replaces only online and is otherwise a no-op
-	// (nil), so a late logout never undoes a disable or a reset. The second
+	// it is gone) but is a no-op (nil) while another node holds the device
+	// from a later login (StateChange.At), so a login's write arriving late
+	// does not take the device back; offline replaces only online owned by
+	// the same node and is otherwise a no-op (nil), so a late logout never
+	// undoes a disable, a reset or a login elsewhere. The second
 	// result fails the whole batch (nothing written).
 	ApplyDeviceStates(ctx context.Context, changes []StateChange) ([]error, error)
 	DeleteDevice(ctx context.Context, productKey, deviceKey string) error
@@ -160,11 +172,15 @@ type DeviceStore interface {
 type DeviceID struct{ ProductKey, DeviceKey string }
 
 // StateChange is one login (StateOnline) or logout (StateOffline) of a
-// device at time At, for ApplyDeviceStates.
+// device at time At on hub node Node, for ApplyDeviceStates. Going online
+// records Node as the session's owner; going offline applies only while
+// Node still owns it, so a session ending on one node does not undo a
+// newer login on another.
 type StateChange struct {
 	Device DeviceID
 	State  DeviceState
 	At     time.Time
+	Node   string
 }
 
 // Sample is one upstream measurepoint post as stored.
@@ -238,4 +254,36 @@ type AuditLog interface {
 	// event fails the batch and nothing is written.
 	AuditBatch(ctx context.Context, events []AuditEvent) error
 	AuditEvents(ctx context.Context, orgID string, limit int) ([]AuditEvent, error)
+	// SearchAudit returns the events f selects: newest first, or oldest
+	// first when f.After is set.
+	SearchAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
+}
+
+// AuditFilter selects audit events; zero fields select everything.
+type AuditFilter struct {
+	OrgID string
+	// Kind is an event kind (login.refused), or a prefix of kinds ending
+	// in a dot (login.).
+	Kind       string
+	ProductKey string
+	DeviceKey  string
+	// Since and Until bound the event time: Since ≤ time < Until.
+	Since, Until time.Time
+	// Before pages a newest-first listing: only ids below it.
+	Before int64
+	// After follows the log: only ids above it, oldest first.
+	After int64
+	// Limit defaults to a page and is capped by the store.
+	Limit int
+}
+
+// TopologyStore keeps which sub-devices each gateway connects.
+type TopologyStore interface {
+	// AddSubDevices puts devices in a gateway's topology; a device in
+	// another gateway's topology is ECONFLICT.
+	AddSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
+	SubDevices(ctx context.Context, gateway DeviceID) ([]DeviceID, error)
+	// GatewayOf returns the gateway whose topology holds sub, or ENOTFOUND.
+	GatewayOf(ctx context.Context, sub DeviceID) (DeviceID, error)
+	RemoveSubDevices(ctx context.Context, gateway DeviceID, subs []DeviceID) error
 }

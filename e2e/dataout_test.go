@@ -463,10 +463,9 @@ func TestDataOutRefusesBadInput(t *testing.T) {
 // and the receiver's recovery every acknowledged post is delivered
 // (duplicates allowed, counted), none missing.
 func TestWebhookOutboxSurvivesKillDashNine(t *testing.T) {
-	p := &procHub{bin: buildCLI(t), dir: t.TempDir()}
-	p.start(t)
-	defer func() { p.kill() }()
-	api := p.api(t)
+	bin, dir := buildCLI(t), t.TempDir()
+	p := startBinary(t, bin, dir)
+	api := binaryHub(t, p, dir).admin
 	devices := loadDevices(t, api, 10)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -480,12 +479,12 @@ func TestWebhookOutboxSurvivesKillDashNine(t *testing.T) {
 		"kinds": []string{"measurepoints"}, "webhook": map[string]any{"url": "http://" + addr + "/hook", "secret": secret}}, &rule); err != nil {
 		t.Fatal(err)
 	}
-	run := startLoad(devices, p.mqtt, 20*time.Millisecond)
+	run := startLoad(devices, "tcp://"+p.mqttAddr, 20*time.Millisecond)
 	time.Sleep(1500 * time.Millisecond)
 	p.kill()
 	run.end(t)
-	p.start(t)
-	api = p.api(t)
+	p = startBinary(t, bin, dir)
+	api = binaryHub(t, p, dir).admin
 	var got iothub.Rule
 	deadline := time.Now().Add(30 * time.Second)
 	for !got.Status.Failing {
@@ -688,20 +687,20 @@ func TestTelemetryHistoryBySampleTime(t *testing.T) {
 	cursor := ""
 	for page := 0; ; page++ {
 		var out struct {
-			Samples []postSeen
-			Next    string
+			Samples    []postSeen
+			NextCursor string
 		}
 		do(t, th.admin, "GET", path+"?from="+from+"&to="+to+"&limit=2&cursor="+cursor, nil, &out, 200)
 		for _, s := range out.Samples {
 			got = append(got, s.Measurepoints.N)
 		}
-		if out.Next == "" {
+		if out.NextCursor == "" {
 			break
 		}
 		if page > 5 {
 			t.Fatal("paging does not end")
 		}
-		cursor = out.Next
+		cursor = out.NextCursor
 	}
 	if fmt.Sprint(got) != "[1 2 3 4 5]" {
 		t.Fatalf("history by sample time: %v, want [1 2 3 4 5]", got)

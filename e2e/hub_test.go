@@ -45,15 +45,16 @@ func startHubWith(t testing.TB, dir string, extra hub.Config) *testHub {
 		level = slog.LevelDebug
 	}
 	h, err := hub.Open(hub.Config{
-		DataDir:     dir,
-		MQTTAddr:    "127.0.0.1:0",
-		MQTTSAddr:   "127.0.0.1:0",
-		HTTPAddr:    "127.0.0.1:0",
-		HTTPSAddr:   "127.0.0.1:0",
-		Hostnames:   []string{"localhost", "127.0.0.1"},
-		DatabaseURL: extra.DatabaseURL,
-		NATSURL:     extra.NATSURL,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		DataDir:         dir,
+		MQTTAddr:        "127.0.0.1:0",
+		MQTTSAddr:       "127.0.0.1:0",
+		HTTPAddr:        "127.0.0.1:0",
+		HTTPSAddr:       "127.0.0.1:0",
+		Hostnames:       []string{"localhost", "127.0.0.1"},
+		DatabaseURL:     extra.DatabaseURL,
+		NATSURL:         extra.NATSURL,
+		TLSLegacySuites: extra.TLSLegacySuites,
+		Logger:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		t.Fatalf("hub.Open: %v", err)

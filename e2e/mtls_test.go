@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/hub"
 	"github.com/iothub/iothub/sign"
 )
 
@@ -250,5 +251,40 @@ func TestOpenSSLClientGetsECDSA(t *testing.T) {
 		if !strings.Contains(out, tc.want) || !strings.Contains(out, "Verify return code: 0 (ok)") {
 			t.Errorf("sigalgs %q: want %q and a verified chain:\n%s", tc.sigalgs, tc.want, out)
 		}
+	}
+}
+
+// --tls-legacy-suites lets a device stack without ECDHE (the EnOS C SDK's
+// mbedtls) complete a TLS 1.2 handshake on MQTT over TLS, and only there;
+// by default such a client is refused.
+func TestLegacySuitesAreOptInAndMQTTSOnly(t *testing.T) {
+	handshake := func(th *testHub, addr, cipher string) string {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "ca.pem"), th.ChainPEM(), 0o600)
+		out, _ := openssl(t, dir, "s_client", "-connect", addr, "-tls1_2", "-cipher", cipher,
+			"-CAfile", "ca.pem", "-verify_return_error", "-servername", "localhost")
+		return out
+	}
+	const rsaKex = "AES128-GCM-SHA256:AES128-SHA256:AES128-SHA"
+	plain := startHub(t, "")
+	if out := handshake(plain, plain.MQTTSAddr(), rsaKex); !strings.Contains(out, "Cipher is (NONE)") {
+		t.Fatalf("a default hub accepted RSA key exchange:\n%s", out)
+	}
+	legacy := startHubWith(t, "", hub.Config{TLSLegacySuites: true})
+	for _, cipher := range []string{"AES128-GCM-SHA256", "AES128-SHA256", "AES128-SHA"} {
+		out := handshake(legacy, legacy.MQTTSAddr(), cipher)
+		if !strings.Contains(out, ", Cipher is "+cipher) || !strings.Contains(out, "Protocol  : TLSv1.2") || !strings.Contains(out, "Verify return code: 0 (ok)") {
+			t.Fatalf("--tls-legacy-suites: %s refused on MQTT over TLS:\n%s", cipher, out)
+		}
+	}
+	if m := string(legacy.get(t, "/metrics")); !strings.Contains(m, "iothub_mqtt_tls_legacy_handshakes_total 3") {
+		t.Fatal("the three legacy handshakes are not counted in iothub_mqtt_tls_legacy_handshakes_total")
+	}
+	if out := handshake(legacy, strings.TrimPrefix(legacy.HTTPSURL(), "https://"), rsaKex); !strings.Contains(out, "Cipher is (NONE)") {
+		t.Fatalf("--tls-legacy-suites reached the HTTPS listener:\n%s", out)
+	}
+	// A modern client still gets ECDHE.
+	if out := handshake(legacy, legacy.MQTTSAddr(), "ECDHE-ECDSA-AES128-GCM-SHA256:"+rsaKex); !strings.Contains(out, "Cipher is ECDHE-") {
+		t.Fatalf("a client offering ECDHE was given a legacy suite:\n%s", out)
 	}
 }

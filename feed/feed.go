@@ -26,7 +26,7 @@ const (
 
 // Config wires a Feed.
 type Config struct {
-	Store iothub.ChangeStore
+	Store iothub.DataLog
 	// Bus, if set, tells the other nodes of each append (and this node of
 	// theirs).
 	Bus    iothub.Bus
@@ -61,7 +61,7 @@ func New(cfg Config) *Feed {
 	f := &Feed{cfg: cfg, woken: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	if cfg.Bus != nil {
 		f.unsub = cfg.Bus.Subscribe(func(e iothub.Event) {
-			if e.Kind == iothub.EventChanges {
+			if e.Kind == iothub.EventDataAppended {
 				f.wake()
 			}
 		})
@@ -88,16 +88,16 @@ func (f *Feed) Retention() time.Duration { return f.cfg.Retention }
 // Record appends committed changes to the log and wakes the followers on
 // every node. Writers call it after their own commit and before they
 // acknowledge, so an acknowledged post is in the log.
-func (f *Feed) Record(ctx context.Context, changes []iothub.Change) error {
+func (f *Feed) Record(ctx context.Context, changes []iothub.DataChange) error {
 	if len(changes) == 0 {
 		return nil
 	}
-	if err := f.cfg.Store.AppendChanges(ctx, changes); err != nil {
+	if err := f.cfg.Store.AppendData(ctx, changes); err != nil {
 		return err
 	}
 	f.wake()
 	if f.cfg.Bus != nil {
-		if err := f.cfg.Bus.Publish(ctx, iothub.Event{Kind: iothub.EventChanges}); err != nil {
+		if err := f.cfg.Bus.Publish(ctx, iothub.Event{Kind: iothub.EventDataAppended}); err != nil {
 			f.cfg.Logger.Warn("feed: other nodes not told of new changes; they poll", "error", err)
 		}
 	}
@@ -125,7 +125,7 @@ func (f *Feed) Check(ctx context.Context, after int64) error {
 	if after <= 0 {
 		return nil
 	}
-	oldest, newest, err := f.cfg.Store.ChangeBounds(ctx)
+	oldest, newest, err := f.cfg.Store.DataBounds(ctx)
 	if err != nil {
 		return err
 	}
@@ -141,19 +141,19 @@ func (f *Feed) Check(ctx context.Context, after int64) error {
 // Newest is the id of the newest change: the cursor of a reader that wants
 // only what comes next.
 func (f *Feed) Newest(ctx context.Context) (int64, error) {
-	_, newest, err := f.cfg.Store.ChangeBounds(ctx)
+	_, newest, err := f.cfg.Store.DataBounds(ctx)
 	return newest, err
 }
 
 // Follow calls fn with the changes that match filter, after filter.After,
 // in order and in batches, until ctx ends or fn fails; fn's error is
 // returned. A store error is retried.
-func (f *Feed) Follow(ctx context.Context, filter iothub.ChangeFilter, fn func([]iothub.Change) error) error {
+func (f *Feed) Follow(ctx context.Context, filter iothub.DataFilter, fn func([]iothub.DataChange) error) error {
 	t := time.NewTimer(pollInterval)
 	defer t.Stop()
 	for {
 		woken := f.wakeup() // before reading, so an append during the read is not missed
-		changes, err := f.cfg.Store.Changes(ctx, filter)
+		changes, err := f.cfg.Store.DataAfter(ctx, filter)
 		if err != nil && ctx.Err() == nil {
 			f.cfg.Logger.Warn("feed: reading the change log", "error", err)
 		}
@@ -185,7 +185,7 @@ func (f *Feed) trim() {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if err := f.cfg.Store.TrimChanges(ctx, f.cfg.Now().Add(-f.cfg.Retention)); err != nil {
+			if err := f.cfg.Store.TrimData(ctx, f.cfg.Now().Add(-f.cfg.Retention)); err != nil {
 				f.cfg.Logger.Warn("feed: trimming the change log", "error", err)
 			}
 			cancel()
@@ -195,7 +195,7 @@ func (f *Feed) trim() {
 
 // change builds a Change whose Data is head ({productKey, deviceKey,
 // time}) followed by the kind's own fields.
-func change(kind iothub.ChangeKind, pk, dk string, t time.Time, fields map[string]any) iothub.Change {
+func change(kind iothub.DataKind, pk, dk string, t time.Time, fields map[string]any) iothub.DataChange {
 	body := map[string]any{"productKey": pk, "deviceKey": dk, "time": t.UTC()}
 	for k, v := range fields {
 		body[k] = v
@@ -204,33 +204,33 @@ func change(kind iothub.ChangeKind, pk, dk string, t time.Time, fields map[strin
 	if err != nil { // the fields are JSON already; nothing here fails to encode
 		panic("feed: encoding a change: " + err.Error())
 	}
-	return iothub.Change{Kind: kind, ProductKey: pk, DeviceKey: dk, Time: t, Data: data}
+	return iothub.DataChange{Kind: kind, ProductKey: pk, DeviceKey: dk, Time: t, Data: data}
 }
 
 // Samples are the changes of committed measurepoint posts.
-func Samples(samples []iothub.Sample) []iothub.Change {
-	out := make([]iothub.Change, len(samples))
+func Samples(samples []iothub.Sample) []iothub.DataChange {
+	out := make([]iothub.DataChange, len(samples))
 	for i, s := range samples {
-		out[i] = change(iothub.ChangeMeasurepoints, s.ProductKey, s.DeviceKey, s.Time, map[string]any{"measurepoints": s.Measurepoints})
+		out[i] = change(iothub.DataMeasurepoints, s.ProductKey, s.DeviceKey, s.Time, map[string]any{"measurepoints": s.Measurepoints})
 	}
 	return out
 }
 
 // Events are the changes of committed event posts.
-func Events(events []iothub.DeviceEvent) []iothub.Change {
-	out := make([]iothub.Change, len(events))
+func Events(events []iothub.DeviceEvent) []iothub.DataChange {
+	out := make([]iothub.DataChange, len(events))
 	for i, e := range events {
-		out[i] = change(iothub.ChangeEvents, e.ProductKey, e.DeviceKey, e.Time, map[string]any{"eventId": e.EventID, "events": e.Events})
+		out[i] = change(iothub.DataEvents, e.ProductKey, e.DeviceKey, e.Time, map[string]any{"eventId": e.EventID, "events": e.Events})
 	}
 	return out
 }
 
 // Attributes is the change of a committed attribute update.
-func Attributes(pk, dk string, t time.Time, attrs map[string]json.RawMessage) iothub.Change {
-	return change(iothub.ChangeAttributes, pk, dk, t, map[string]any{"attributes": attrs})
+func Attributes(pk, dk string, t time.Time, attrs map[string]json.RawMessage) iothub.DataChange {
+	return change(iothub.DataAttributes, pk, dk, t, map[string]any{"attributes": attrs})
 }
 
 // State is the change of a device's state.
-func State(pk, dk string, t time.Time, state iothub.DeviceState) iothub.Change {
-	return change(iothub.ChangeStates, pk, dk, t, map[string]any{"state": state})
+func State(pk, dk string, t time.Time, state iothub.DeviceState) iothub.DataChange {
+	return change(iothub.DataStates, pk, dk, t, map[string]any{"state": state})
 }

@@ -44,7 +44,7 @@ func Sign(secret string, body []byte) string {
 // deleted.
 type Forwarder struct {
 	feed   *Feed
-	store  iothub.ChangeStore
+	store  iothub.DataLog
 	log    *slog.Logger
 	owner  string
 	client *http.Client
@@ -169,9 +169,9 @@ func (fw *Forwarder) deliverLeased(ctx context.Context, r *iothub.Rule) {
 	renewAt := time.Now().Add(leaseRenew)
 	lctx, cancel := context.WithDeadline(ctx, renewAt)
 	defer cancel()
-	filter := iothub.ChangeFilter{After: cur.Status.Cursor, OrgID: r.OrgID, ProductKey: r.ProductKey, Kinds: r.Kinds, Limit: 100}
+	filter := iothub.DataFilter{After: cur.Status.Cursor, OrgID: r.OrgID, ProductKey: r.ProductKey, Kinds: r.Kinds, Limit: 100}
 	backoff := time.Second
-	_ = fw.feed.Follow(lctx, filter, func(changes []iothub.Change) error {
+	_ = fw.feed.Follow(lctx, filter, func(changes []iothub.DataChange) error {
 		for _, ch := range changes {
 			for {
 				err := fw.send(lctx, r, ch)
@@ -199,7 +199,7 @@ func (fw *Forwarder) deliverLeased(ctx context.Context, r *iothub.Rule) {
 }
 
 // send delivers one change to r's target.
-func (fw *Forwarder) send(ctx context.Context, r *iothub.Rule, ch iothub.Change) error {
+func (fw *Forwarder) send(ctx context.Context, r *iothub.Rule, ch iothub.DataChange) error {
 	if r.NATS != nil {
 		if fw.nats == nil {
 			return fmt.Errorf("the hub runs without NATS")

@@ -62,7 +62,7 @@ func history[T any](s *Server, key string,
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, map[string]any{key: list, "next": next})
+		writeJSON(w, http.StatusOK, map[string]any{key: list, "nextCursor": next})
 		return nil
 	}
 }

@@ -3,9 +3,11 @@ package http
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/sign"
 )
 
 func (s *Server) registerProducts() {
@@ -26,6 +28,9 @@ type productSettings struct {
 	DeviceLimit       *int             `json:"deviceLimit"`
 	OfflineTimeoutSec *int             `json:"offlineTimeoutSec"`
 	MaxCertDays       *int             `json:"maxCertDays"`
+	// AllowGatewayRegistration and SignMethods: see iothub.Product.
+	AllowGatewayRegistration *bool     `json:"allowGatewayRegistration"`
+	SignMethods              *[]string `json:"signMethods"`
 }
 
 func (ps productSettings) apply(p *iothub.Product) error {
@@ -50,6 +55,16 @@ func (ps productSettings) apply(p *iothub.Product) error {
 	if ps.MaxCertDays != nil {
 		p.MaxCertDays = *ps.MaxCertDays
 	}
+	if ps.AllowGatewayRegistration != nil {
+		p.AllowGatewayRegistration = *ps.AllowGatewayRegistration
+	}
+	if ps.SignMethods != nil {
+		methods, err := signMethods(*ps.SignMethods)
+		if err != nil {
+			return err
+		}
+		p.SignMethods = methods
+	}
 	switch {
 	case p.Name == "" || len(p.Name) > 200:
 		return iothub.Errorf(iothub.EINVALID, "name is required (at most 200 bytes)")
@@ -63,11 +78,28 @@ func (ps productSettings) apply(p *iothub.Product) error {
 	return nil
 }
 
+// signMethods checks a product's list of login sign methods and returns it
+// in lower case without repeats; an empty list accepts every method.
+func signMethods(in []string) ([]string, error) {
+	var out []string
+	for _, m := range in {
+		m = strings.ToLower(strings.TrimSpace(m))
+		if !sign.Method(m).Valid() {
+			return nil, iothub.Errorf(iothub.EINVALID, "signMethods: unknown sign method %q (sha256, hmacsha256, sha1, hmacsha1, md5, hmacmd5)", m)
+		}
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
 func (s *Server) createProduct(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
 	var req struct {
 		productSettings
-		ProductKey string `json:"productKey"`
-		OrgID      string `json:"orgId"`
+		ProductKey string          `json:"productKey"`
+		OrgID      string          `json:"orgId"`
+		NodeType   iothub.NodeType `json:"nodeType"` // fixed at creation
 	}
 	if err := decode(r, &req); err != nil {
 		return err
@@ -92,7 +124,14 @@ func (s *Server) createProduct(w http.ResponseWriter, r *http.Request, p iothub.
 		ProductKey:    req.ProductKey,
 		ProductSecret: iothub.RandomString(iothub.SecretLen),
 		AuthMode:      iothub.AuthSecret,
+		NodeType:      iothub.NodeDevice,
 		CreatedAt:     s.Now(),
+	}
+	if req.NodeType != "" {
+		if !req.NodeType.Valid() {
+			return iothub.Errorf(iothub.EINVALID, "nodeType must be device or gateway")
+		}
+		prod.NodeType = req.NodeType
 	}
 	if err := req.apply(prod); err != nil {
 		return err
@@ -131,11 +170,15 @@ func (s *Server) listProducts(w http.ResponseWriter, r *http.Request, p iothub.P
 	if err != nil {
 		return err
 	}
+	prods, next, err := pageOf(r, prods, func(p *iothub.Product) string { return p.ProductKey })
+	if err != nil {
+		return err
+	}
 	out := make([]*iothub.Product, len(prods))
 	for i, prod := range prods {
 		out[i] = withoutSecret(prod)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"products": out})
+	writePage(w, "products", out, next)
 	return nil
 }
 
@@ -163,6 +206,7 @@ func (s *Server) updateProduct(w http.ResponseWriter, r *http.Request, p iothub.
 	if err := s.Store.UpdateProduct(r.Context(), prod); err != nil {
 		return err
 	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: prod.OrgID, Kind: "product.updated", ProductKey: prod.ProductKey, Remote: remoteIP(r), Reason: "by apikey " + p.KeyID})
 	s.publish(r.Context(), iothub.Event{Kind: iothub.EventProductChanged, ProductKey: prod.ProductKey})
 	writeJSON(w, http.StatusOK, withoutSecret(prod))
 	return nil

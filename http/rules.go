@@ -62,7 +62,7 @@ func (s *Server) createRule(w http.ResponseWriter, r *http.Request, p iothub.Pri
 	if req.Name == "" || len(req.Name) > maxRuleName {
 		return iothub.Errorf(iothub.EINVALID, "name is required (at most %d bytes)", maxRuleName)
 	}
-	kinds, err := iothub.ParseChangeKinds(req.Kinds)
+	kinds, err := iothub.ParseDataKinds(req.Kinds)
 	if err != nil {
 		return err
 	}

@@ -22,14 +22,14 @@ func (s *Server) registerStream() {
 
 // changeFilter reads the filter of a stream or a rule listing from the
 // query: productKey (of the caller's org), deviceKey, kinds.
-func (s *Server) changeFilter(r *http.Request, p iothub.Principal) (iothub.ChangeFilter, error) {
+func (s *Server) changeFilter(r *http.Request, p iothub.Principal) (iothub.DataFilter, error) {
 	q := r.URL.Query()
-	f := iothub.ChangeFilter{ProductKey: q.Get("productKey"), DeviceKey: q.Get("deviceKey")}
+	f := iothub.DataFilter{ProductKey: q.Get("productKey"), DeviceKey: q.Get("deviceKey")}
 	if !p.Bootstrap {
 		f.OrgID = p.OrgID
 	}
 	var err error
-	if f.Kinds, err = iothub.ParseChangeKinds(q["kinds"]); err != nil {
+	if f.Kinds, err = iothub.ParseDataKinds(q["kinds"]); err != nil {
 		return f, err
 	}
 	if f.DeviceKey != "" && f.ProductKey == "" {
@@ -105,7 +105,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p iothub.Princip
 		}
 	}()
 	var b strings.Builder
-	_ = s.Feed.Follow(ctx, f, func(changes []iothub.Change) error {
+	_ = s.Feed.Follow(ctx, f, func(changes []iothub.DataChange) error {
 		b.Reset()
 		for _, ch := range changes {
 			fmt.Fprintf(&b, "id: %d\nevent: %s\ndata: %s\n\n", ch.ID, ch.Kind, ch.Data)

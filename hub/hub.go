@@ -17,9 +17,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/changes"
 	"github.com/iothub/iothub/feed"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
@@ -61,16 +64,26 @@ type Config struct {
 	// MetricsPublic also serves /metrics on the HTTPS listener; by default
 	// it is served only on the management listener (HTTPAddr, loopback).
 	MetricsPublic bool
+	// TLSLegacySuites offers iothub.LegacyTLS12CipherSuites on MQTT over
+	// TLS (only there) to devices that cannot do ECDHE. Off by default.
+	TLSLegacySuites bool
 	// Durability says what a commit (and so an acknowledged post) survives:
 	// DurabilityProcess (default) a crash of the process, DurabilityPower
 	// also a power loss or OS crash, at the cost of an fsync per commit on
 	// SQLite. PostgreSQL keeps its own setting (synchronous_commit, on by
 	// default: power-safe).
 	Durability string
-	// ChangeRetention is how long the change log keeps what devices posted
+	// LoginMaxSkew, when positive, refuses MQTT logins whose signed
+	// timestamp is further than this from the hub's clock (off by default,
+	// as in EnOS).
+	LoginMaxSkew time.Duration
+	// ReconcileEvery is how often the node reads the change log for what
+	// the bus did not bring (changes.DefaultEvery if 0).
+	ReconcileEvery time.Duration
+	// DataRetention is how long the data log keeps what devices posted
 	// for resuming streams and forwarding rules (feed.DefaultRetention if zero).
-	ChangeRetention time.Duration
-	Logger          *slog.Logger
+	DataRetention time.Duration
+	Logger        *slog.Logger
 }
 
 // Durability levels of Config.Durability.
@@ -93,6 +106,8 @@ type Hub struct {
 	log       *slog.Logger
 	db        iothub.Store
 	natsBus   *natsbus.Bus
+	gateway   *natsbus.Gateway // calls to devices on other nodes; nil on a single node
+	changes   *changes.Bus
 	feed      *feed.Feed
 	forwarder *feed.Forwarder
 	auth      *pki.Authority
@@ -102,6 +117,9 @@ type Hub struct {
 	chooseCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	servers    []*http.Server
 	adminKey   string
+	// stopped names the listeners whose serve loop ended with an error.
+	stoppedMu sync.Mutex
+	stopped   []string
 
 	mqttAddr, mqttsAddr, httpURL, httpsURL string
 }
@@ -136,7 +154,9 @@ func Open(cfg Config) (h *Hub, err error) {
 	if err != nil {
 		return nil, err
 	}
-	h.db = db
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.db = newAuditLogged(db, h.log, reg)
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
 	}
@@ -176,32 +196,48 @@ func Open(cfg Config) (h *Hub, err error) {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
-	var bus iothub.Bus = inmem.NewBus()
+	// The bus is the fast path; the change log in the store is the truth
+	// every node catches up from, periodically and when NATS reconnects.
+	var fast iothub.Bus = inmem.NewBus()
+	var durable atomic.Pointer[changes.Bus]
 	if cfg.NATSURL != "" {
-		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log})
+		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log, OnReconnect: func() {
+			if d := durable.Load(); d != nil {
+				d.Reconcile()
+			}
+		}})
 		if err != nil {
 			closeAll(httpLn, httpsLn)
 			return nil, err
 		}
-		h.natsBus, bus = nb, nb
+		h.natsBus, fast = nb, nb
 	}
+	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log, Registerer: reg}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	durable.Store(h.changes)
+	var bus iothub.Bus = h.changes
 	if h.certs, err = pki.NewService(h.auth, h.db, bus, h.log); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
 
-	h.feed = feed.New(feed.Config{Store: h.db, Bus: bus, Logger: h.log, Retention: cfg.ChangeRetention})
+	h.feed = feed.New(feed.Config{Store: h.db, Bus: bus, Logger: h.log, Retention: cfg.DataRetention})
 	var natsForward func(subject string, data []byte) error
 	if h.natsBus != nil {
 		natsForward = h.natsBus.Forward
 	}
 	h.forwarder = feed.NewForwarder(h.feed, natsForward)
 	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Feed: h.feed, Logger: h.log})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	node, err := nodeID(filepath.Join(cfg.DataDir, "node.id"))
+	if err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Feed: h.feed, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(),
+		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew, Node: node,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -225,6 +261,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	go func() {
 		if err := h.broker.Serve(); err != nil {
 			h.log.Error("mqtt broker stopped", "err", err)
+			h.listenerStopped("mqtt")
 		}
 	}()
 
@@ -236,12 +273,14 @@ func Open(cfg Config) (h *Hub, err error) {
 			closeAll(httpLn, httpsLn)
 			return nil, err
 		}
-		gateway = gw
+		h.gateway, gateway = gw, gw
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
 		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
 		Feed: h.feed, Forwarder: h.forwarder, NATSForwarding: h.natsBus != nil,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Ready:      h.readyChecks(),
+		Registerer: reg,
 	})
 	if httpLn != nil {
 		h.serve(httpLn, api)
@@ -255,6 +294,39 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 	h.log.Info("iothub ready", "data", cfg.DataDir, "http", h.httpURL, "https", h.httpsURL, "mqtt", h.mqttAddr, "mqtts", h.mqttsAddr)
 	return h, nil
+}
+
+// readyChecks are what /readyz asks: the database answers, the bus is
+// connected, no listener has stopped.
+func (h *Hub) readyChecks() []hubhttp.ReadyCheck {
+	bus := func(context.Context) error { return nil } // in-process: up while the process is
+	if h.natsBus != nil {
+		bus = h.natsBus.Ready
+	}
+	return []hubhttp.ReadyCheck{
+		{Name: "database", Check: func(ctx context.Context) error {
+			_, err := h.db.BootstrapKey(ctx)
+			if iothub.ErrorCode(err) == iothub.ENOTFOUND {
+				return nil // it answered
+			}
+			return err
+		}},
+		{Name: "bus", Check: bus},
+		{Name: "listeners", Check: func(context.Context) error {
+			h.stoppedMu.Lock()
+			defer h.stoppedMu.Unlock()
+			if len(h.stopped) > 0 {
+				return fmt.Errorf("stopped: %s", strings.Join(h.stopped, ", "))
+			}
+			return nil
+		}},
+	}
+}
+
+func (h *Hub) listenerStopped(name string) {
+	h.stoppedMu.Lock()
+	defer h.stoppedMu.Unlock()
+	h.stopped = append(h.stopped, name)
 }
 
 // tlsConfig is the server side of every TLS listener. A client certificate
@@ -284,6 +356,7 @@ func (h *Hub) serve(ln net.Listener, handler http.Handler) {
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			h.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
+			h.listenerStopped("http " + ln.Addr().String())
 		}
 	}()
 }
@@ -363,7 +436,7 @@ func (h *Hub) ensureAdminKey() error {
 	if err := os.WriteFile(path, []byte(h.adminKey+"\n"), 0o600); err != nil {
 		return err
 	}
-	h.log.Info("bootstrap admin API key created; it is shown once and kept in "+path, "key", h.adminKey)
+	h.log.Info("bootstrap admin API key created in " + path + " (mode 0600); the CLI reads it from there")
 	return nil
 }
 
@@ -407,6 +480,29 @@ func withoutMetrics(next http.Handler) http.Handler {
 	})
 }
 
+// nodeID reads the node's name from path, creating it on first start. It
+// stays with the data directory, so a restarted node knows which sessions
+// it held; nodes of a cluster must not share the file.
+func nodeID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	host, _ := os.Hostname()
+	id := iothub.RandomString(12)
+	if host != "" {
+		id = host + "-" + id
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	return id, nil
+}
+
 func listen(addr string) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
@@ -445,11 +541,31 @@ func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }
 
+// HasSession reports whether the device has a live session on this node.
+func (h *Hub) HasSession(productKey, deviceKey string) bool {
+	return h.broker.Online(productKey, deviceKey)
+}
+
 // Store is the node's registry.
 func (h *Hub) Store() iothub.Store { return h.db }
 
-// Close stops the listeners, flushes pending writes and closes the database.
+// DrainTimeout is how long a stopping hub waits for the service calls
+// under way to be answered.
+const DrainTimeout = 5 * time.Second
+
+// Close stops the node gracefully: it refuses new logins and calls, gives
+// the calls under way (here and forwarded to other nodes) DrainTimeout to
+// be answered (then answers them unavailable), stops the listeners, ends the sessions (MQTT 5: DISCONNECT
+// 0x8B), flushes pending writes and closes the database.
 func (h *Hub) Close() error {
+	drain, cancelDrain := context.WithTimeout(context.Background(), DrainTimeout)
+	if h.broker != nil {
+		h.broker.Drain(drain)
+	}
+	if h.gateway != nil {
+		h.gateway.Drain(drain)
+	}
+	cancelDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var errs []error
@@ -467,6 +583,9 @@ func (h *Hub) Close() error {
 	}
 	if h.certs != nil {
 		h.certs.Close()
+	}
+	if h.changes != nil {
+		h.changes.Close()
 	}
 	if h.natsBus != nil {
 		errs = append(errs, h.natsBus.Close())

@@ -10,11 +10,8 @@ import (
 // CreateDevice registers a device of p under deviceKey ("" generates one).
 // The answer carries the DeviceSecret in clear, once.
 func (s *Service) CreateDevice(ctx context.Context, a Actor, p *iothub.Product, deviceKey, name string) (*iothub.Device, error) {
-	d, err := iothub.NewDevice(p, deviceKey, name, s.now())
+	d, err := iothub.CreateDevice(ctx, s.cfg.Store, p, deviceKey, name, s.now())
 	if err != nil {
-		return nil, err
-	}
-	if err := s.cfg.Store.CreateDevice(ctx, d); err != nil {
 		return nil, err
 	}
 	s.audit(ctx, a, iothub.AuditEvent{OrgID: d.OrgID, Kind: "device.created", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey})
@@ -84,7 +81,7 @@ func (s *Service) changed(ctx context.Context, a Actor, d *iothub.Device, kind s
 	s.publish(ctx, iothub.Event{Kind: iothub.EventDeviceChanged, ProductKey: d.ProductKey, DeviceKey: d.DeviceKey, Reason: kind})
 	if s.cfg.Feed != nil {
 		// A deleted device's product is still there, so its org is known.
-		if err := s.cfg.Feed.Record(ctx, []iothub.Change{feed.State(d.ProductKey, d.DeviceKey, s.now(), state)}); err != nil {
+		if err := s.cfg.Feed.Record(ctx, []iothub.DataChange{feed.State(d.ProductKey, d.DeviceKey, s.now(), state)}); err != nil {
 			s.log.Warn("manage: state change not recorded for applications", "productKey", d.ProductKey, "deviceKey", d.DeviceKey, "error", err)
 		}
 	}

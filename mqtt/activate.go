@@ -3,9 +3,14 @@ package mqtt
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
+	mochi "github.com/mochi-mqtt/server/v2"
+
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/manage"
 	"github.com/iothub/iothub/sign"
 )
 
@@ -21,7 +26,7 @@ type activateInfo struct {
 // ProductSecret. Every refusal after a valid product signature carries the
 // same code (770 semantics), whether the device is unknown, already
 // activated or disabled, so the answer does not tell whether it exists.
-func (s *Server) loginActivation(ctx context.Context, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
+func (s *Server) loginActivation(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
 	if !s.limits.actAddr.take(remote, now) || !s.limits.actProduct.take(l.ProductKey, now) {
 		return nil, &refusal{code: codeBusy, reason: "activation throttled"}
 	}
@@ -33,11 +38,20 @@ func (s *Server) loginActivation(ctx context.Context, l sign.Login, password, re
 		l.Verify(dummySecret, password)
 		return nil, &refusal{code: codeBadCredentials, reason: "activation: unknown product"}
 	}
+	if ref := s.loginPolicy(p, l, now); ref != nil {
+		ref.reason = "activation: " + ref.reason
+		return nil, ref
+	}
 	if !l.Verify(p.ProductSecret, password) {
 		return nil, &refusal{code: codeBadCredentials, orgID: p.OrgID, reason: "activation: bad product signature"}
 	}
 	if !p.DynamicActivation {
 		return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "770: dynamic activation is off"}
+	}
+	if p.AuthMode == iothub.AuthCertificate && !overTLS(cl) {
+		// The push carries the DeviceSecret, with which a key can be
+		// enrolled for the device: never in clear.
+		return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: certificate product must activate over TLS"}
 	}
 	// A static login's online write may still be queued: write it before
 	// deciding whether the device is already activated.
@@ -77,26 +91,11 @@ func (s *Server) loginActivation(ctx context.Context, l sign.Login, password, re
 	}, nil
 }
 
-// autoRegister creates a device for an activation of an unknown key,
-// within the product's device limit.
+// autoRegister creates a device for an activation of an unknown key.
 func (s *Server) autoRegister(ctx context.Context, p *iothub.Product, deviceKey, remote string, now time.Time) (*iothub.Device, error) {
-	limit := p.DeviceLimit
-	if limit <= 0 {
-		limit = iothub.DefaultDeviceLimit
-	}
-	n, err := s.cfg.Store.CountDevices(ctx, p.ProductKey)
+	d, err := s.cfg.Manage.CreateDevice(ctx, manage.Actor{Remote: remote, By: "securemode 3 auto-registration"}, p, deviceKey, "")
 	if err != nil {
-		return nil, err
-	}
-	if n >= limit {
-		return nil, iothub.Errorf(iothub.ECONFLICT, "device limit reached")
-	}
-	d, err := iothub.NewDevice(p, deviceKey, "", now)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.cfg.Store.CreateDevice(ctx, d); err != nil {
-		if iothub.ErrorCode(err) != iothub.ECONFLICT {
+		if iothub.ErrorCode(err) != iothub.ECONFLICT || errors.Is(err, iothub.ErrDeviceLimit) {
 			return nil, err
 		}
 		// Created concurrently: activate that one if still inactive.
@@ -108,8 +107,6 @@ func (s *Server) autoRegister(ctx context.Context, p *iothub.Product, deviceKey,
 		}
 		return d, nil
 	}
-	s.audit(iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
-		ProductKey: p.ProductKey, DeviceKey: deviceKey, Remote: remote, Reason: "auto-registration by securemode 3"})
 	return d, nil
 }
 
@@ -121,10 +118,35 @@ func (s *Server) pushActivation(ss *session) {
 	}
 }
 
-// registerSubDevices serves thing.device.register from a gateway: it
-// creates devices in products of the gateway's own org and answers their
-// secrets.
+// maxRegisterBatch caps the devices of one thing.device.register.
+const maxRegisterBatch = 100
+
+// registeredDevice is one entry of the thing.device.register reply.
+type registeredDevice struct {
+	AssetID      string `json:"assetId"`
+	ProductKey   string `json:"productKey"`
+	DeviceKey    string `json:"deviceKey"`
+	DeviceSecret string `json:"deviceSecret"`
+}
+
+// registerSubDevices serves thing.device.register. Only a gateway may ask
+// (iothub.GatewayMayRegister is the rule), at most maxRegisterBatch devices
+// per request and at the gwRegister pace; every entry is checked before
+// anything is created, and a failure part way removes what the request
+// created, so a refusal leaves nothing behind. Reply codes: 1009 not a
+// gateway, a product that does not accept gateway registration or a
+// certificate-mode product over plain TCP, or its device limit; 705
+// product not found (or in another org); 702 deviceKey exists; 429 too
+// many registrations; 1220 and 1008 bad or too large params.
 func (s *Server) registerSubDevices(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
+	gw, err := s.product(ctx, ss.dev.ProductKey)
+	if err != nil {
+		return nil, codeInternal, "store error"
+	}
+	if gw.NodeType != iothub.NodeGateway {
+		s.registerRefused(ss, "not a gateway")
+		return nil, codeNoPermission, "only a gateway may register devices"
+	}
 	var reqs []struct {
 		ProductKey string `json:"productKey"`
 		DeviceKey  string `json:"deviceKey"`
@@ -133,45 +155,74 @@ func (s *Server) registerSubDevices(ctx context.Context, ss *session, params jso
 	if err := json.Unmarshal(params, &reqs); err != nil || len(reqs) == 0 {
 		return nil, codeBadFormat, "params must be a non-empty list"
 	}
-	if len(reqs) > 100 {
-		return nil, codeTooLarge, "at most 100 devices per request"
+	if len(reqs) > maxRegisterBatch {
+		return nil, codeTooLarge, fmt.Sprintf("at most %d devices per request", maxRegisterBatch)
 	}
-	now := s.now()
-	type out struct {
-		AssetID      string `json:"assetId"`
-		ProductKey   string `json:"productKey"`
-		DeviceKey    string `json:"deviceKey"`
-		DeviceSecret string `json:"deviceSecret"`
+	if !s.limits.gwRegister.takeN(ss.dev.ProductKey+"/"+ss.dev.DeviceKey, len(reqs), s.now()) {
+		s.registerRefused(ss, "throttled")
+		return nil, codeTooMany, "too many registrations from this gateway; retry later"
 	}
-	res := make([]out, 0, len(reqs))
-	for _, r := range reqs {
+	products := make([]*iothub.Product, len(reqs))
+	for i, r := range reqs {
 		p, err := s.cfg.Store.Product(ctx, r.ProductKey)
-		if err != nil || p.OrgID != ss.orgID {
+		if err == nil {
+			err = iothub.GatewayMayRegister(gw, p, ss.tls)
+		}
+		switch iothub.ErrorCode(err) {
+		case "":
+			products[i] = p
+		case iothub.ENOTFOUND:
+			s.registerRefused(ss, "product not found: "+r.ProductKey)
 			return nil, codeNotFound, "product not found: " + r.ProductKey
+		case iothub.EFORBIDDEN:
+			s.registerRefused(ss, iothub.ErrorMessage(err))
+			return nil, codeNoPermission, iothub.ErrorMessage(err)
+		default:
+			return nil, codeInternal, "store error"
 		}
-		n, err := s.cfg.Store.CountDevices(ctx, p.ProductKey)
-		limit := p.DeviceLimit
-		if limit <= 0 {
-			limit = iothub.DefaultDeviceLimit
-		}
-		if err != nil || n >= limit {
-			return nil, codeNoPermission, "device limit reached for " + r.ProductKey
-		}
+	}
+	by := manage.Actor{Remote: ss.remote, By: "gateway " + ss.dev.ProductKey + "/" + ss.dev.DeviceKey}
+	res := make([]registeredDevice, 0, len(reqs))
+	for i, r := range reqs {
 		name, _ := r.DeviceName.(string)
-		d, err := iothub.NewDevice(p, r.DeviceKey, name, now)
+		d, err := s.cfg.Manage.CreateDevice(ctx, by, products[i], r.DeviceKey, name)
 		if err != nil {
-			return nil, codeBadFormat, iothub.ErrorMessage(err)
-		}
-		if err := s.cfg.Store.CreateDevice(ctx, d); err != nil {
-			if iothub.ErrorCode(err) == iothub.ECONFLICT {
+			s.removeRegistered(ctx, res)
+			switch {
+			case errors.Is(err, iothub.ErrDeviceLimit):
+				return nil, codeNoPermission, "device limit reached for " + r.ProductKey
+			case iothub.ErrorCode(err) == iothub.ECONFLICT:
 				return nil, codeKeyExists, "deviceKey exists: " + r.DeviceKey
+			case iothub.ErrorCode(err) == iothub.EINVALID:
+				return nil, codeBadFormat, iothub.ErrorMessage(err)
 			}
 			return nil, codeInternal, "store error"
 		}
-		s.audit(iothub.AuditEvent{Time: now, OrgID: p.OrgID, Kind: "device.registered",
-			ProductKey: p.ProductKey, DeviceKey: d.DeviceKey, Remote: ss.remote,
-			Reason: "thing.device.register by " + ss.dev.ProductKey + "/" + ss.dev.DeviceKey})
-		res = append(res, out{d.AssetID, d.ProductKey, d.DeviceKey, d.DeviceSecret})
+		res = append(res, registeredDevice{d.AssetID, d.ProductKey, d.DeviceKey, d.DeviceSecret})
+	}
+	// The gateway registered them to connect them: they join its topology.
+	subs := make([]iothub.DeviceID, len(res))
+	for i, d := range res {
+		subs[i] = iothub.DeviceID{ProductKey: d.ProductKey, DeviceKey: d.DeviceKey}
+	}
+	if err := s.cfg.Store.AddSubDevices(ctx, ss.dev, subs); err != nil {
+		s.removeRegistered(ctx, res)
+		return nil, codeNotStored, msgNotStored
 	}
 	return res, codeOK, ""
+}
+
+// removeRegistered removes the devices a refused registration created.
+func (s *Server) removeRegistered(ctx context.Context, created []registeredDevice) {
+	for _, d := range created {
+		if err := s.cfg.Store.DeleteDevice(ctx, d.ProductKey, d.DeviceKey); err != nil {
+			s.log.Error("mqtt: removing a device of a refused registration", "productKey", d.ProductKey, "deviceKey", d.DeviceKey, "error", err)
+		}
+	}
+}
+
+// registerRefused audits a refused thing.device.register.
+func (s *Server) registerRefused(ss *session, why string) {
+	s.audit(iothub.AuditEvent{Time: s.now(), OrgID: ss.orgID, Kind: "device.register_refused",
+		ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Remote: ss.remote, Reason: why})
 }

@@ -125,7 +125,7 @@ func TestActivationFlow(t *testing.T) {
 		}
 	}
 	all := strings.Join(kinds, "\n")
-	for _, want := range []string{"activation.ok", "770: device already activated", "770: dynamic activation is off", "device.registered"} {
+	for _, want := range []string{"activation.ok", "770: device already activated", "770: dynamic activation is off", "device.created:by securemode 3 auto-registration"} {
 		if !strings.Contains(all, want) {
 			t.Fatalf("audit lacks %q:\n%s", want, all)
 		}
@@ -134,8 +134,8 @@ func TestActivationFlow(t *testing.T) {
 
 func TestGatewayRegistersSubDevices(t *testing.T) {
 	h := newTestHub(t)
-	gwp := h.product("pkgw", nil)
-	sub := h.product("pksub", nil)
+	gwp := h.product("pkgw", func(p *iothub.Product) { p.NodeType = iothub.NodeGateway })
+	sub := h.product("pksub", func(p *iothub.Product) { p.AllowGatewayRegistration = true })
 	gw := h.device(gwp, "gw")
 	c := h.connect(t, "pkgw", "gw", gw.DeviceSecret)
 	r := ask(t, c, "/sys/pkgw/gw/thing/device/register",
@@ -153,6 +153,10 @@ func TestGatewayRegistersSubDevices(t *testing.T) {
 		`{"id":"r2","method":"thing.device.register","params":[{"productKey":"pksub","deviceKey":"child1"}]}`)
 	if r["code"] != 702.0 {
 		t.Fatalf("duplicate register: %v", r)
+	}
+	// What a gateway registers joins its topology.
+	if gw, err := h.db.GatewayOf(context.Background(), iothub.DeviceID{ProductKey: "pksub", DeviceKey: "child1"}); err != nil || gw.DeviceKey != "gw" {
+		t.Fatalf("registered device's gateway: %v %v", gw, err)
 	}
 }
 

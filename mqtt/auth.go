@@ -3,7 +3,9 @@ package mqtt
 import (
 	"context"
 	"crypto/tls"
+	"math"
 	"net"
+	"strconv"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -58,10 +60,12 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	switch {
 	case err != nil:
 		ref = &refusal{code: codeBadCredentials, reason: "malformed login: " + err.Error(), failed: true}
+	case s.draining.Load():
+		ref = &refusal{code: codeUnavailable, reason: "hub is shutting down"}
 	case l.SecureMode == sign.ModeStatic:
 		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	case l.SecureMode == sign.ModeDynamic:
-		ss, ref = s.loginActivation(ctx, l, string(pk.Connect.Password), remote, now)
+		ss, ref = s.loginActivation(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	default:
 		ref = &refusal{code: codeNotAuthorized, reason: "securemode not supported"}
 	}
@@ -69,8 +73,11 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		return s.refuse(cl, l, err == nil, remote, now, ref)
 	}
 
+	clampKeepalive(cl)
 	ss.cl = cl
 	ss.remote = remote
+	ss.tls = overTLS(cl)
+	ss.loginAt = now
 	ss.touch(now)
 	// mochi takes over sessions by client id: naming the client after the
 	// device makes a second login of the same device replace the first
@@ -111,21 +118,28 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		// Registered first, so a disable from here on finds the session; a
 		// disable that landed since the device was read makes the queued
 		// online write fail, and refuseLate closes the session.
-		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now}
+		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node}
 		it.ss = ss
 	}
 	s.side.Add(it)
+	if !ss.activation {
+		s.announceLogin(ss)
+	}
 	return nil
 }
 
 // refuse records a refused login (buckets, metric, audit) and writes the
 // CONNACK; it returns the code for mochi to close the connection with.
+// A failure over the failed-login buckets is answered as throttled (0x89).
 func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
-	if ref.failed && parsed {
-		s.limits.failDevice.take(l.ProductKey+"/"+l.DeviceKey, now)
-	}
 	if ref.failed {
-		s.limits.failAddr.take(remote, now)
+		device := ""
+		if parsed {
+			device = l.ProductKey + "/" + l.DeviceKey
+		}
+		if s.limits.failed(device, remote, now) {
+			ref.code, ref.reason = codeBusy, ref.reason+"; throttled after failed logins"
+		}
 	}
 	s.met.logins.WithLabelValues(refusalLabel(ref.code)).Inc()
 	s.audit(iothub.AuditEvent{Time: now, OrgID: ref.orgID, Kind: "login.refused",
@@ -134,11 +148,10 @@ func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote stri
 	return ref.code
 }
 
-// loginStatic checks a securemode 2 login.
+// loginStatic checks a securemode 2 login. The signature is checked
+// before any throttle: failed logins are counted (refuse), but the holder
+// of the right secret is never refused for others' failures.
 func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
-	if s.limits.failDevice.blocked(l.ProductKey+"/"+l.DeviceKey, now) || s.limits.failAddr.blocked(remote, now) {
-		return nil, &refusal{code: codeBusy, reason: "throttled after failed logins"}
-	}
 	p, err := s.product(ctx, l.ProductKey)
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
@@ -146,6 +159,9 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		}
 		l.Verify(dummySecret, password)
 		return nil, &refusal{code: codeBadCredentials, reason: "unknown product", failed: true}
+	}
+	if ref := s.loginPolicy(p, l, now); ref != nil {
+		return nil, ref
 	}
 	var serial string
 	var notAfter time.Time
@@ -198,14 +214,52 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 	return ss, nil
 }
 
+// loginPolicy applies a product's login rules that need no device: the
+// sign methods it accepts and the freshness window of the signed timestamp.
+func (s *Server) loginPolicy(p *iothub.Product, l sign.Login, now time.Time) *refusal {
+	if !p.AllowsSignMethod(string(l.SignMethod)) {
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "sign method " + string(l.SignMethod) + " not allowed for the product"}
+	}
+	if !s.fresh(l.Timestamp, now) {
+		// A replay of a captured CONNECT: counted as a failed login.
+		return &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "login timestamp outside the freshness window", failed: true}
+	}
+	return nil
+}
+
+// overTLS reports whether a client is connected over TLS.
+func overTLS(cl *mochi.Client) bool {
+	_, ok := cl.Net.Conn.(*tls.Conn)
+	return ok
+}
+
+// fresh reports whether a login's signed timestamp (ms since the epoch, a
+// fraction allowed) is within Config.LoginMaxSkew of now; always true when
+// the window is off.
+func (s *Server) fresh(timestamp string, now time.Time) bool {
+	if s.cfg.LoginMaxSkew <= 0 {
+		return true
+	}
+	ms, err := strconv.ParseFloat(timestamp, 64)
+	if err != nil || math.IsNaN(ms) || math.IsInf(ms, 0) {
+		return false
+	}
+	return math.Abs(ms-float64(now.UnixMilli())) <= float64(s.cfg.LoginMaxSkew.Milliseconds())
+}
+
 // writeConnackRefusal answers a refused CONNECT: MQTT 5 clients get the
-// reason code, 3.1.1 clients return code 5 (not authorized).
+// reason code, 3.1.1 clients return code 3 (server unavailable: try again
+// later) when the hub cannot decide (store down, shutting down), else 5
+// (not authorized).
 func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
-	if cl.Properties.ProtocolVersion == 5 {
+	switch {
+	case cl.Properties.ProtocolVersion == 5:
 		ack.ReasonCode = code.Code
 		ack.Properties.ReasonString = code.Reason
-	} else {
+	case code == codeUnavailable:
+		ack.ReasonCode = packets.Err3ServerUnavailable.Code
+	default:
 		ack.ReasonCode = packets.Err3NotAuthorized.Code
 	}
 	_ = cl.WritePacket(ack)
@@ -278,9 +332,16 @@ func (s *Server) startTimer(ss *session, now time.Time) {
 	ss.timer = time.AfterFunc(d, func() { s.kick(ss, codeNotAuthorized, reason) })
 }
 
-// kick closes a session from the hub's side.
+// kick closes a session from the hub's side. A sub-device is logged out
+// of its gateway's connection, which stays, and the gateway is told when
+// the device was disabled or deleted.
 func (s *Server) kick(ss *session, code packets.Code, reason string) {
 	s.met.kicks.WithLabelValues(reason).Inc()
+	if ss.gateway != nil {
+		notice := map[string]string{"device_disabled": "disable", "device_deleted": "delete"}[reason]
+		s.endSub(ss, notice)
+		return
+	}
 	if ss.cl.Properties.ProtocolVersion == 5 {
 		_ = s.broker.DisconnectClient(ss.cl, code)
 		return
@@ -299,6 +360,7 @@ func (s *Server) endSession(ss *session) {
 		s.endApp(ss)
 		return
 	}
+	s.endSubs(ss)
 	if ss.timer != nil {
 		ss.timer.Stop()
 	}
@@ -314,5 +376,5 @@ func (s *Server) endSession(ss *session) {
 	}
 	// Offline replaces only online: a disable, reset or deletion that
 	// landed meanwhile keeps its state.
-	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now()}})
+	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now(), Node: s.cfg.Node}})
 }

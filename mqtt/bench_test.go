@@ -21,6 +21,25 @@ import (
 	"github.com/iothub/iothub/sign"
 )
 
+// FuzzLoginTimestamp: any signed login timestamp against a freshness
+// window: no panic, and only numbers within the window pass.
+func FuzzLoginTimestamp(f *testing.F) {
+	now := time.UnixMilli(1721000000123)
+	for _, s := range []string{"1721000000123", "1721000000123.4568", "1548753362502", "", "abc", "NaN", "Inf", "-1e400", "0x1p40", " 1721000000123"} {
+		f.Add(s)
+	}
+	s := &Server{cfg: Config{LoginMaxSkew: time.Minute}}
+	f.Fuzz(func(t *testing.T, ts string) {
+		if !s.fresh(ts, now) {
+			return
+		}
+		ms, err := strconv.ParseFloat(ts, 64)
+		if err != nil || ms < float64(now.Add(-time.Minute).UnixMilli()) || ms > float64(now.Add(time.Minute).UnixMilli()) {
+			t.Fatalf("timestamp %q accepted", ts)
+		}
+	})
+}
+
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"id":"1","version":"1.0","method":"thing.measurepoint.post","params":{"measurepoints":{"t":1}}}`,
@@ -117,8 +136,8 @@ func benchServer(b *testing.B, n int) (*Server, []*mochi.Client) {
 }
 
 // BenchmarkConnectAuth is the securemode 2 decision of a CONNECT: parse,
-// throttle check, product and device read (from the login cache, or from
-// SQLite with the cache off), signature.
+// product and device read (from the login cache, or from SQLite with the
+// cache off), product login policy, signature.
 func BenchmarkConnectAuth(b *testing.B) {
 	b.Run("cached", func(b *testing.B) { benchConnectAuth(b, true) })
 	b.Run("store", func(b *testing.B) { benchConnectAuth(b, false) })

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"strconv"
 
 	"github.com/iothub/iothub"
@@ -29,12 +30,15 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	} else if !json.Valid(params) {
 		return nil, iothub.Errorf(iothub.EINVALID, "params are not valid JSON")
 	}
+	if s.draining.Load() {
+		return nil, errShuttingDown
+	}
 	dev := iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}
 	ss := s.deviceSession(dev)
 	if ss == nil || ss.cl.Closed() {
 		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
 	}
-	id := s.callTag + "-" + strconv.FormatUint(s.callSeq.Add(1), 10)
+	id := s.nextCallID()
 	payload, err := json.Marshal(struct {
 		ID      string          `json:"id"`
 		Version string          `json:"version"`
@@ -56,15 +60,35 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 		delete(s.pending, id)
 		s.pmu.Unlock()
 	}()
-	if err := s.writePublish(ss.cl, ss.sysPrefix+topic, payload); err != nil {
-		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+	// The write runs apart so the call ends at its deadline even when the
+	// device does not read; the connection's write deadline ends the write.
+	written := make(chan error, 1)
+	go func() { written <- s.writePublish(ss.cl, ss.sysPrefix+topic, payload) }()
+	for {
+		select {
+		case err := <-written:
+			if err != nil {
+				return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+			}
+			written = nil
+		case r := <-pc.ch:
+			return r, nil
+		case <-ctx.Done():
+			return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
+		case <-s.abandon:
+			return nil, errShuttingDown
+		}
 	}
-	select {
-	case r := <-pc.ch:
-		return r, nil
-	case <-ctx.Done():
-		return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
-	}
+}
+
+// nextCallID returns the id of a new downstream request: a decimal number
+// between 1 and 2^31-1, because the EnOS C SDK reads the id with atoi and
+// writes it back unquoted. Ids need only be unique among this node's
+// pending calls (a reply comes back on the connection it was sent to); the
+// counter starts at a random point so that a restarted node does not
+// reuse the ids of calls its devices may still answer.
+func (s *Server) nextCallID() string {
+	return strconv.FormatUint(uint64(s.callSeq.Add(1)%math.MaxInt32)+1, 10)
 }
 
 // deliverReply hands a device's reply on {topic}_reply to the Call that

@@ -32,6 +32,8 @@ func (s *Server) onEvent(e iothub.Event) {
 			ss.revoked.Store(now)
 			s.kick(ss, codeNotAuthorized, "cert_revoked")
 		}
+	case iothub.EventSessionOpened:
+		s.takenOver(e)
 	case iothub.EventAPIKeyRevoked:
 		s.revokeKey(e.KeyID)
 	case iothub.EventProductChanged:
@@ -68,6 +70,8 @@ func (s *Server) recheckDevice(dev iothub.DeviceID) {
 		case err != nil:
 			ss.quiet.Store(true)
 			s.kick(ss, codeNotAuthorized, "device_deleted")
+		case ss.gateway != nil && !s.inTopology(ctx, ss):
+			s.kick(ss, codeNotAuthorized, "topology_removed")
 		case d.State == iothub.StateDisabled:
 			ss.quiet.Store(true)
 			s.kick(ss, codeBanned, "device_disabled")
@@ -78,15 +82,27 @@ func (s *Server) recheckDevice(dev iothub.DeviceID) {
 	}
 }
 
+// inTopology reports whether a sub-device is still in its gateway's
+// topology (true when the store cannot tell: the session is left alone).
+func (s *Server) inTopology(ctx context.Context, sub *session) bool {
+	gw, err := s.cfg.Store.GatewayOf(ctx, sub.dev)
+	if err != nil {
+		return iothub.ErrorCode(err) != iothub.ENOTFOUND
+	}
+	return gw == sub.gateway.dev
+}
+
 // recheckProduct closes the sessions a product change invalidates: the
 // product is gone, it now requires certificates, or (for activation
 // sessions) activation was switched off or the ProductSecret rotated.
 func (s *Server) recheckProduct(pk string) {
 	var list []*session
 	s.mu.RLock()
-	for _, ss := range s.byClient {
-		if ss.dev.ProductKey == pk {
-			list = append(list, ss)
+	for _, index := range []map[iothub.DeviceID]*session{s.byDevice, s.byAct} {
+		for dev, ss := range index {
+			if dev.ProductKey == pk {
+				list = append(list, ss)
+			}
 		}
 	}
 	s.mu.RUnlock()

@@ -19,9 +19,9 @@ import (
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/pki"
-	"github.com/iothub/iothub/seal"
 	"github.com/iothub/iothub/sign"
 	"github.com/iothub/iothub/sqlite"
+	"github.com/iothub/iothub/sqlite/sqlitetest"
 )
 
 // testHub is a real hub: a SQLite file, the in-process bus and the MQTT
@@ -64,19 +64,7 @@ func withPKI(h *testHub, c *Config) {
 func newTestHub(t testing.TB, opts ...hubOption) *testHub {
 	t.Helper()
 	dir := t.TempDir()
-	key, err := seal.LoadOrCreateKey(filepath.Join(dir, "data.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sqlite.Open(filepath.Join(dir, "hub.db"), sealer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := sqlitetest.Open(t, dir)
 	h := &testHub{t: t, dir: dir, db: db, bus: inmem.NewBus()}
 	h.cfg = Config{Store: db, Bus: h.bus}
 	for _, o := range opts {
@@ -217,13 +205,23 @@ func connectV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string
 // dialV5 is connectV5 that also returns the open connection, for the
 // caller to close.
 func dialV5(t testing.TB, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
+	return dialV5From(t, "", addr, tc, cid, user, pass)
+}
+
+// dialV5From is dialV5 from a chosen local IP ("" lets the kernel choose),
+// so that tests can log in from several source addresses (127.0.0.0/8).
+func dialV5From(t testing.TB, local, addr string, tc *tls.Config, cid, user, pass string) (net.Conn, byte) {
 	t.Helper()
+	d := &net.Dialer{}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
 	var c net.Conn
 	var err error
 	if tc != nil {
-		c, err = tls.Dial("tcp", addr, tc)
+		c, err = tls.DialWithDialer(d, "tcp", addr, tc)
 	} else {
-		c, err = net.Dial("tcp", addr)
+		c, err = d.Dial("tcp", addr)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ func (h *hook) Provides(b byte) bool {
 		mochi.OnConnect,
 		mochi.OnConnectAuthenticate,
 		mochi.OnACLCheck,
+		mochi.OnSubscribe,
 		mochi.OnSessionEstablished,
 		mochi.OnDisconnect,
 		mochi.OnPublish,
@@ -49,6 +50,11 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 		return h.s.appAllows(ss, topic, write)
 	}
 	return ss != nil && ss.allow(topic, write)
+}
+
+// OnSubscribe holds a session to maxSubscriptions filters.
+func (h *hook) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	return capSubscriptions(cl, pk)
 }
 
 // OnSessionEstablished runs after the CONNACK: the activation push goes here.

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"time"
 
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 )
 
@@ -22,16 +24,12 @@ func newBucketSet(every time.Duration, burst int) *bucketSet {
 	return &bucketSet{every: rate.Every(every), burst: burst, m: map[string]*rate.Limiter{}, max: 100000}
 }
 
-// blocked reports whether key's bucket is empty, without taking a token.
-func (b *bucketSet) blocked(key string, now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	l := b.m[key]
-	return l != nil && l.TokensAt(now) < 1
-}
-
 // take takes one token from key's bucket and reports whether one was there.
-func (b *bucketSet) take(key string, now time.Time) bool {
+func (b *bucketSet) take(key string, now time.Time) bool { return b.takeN(key, 1, now) }
+
+// takeN takes n tokens from key's bucket and reports whether n were there;
+// if not, it takes none.
+func (b *bucketSet) takeN(key string, n int, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l := b.m[key]
@@ -47,7 +45,7 @@ func (b *bucketSet) take(key string, now time.Time) bool {
 		l = rate.NewLimiter(b.every, b.burst)
 		b.m[key] = l
 	}
-	return l.AllowN(now, 1)
+	return l.AllowN(now, n)
 }
 
 // prune drops buckets that have refilled completely.
@@ -65,15 +63,19 @@ func (b *bucketSet) pruneLocked(now time.Time) {
 	}
 }
 
-// limiters are the login throttles. Failed static logins drain a bucket
-// per device and one per source address; activation attempts (securemode
-// 3) drain one per product and one per source address whatever their
-// result.
+// limiters are the device-facing throttles. Failed static logins drain a
+// bucket per device and source address and one per source address: only
+// failures count, and a login with the right signature is never throttled,
+// so guessing from elsewhere cannot lock the real device out. Activation
+// attempts (securemode 3) drain one per product and one per source address
+// whatever their result. Gateway registrations drain one per gateway per
+// device created.
 type limiters struct {
-	failDevice *bucketSet
+	failDevice *bucketSet // key: "pk/dk|source"
 	failAddr   *bucketSet
 	actProduct *bucketSet
 	actAddr    *bucketSet
+	gwRegister *bucketSet
 }
 
 func newLimiters() *limiters {
@@ -82,11 +84,53 @@ func newLimiters() *limiters {
 		failAddr:   newBucketSet(2*time.Second, 20),
 		actProduct: newBucketSet(100*time.Millisecond, 50),
 		actAddr:    newBucketSet(5*time.Second, 10),
+		gwRegister: newBucketSet(100*time.Millisecond, maxRegisterBatch), // one full request, then 10 devices a second
 	}
 }
 
+// failed records a failed login of device (pk/dk, "" when the login did
+// not parse) from source and reports whether its buckets were already
+// empty, i.e. whether the failure is answered as throttled.
+func (l *limiters) failed(device, source string, now time.Time) bool {
+	throttled := !l.failAddr.take(source, now)
+	if device != "" && !l.failDevice.take(device+"|"+source, now) {
+		throttled = true
+	}
+	return throttled
+}
+
 func (l *limiters) prune(now time.Time) {
-	for _, b := range []*bucketSet{l.failDevice, l.failAddr, l.actProduct, l.actAddr} {
+	for _, b := range []*bucketSet{l.failDevice, l.failAddr, l.actProduct, l.actAddr, l.gwRegister} {
 		b.prune(now)
 	}
+}
+
+// maxSubscriptions caps the topic filters one session holds (F11): a
+// SUBSCRIBE past it gets a failure code for each filter over the cap.
+const maxSubscriptions = 100
+
+// overCapFilter replaces a filter over the cap before mochi sees it: a
+// valid filter no device may subscribe to, so the access rule refuses it
+// and the SUBACK carries a failure for it.
+const overCapFilter = "$iothub/subscription-cap"
+
+// capSubscriptions lets a SUBSCRIBE add filters only up to
+// maxSubscriptions per session; re-subscribing a held filter is free.
+func capSubscriptions(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	held := cl.State.Subscriptions.Len()
+	var added map[string]bool
+	for i, sub := range pk.Filters {
+		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || added[sub.Filter] {
+			continue
+		}
+		if held+len(added) >= maxSubscriptions {
+			pk.Filters[i].Filter = overCapFilter
+			continue
+		}
+		if added == nil {
+			added = map[string]bool{}
+		}
+		added[sub.Filter] = true
+	}
+	return pk
 }

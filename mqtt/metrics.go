@@ -9,6 +9,7 @@ type metrics struct {
 	messages          *prometheus.CounterVec
 	handshakes        prometheus.Counter
 	handshakeFailures *prometheus.CounterVec
+	legacyHandshakes  prometheus.Counter
 	kicks             *prometheus.CounterVec
 	revokeLatency     prometheus.Histogram
 	overflow          *prometheus.CounterVec
@@ -33,6 +34,9 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "iothub_mqtt_tls_handshake_failures_total", Help: "Failed TLS handshakes by reason.",
 		}, []string{"reason"}),
+		legacyHandshakes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iothub_mqtt_tls_legacy_handshakes_total", Help: "TLS handshakes that settled on a legacy RSA key exchange suite (--tls-legacy-suites).",
+		}),
 		kicks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "iothub_mqtt_sessions_closed_total", Help: "Sessions closed by the hub, by reason.",
 		}, []string{"reason"}),
@@ -57,7 +61,7 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 	if r == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.kicks, m.revokeLatency, m.overflow, m.notStored, m.qos0Dropped} {
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.legacyHandshakes, m.kicks, m.revokeLatency, m.overflow, m.notStored, m.qos0Dropped} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

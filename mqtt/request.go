@@ -25,6 +25,7 @@ const (
 	codeEmpty        = 1251
 	codeMismatch     = 1260
 	codeInternal     = 500
+	codeTooMany      = 429 // rate-limited: retry later
 	// codeNotStored answers a post the store could not take (disk full,
 	// database down): nothing was stored and the device should retry. Its
 	// PUBACK is withheld (MQTT 5: reason 0x80), so an SDK resends it.
@@ -40,7 +41,21 @@ type request struct {
 	Version string          `json:"version"`
 	Method  string          `json:"method"`
 	Params  json.RawMessage `json:"params"`
+	batchFlags
 }
+
+// batchFlags are the flags of a batch post, beside its params.
+type batchFlags struct {
+	// AllowOfflineSubDevice accepts entries of sub-devices in the
+	// gateway's topology that are not logged in.
+	AllowOfflineSubDevice bool `json:"allowOfflineSubDevice"`
+	// SkipInvalidMeasurepoints stores the valid entries and skips the
+	// others instead of refusing the whole batch.
+	SkipInvalidMeasurepoints bool `json:"skipInvalidMeasurepoints"`
+}
+
+// flagsKey carries a request's batchFlags in its context.
+type flagsKey struct{}
 
 // requestError is a parse failure with its reply code.
 type requestError struct {
@@ -118,19 +133,37 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		// activation reply, which needs no action.
 		return answered
 	}
-	if !strings.HasPrefix(topic, ss.sysPrefix) {
-		return routed
-	}
-	rel := topic[len(ss.sysPrefix):]
-	if strings.HasSuffix(rel, replySuffix) {
-		if s.deliverReply(ss, strings.TrimSuffix(rel, replySuffix), payload) {
-			return answered
+	// target is the device the request is for: the session's own, or a
+	// sub-device logged in through it (a gateway).
+	target, rel := ss, ""
+	var handler handlerFn
+	switch {
+	case strings.HasPrefix(topic, ss.sysPrefix):
+		rel = topic[len(ss.sysPrefix):]
+	case strings.HasPrefix(topic, ss.extPrefix):
+		rel = topic[len(ss.extPrefix):]
+		var ok bool
+		if handler, ok = sessionRequest(rel); !ok {
+			return routed
 		}
-		return routed
+	default:
+		if target = ss.subFor(topic); target == nil {
+			return routed
+		}
+		target.touch(s.now())
+		rel = topic[len(target.sysPrefix):]
 	}
-	handler, ok := upstream(rel)
-	if !ok {
-		return routed
+	if handler == nil {
+		if strings.HasSuffix(rel, replySuffix) {
+			if s.deliverReply(target, strings.TrimSuffix(rel, replySuffix), payload) {
+				return answered
+			}
+			return routed
+		}
+		var ok bool
+		if handler, ok = upstream(rel); !ok {
+			return routed
+		}
 	}
 	req, err := parseRequest(payload, s.maxPay)
 	if err != nil {
@@ -138,14 +171,24 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		s.reply(ss, topic, req.ID, re.Code, nil, re.Msg)
 		return answered
 	}
-	if req.Method != methodFor(rel) {
-		s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
-		return answered
+	if want := methodFor(rel); req.Method != want {
+		// The topic is authoritative for event posts: the Python SDK 0.1.1
+		// sends "thing.event.%s.post" unformatted.
+		if !strings.HasPrefix(rel, "thing/event/") || !strings.HasPrefix(req.Method, "thing.event.") {
+			s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
+			return answered
+		}
+		s.log.Debug("mqtt: event post method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	data, code, msg := handler(s, ctx, ss, req.Params)
+	ctx = context.WithValue(ctx, flagsKey{}, req.batchFlags)
+	data, code, msg := handler(s, ctx, target, req.Params)
 	s.reply(ss, topic, req.ID, code, data, msg)
+	if ss.closeAfterReply.Load() {
+		s.kick(ss, codeBusy, "throttled")
+		return answered
+	}
 	if code == codeNotStored {
 		s.refused(ss)
 		return notStored
@@ -205,6 +248,12 @@ func upstream(rel string) (handlerFn, bool) {
 		return queryNames("tags", iothub.Store.Tags), true
 	case "thing/tag/delete":
 		return deleteNames("tags", iothub.Store.DeleteTags), true
+	case "thing/topo/add":
+		return (*Server).topoAdd, true
+	case "thing/topo/get":
+		return (*Server).topoGet, true
+	case "thing/topo/delete":
+		return (*Server).topoDelete, true
 	case "thing/device/register":
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
@@ -258,15 +307,21 @@ type postParams struct {
 // The measurepoints pass the store's own rules here, so that a post the
 // store would refuse never joins a batch.
 func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) {
+	dev := ss.dev
 	if (p.ProductKey != "" && p.ProductKey != ss.dev.ProductKey) || (p.DeviceKey != "" && p.DeviceKey != ss.dev.DeviceKey) {
-		return iothub.Sample{}, codeNoPermission, "entry belongs to another device"
+		// A gateway posts for its logged-in sub-devices too.
+		sub := ss.sub(iothub.DeviceID{ProductKey: p.ProductKey, DeviceKey: p.DeviceKey})
+		if sub == nil {
+			return iothub.Sample{}, codeNoPermission, "entry belongs to another device (not this device or a logged-in sub-device)"
+		}
+		dev = sub.dev
 	}
 	mp, err := iothub.ParseMeasurepoints(p.Measurepoints)
 	if err != nil {
 		code, msg := storeCode(err)
 		return iothub.Sample{}, code, msg
 	}
-	return iothub.Sample{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, Time: s.postTime(p.Time),
+	return iothub.Sample{ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Time: s.postTime(p.Time),
 		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""
 }
 
@@ -294,7 +349,7 @@ func (s *Server) postMeasurepoints(_ context.Context, ss *session, params json.R
 // maxBatchEntries caps the entries of one batch post.
 const maxBatchEntries = 1000
 
-func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params json.RawMessage) (any, int, string) {
+func (s *Server) postMeasurepointBatch(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
 	var ps []postParams
 	if err := json.Unmarshal(params, &ps); err != nil || len(ps) == 0 {
 		return nil, codeBadFormat, "params must be a non-empty list of posts"
@@ -302,16 +357,43 @@ func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params js
 	if len(ps) > maxBatchEntries {
 		return nil, codeBadFormat, "too many entries in one batch"
 	}
+	flags, _ := ctx.Value(flagsKey{}).(batchFlags)
 	out := make([]iothub.Sample, 0, len(ps))
+	skipped := 0
 	for _, p := range ps {
 		smp, code, msg := s.sample(ss, p)
+		if code == codeNoPermission && flags.AllowOfflineSubDevice {
+			smp, code, msg = s.offlineSubSample(ctx, ss, p)
+		}
+		if code == codeBadFormat && flags.SkipInvalidMeasurepoints {
+			skipped++
+			continue
+		}
 		if code != codeOK {
 			return nil, code, msg // nothing of the batch is stored
 		}
 		out = append(out, smp)
 	}
+	if len(out) == 0 {
+		return nil, codeBadFormat, "no valid entry in the batch"
+	}
 	code, msg := storeCode(s.samples.Write(out))
-	return nil, code, msg
+	if code != codeOK || skipped == 0 {
+		return nil, code, msg
+	}
+	return map[string]int{"skipped": skipped}, codeOK, ""
+}
+
+// offlineSubSample makes a batch entry of a sub-device that is in the
+// gateway's topology but not logged in (allowOfflineSubDevice).
+func (s *Server) offlineSubSample(ctx context.Context, gw *session, p postParams) (iothub.Sample, int, string) {
+	id := iothub.DeviceID{ProductKey: p.ProductKey, DeviceKey: p.DeviceKey}
+	owner, err := s.cfg.Store.GatewayOf(ctx, id)
+	if err != nil || owner != gw.dev {
+		return iothub.Sample{}, codeNoPermission, "entry belongs to a device that is not in this gateway's topology"
+	}
+	sub := &session{dev: id}
+	return s.sample(sub, p)
 }
 
 // eventHandler serves thing/event/{id}/post for one event identifier.
@@ -347,7 +429,7 @@ func (s *Server) updateAttributes(ctx context.Context, ss *session, params json.
 	}
 	err := s.cfg.Store.SetAttributes(ctx, ss.dev.ProductKey, ss.dev.DeviceKey, p.Attributes)
 	if err == nil && s.cfg.Feed != nil {
-		err = s.cfg.Feed.Record(ctx, []iothub.Change{feed.Attributes(ss.dev.ProductKey, ss.dev.DeviceKey, s.now(), p.Attributes)})
+		err = s.cfg.Feed.Record(ctx, []iothub.DataChange{feed.Attributes(ss.dev.ProductKey, ss.dev.DeviceKey, s.now(), p.Attributes)})
 	}
 	code, msg := storeCode(err)
 	return nil, code, msg

@@ -8,11 +8,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,10 +50,23 @@ type Config struct {
 	// copies it and applies its own policy (TLS 1.2+, AEAD ECDHE suites,
 	// optional client certificate verified by Certs).
 	TLS *tls.Config
+	// LegacySuites adds iothub.LegacyTLS12CipherSuites to the TLS
+	// listener, after the strong ones, for devices that cannot do ECDHE.
+	LegacySuites bool
 	// MaxPayload caps a PUBLISH payload (0: DefaultMaxPayload).
 	MaxPayload int
+	// LoginMaxSkew, when positive, refuses a login whose signed timestamp
+	// (ms since the epoch) is further than this from the hub's clock, so a
+	// captured CONNECT cannot be replayed later. Off (0) by default: EnOS
+	// does not check it and the C SDK signs a fixed timestamp.
+	LoginMaxSkew time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Node names this hub node in the shared store, stable across its
+	// restarts: the sessions it opens are recorded under it, a restart
+	// ends those a crash left, and other nodes end them once its lease
+	// expires. Empty: a random name, for a single run.
+	Node string
 }
 
 // Server is the MQTT side of the hub. It implements iothub.DeviceGateway.
@@ -74,8 +88,7 @@ type Server struct {
 	pmu     sync.Mutex
 	pending map[string]*pendingCall
 	ended   map[iothub.DeviceID]time.Time // last-seen of ended sessions, awaiting flush
-	callSeq atomic.Uint64
-	callTag string
+	callSeq atomic.Uint32                 // numbers downstream requests (see nextCallID)
 
 	limits   *limiters
 	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
@@ -85,6 +98,10 @@ type Server struct {
 	side     *sideWriter    // login/logout states and audit rows, batched
 	reg      *registryCache // nil without a bus: nothing would invalidate it
 
+	instance   string // this run's lease token
+	draining   atomic.Bool
+	abandon    chan struct{} // closed when Drain gives up on the calls under way
+	drainOnce  sync.Once
 	touchEvery time.Duration
 	unsub      func()
 	stop       chan struct{}
@@ -158,8 +175,9 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   3600,
 	})
-	tag := make([]byte, 4)
-	_, _ = rand.Read(tag)
+	if cfg.Node == "" {
+		cfg.Node = iothub.RandomString(16)
+	}
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -172,20 +190,30 @@ func New(cfg Config) (*Server, error) {
 		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
-		callTag:    hex.EncodeToString(tag),
+		instance:   iothub.RandomString(16),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
+		abandon:    make(chan struct{}),
 	}
+	var start [4]byte
+	_, _ = rand.Read(start[:])
+	s.callSeq.Store(binary.BigEndian.Uint32(start[:]) % 1_000_000_000)
 	if cfg.TLS != nil {
-		s.tlsConf = serverTLS(cfg.TLS)
+		s.tlsConf = serverTLS(cfg.TLS, cfg.LegacySuites)
+		if cfg.LegacySuites {
+			s.log.Warn("mqtt: legacy TLS 1.2 suites with RSA key exchange are on (--tls-legacy-suites): no forward secrecy for the devices that use them")
+		}
 	}
 	if err := b.AddHook(&hook{s: s}, nil); err != nil {
 		return nil, err
 	}
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
+	}
+	if err := s.startLease(); err != nil {
+		return nil, err
 	}
 	s.samples = newGroupWriter(recorded(cfg.Store.AppendSamples, cfg.Feed, feed.Samples), writeBatch, s.notStored("measurepoints"))
 	s.events = newGroupWriter(recorded(cfg.Store.AppendEvents, cfg.Feed, feed.Events), writeBatch, s.notStored("events"))
@@ -206,11 +234,15 @@ func (s *Server) notStored(kind string) func(items int, err error) {
 	}
 }
 
-// serverTLS applies the hub's TLS policy to a copy of base.
-func serverTLS(base *tls.Config) *tls.Config {
+// serverTLS applies the hub's TLS policy to a copy of base, with the
+// legacy suites after the strong ones if asked.
+func serverTLS(base *tls.Config, legacy bool) *tls.Config {
 	c := base.Clone()
 	c.MinVersion = tls.VersionTLS12
 	c.CipherSuites = iothub.TLS12CipherSuites
+	if legacy {
+		c.CipherSuites = append(slices.Clone(iothub.TLS12CipherSuites), iothub.LegacyTLS12CipherSuites...)
+	}
 	// The chain is verified by CertificateService.AuthorizeClient against
 	// the hub CA and the product's verified external CAs, so the handshake
 	// only asks for a certificate.
@@ -255,8 +287,9 @@ func (s *Server) Serve() error {
 	if s.cfg.Bus != nil {
 		s.unsub = s.cfg.Bus.Subscribe(s.onEvent)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.sweep()
+	go s.lease()
 	return s.broker.Serve()
 }
 
@@ -276,6 +309,11 @@ func (s *Server) Close() error {
 		s.events.Close()
 		s.side.Close() // after the broker: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.cfg.Store.StopNode(ctx, s.cfg.Node, s.instance); err != nil {
+			s.log.Warn("mqtt: giving up the node's lease; other nodes reap it when it expires", "node", s.cfg.Node, "error", err)
+		}
+		cancel()
 	})
 	return err
 }
@@ -324,6 +362,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 
 func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 	_ = c.SetDeadline(time.Now().Add(connectTimeout)) // mochi replaces it after CONNECT
+	c = &deadlineConn{Conn: c, stalled: func() { l.met.kicks.WithLabelValues("write_stalled").Inc() }}
 	if l.tls != nil {
 		tc := tls.Server(c, l.tls)
 		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
@@ -335,6 +374,9 @@ func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 			return
 		}
 		l.met.handshakes.Inc()
+		if slices.Contains(iothub.LegacyTLS12CipherSuites, tc.ConnectionState().CipherSuite) {
+			l.met.legacyHandshakes.Inc()
+		}
 		c = tc
 	}
 	if l.end.Load() {

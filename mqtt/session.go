@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,12 +20,14 @@ type session struct {
 	orgID      string
 	remote     string      // source IP
 	activation bool        // securemode 3: may only use the activation topics
+	tls        bool        // connected over TLS: secrets may be sent on it
 	app        *appSession // an application (AppUsername), not a device
 
 	sysPrefix string // "/sys/{pk}/{dk}/"
 	extPrefix string // "/ext/session/{pk}/{dk}/"
 	actReply  string // activation: the one topic it may publish to
 
+	loginAt        time.Time
 	secretVersion  int
 	serial         string // client certificate serial, "" when none
 	certNotAfter   time.Time
@@ -37,7 +40,16 @@ type session struct {
 	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
 	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
 	refusals    atomic.Int32 // posts refused in a row for want of storage
-	timer       *time.Timer  // certificate expiry or activation deadline
+	// closeAfterReply ends the session once the current request is answered.
+	closeAfterReply atomic.Bool
+	timer           *time.Timer // certificate expiry or activation deadline
+
+	// gateway is set on a sub-device's session: the gateway session whose
+	// connection (cl) it uses.
+	gateway *session
+	// subs are a gateway's logged-in sub-devices by /sys/ prefix.
+	subMu sync.RWMutex
+	subs  map[string]*session
 }
 
 // Topic prefixes of a device.
@@ -64,7 +76,7 @@ func (s *session) allow(topic string, write bool) bool {
 		}
 		return strings.HasPrefix(topic, s.extPrefix)
 	}
-	return strings.HasPrefix(topic, s.sysPrefix) || strings.HasPrefix(topic, s.extPrefix)
+	return strings.HasPrefix(topic, s.sysPrefix) || strings.HasPrefix(topic, s.extPrefix) || s.subFor(topic) != nil
 }
 
 // touch records inbound activity.

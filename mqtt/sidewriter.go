@@ -138,7 +138,7 @@ func (w *sideWriter) write(batch []sideItem) {
 		if err != nil {
 			w.log.Error("mqtt: writing device states", "changes", len(changes), "error", err)
 		}
-		var applied []iothub.Change
+		var applied []iothub.DataChange
 		for j, e := range res {
 			it := &batch[owners[j]]
 			switch {

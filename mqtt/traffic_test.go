@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,10 @@ func TestUpstreamRequests(t *testing.T) {
 		{"/sys/pku/dev/thing/attribute/update", `{"id":"1","method":"thing.attribute.update","params":{"attributes":{"fw":"1.2","site":"north"}}}`, 200},
 		{"/sys/pku/dev/thing/attribute/delete", `{"id":"1","method":"thing.attribute.delete","params":{"attributes":["site"]}}`, 200},
 		{"/sys/pku/dev/thing/tag/update", `{"id":"1","method":"thing.tag.update","params":{"tags":{"a":"b"}}}`, 200},
+		{"/sys/pku/dev/thing/tag/update", `{"id":"1","method":"thing.tag.update","params":[{"tagKey":"c","tagValue":"d"}]}`, 200},
+		// The Python SDK 0.1.1 sends its event method unformatted: the topic decides.
+		{"/sys/pku/dev/thing/event/door/post", `{"id":"1","method":"thing.event.%s.post","params":{"events":{"open":true}}}`, 200},
+		{"/sys/pku/dev/thing/event/door/post", `{"id":"1","method":"thing.attribute.update","params":{"events":{"open":true}}}`, 1260},
 	} {
 		r := ask(t, c, tc.topic, tc.payload)
 		if r["code"] != tc.code {
@@ -157,6 +162,14 @@ func TestUpstreamRequests(t *testing.T) {
 	data, _ := r["data"].(map[string]any)
 	if r["code"] != 200.0 || data["fw"] != "1.2" || data["site"] != nil {
 		t.Fatalf("attribute query %v", r)
+	}
+	r = ask(t, c, "/sys/pku/dev/thing/tag/query", `{"id":"q","method":"thing.tag.query","params":{"tags":["a","c","x"]}}`)
+	if data, _ := r["data"].(map[string]any); r["code"] != 200.0 || len(data) != 2 || data["a"] != "b" || data["c"] != "d" {
+		t.Fatalf("tag query %v", r)
+	}
+	events, err := h.db.RecentEvents(context.Background(), "pku", "dev", 0)
+	if err != nil || len(events) != 2 || events[0].EventID != "door" || string(events[0].Events) != `{"open":true}` || events[1].EventID != "alarm" {
+		t.Fatalf("stored events %+v (%v), want door then alarm", events, err)
 	}
 	// Nothing of the refused batch entry was stored for the other device.
 	pts, _ := h.db.LatestPoints(context.Background(), "pku", "other")
@@ -268,4 +281,38 @@ func TestOfflineTimeout(t *testing.T) {
 		t.Fatal("silent session not closed after the product's offline timeout")
 	}
 	eventually(t, "offline", func() bool { return h.stored("pkq", "dev").State == iothub.StateOffline })
+}
+
+// The EnOS C SDK reads a downstream request's id with atoi and writes it
+// back unquoted: ids must be decimal numbers that fit an int32, and an
+// unquoted numeric id in the reply must reach the call.
+func TestCallIDsSurviveTheCSDK(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkcs", nil)
+	d := h.device(p, "dev")
+	seen := make(chan string, 10)
+	var cl paho.Client
+	cl = h.connect(t, "pkcs", "dev", d.DeviceSecret, func(o *pahoOptions) {
+		o.SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
+			var req struct{ ID string }
+			if json.Unmarshal(m.Payload(), &req) != nil {
+				return
+			}
+			seen <- req.ID
+			n, err := strconv.ParseInt(req.ID, 10, 32) // what atoi keeps, and no more
+			if err != nil || n <= 0 {
+				return
+			}
+			go cl.Publish(m.Topic()+"_reply", 1, false, fmt.Sprintf(`{"id":%d,"code":200,"data":{}}`, n))
+		})
+	})
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		r, err := h.srv.Call(ctx, "pkcs", "dev", "thing/service/ping", "thing.service.ping", nil)
+		cancel()
+		id := <-seen
+		if err != nil || r.Code != 200 {
+			t.Fatalf("call with id %q answered the C SDK way: %v %+v", id, err, r)
+		}
+	}
 }

@@ -154,7 +154,7 @@ func countItems[T any](part []*groupWrite[T]) int {
 // recorded is commit followed by the feed's record of what it committed,
 // in the same group, so the change log holds the batch (in commit order)
 // before any of its writers is answered. With no feed it is commit.
-func recorded[T any](commit func(context.Context, []T) error, f *feed.Feed, changes func([]T) []iothub.Change) func(context.Context, []T) error {
+func recorded[T any](commit func(context.Context, []T) error, f *feed.Feed, changes func([]T) []iothub.DataChange) func(context.Context, []T) error {
 	if f == nil {
 		return commit
 	}

@@ -33,6 +33,12 @@ const (
 // ErrUnknownMethod is returned for a signmethod the hub does not accept.
 var ErrUnknownMethod = errors.New("sign: unknown signmethod")
 
+// Valid reports whether the hub knows m (in any case).
+func (m Method) Valid() bool {
+	_, err := newHash(m)
+	return err == nil
+}
+
 func newHash(m Method) (func() hash.Hash, error) {
 	switch Method(strings.ToLower(string(m))) {
 	case SHA256, HMACSHA256:

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	}
 	gp, err := db.Product(ctx, "pk")
 	must(t, err)
-	if *gp != *p {
+	if !reflect.DeepEqual(gp, p) {
 		t.Fatalf("product after reopen %+v, want %+v", gp, p)
 	}
 	gd, err := db.Device(ctx, "pk", "d")

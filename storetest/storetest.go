@@ -10,6 +10,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -54,12 +56,16 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"AttributeCaps", testAttributeCaps},
 		{"Audit", testAudit},
 		{"AuditBatch", testAuditBatch},
+		{"SearchAudit", testSearchAudit},
 		{"Telemetry", testTelemetry},
 		{"TelemetryHistoryBound", testTelemetryHistoryBound},
 		{"Attributes", testAttributes},
 		{"EventsAndTags", testEventsAndTags},
+		{"Topology", testTopology},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
+		{"ChangeLog", testChangeLog},
+		{"NodeLeases", testNodeLeases},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
 	}
@@ -213,14 +219,15 @@ func testAPIKeys(t *testing.T, db iothub.Store) {
 func testProducts(t *testing.T, db iothub.Store) {
 	must(t, db.CreateOrg(ctx, &iothub.Org{ID: "acme", Name: "Acme"}))
 	p := &iothub.Product{OrgID: "acme", ProductKey: "pk1", ProductSecret: "s1", Name: "Meter",
-		DynamicActivation: true, AutoRegister: true, DeviceLimit: 5, OfflineTimeoutSec: 90, MaxCertDays: 30}
+		DynamicActivation: true, AutoRegister: true, DeviceLimit: 5, OfflineTimeoutSec: 90, MaxCertDays: 30,
+		NodeType: iothub.NodeGateway, AllowGatewayRegistration: true, SignMethods: []string{"sha256", "hmacsha256"}}
 	must(t, db.CreateProduct(ctx, p))
 	if p.AuthMode != iothub.AuthSecret || p.CreatedAt.IsZero() {
 		t.Fatalf("defaults not filled: %+v", p)
 	}
 	got, err := db.Product(ctx, "pk1")
 	must(t, err)
-	if *got != *p {
+	if !reflect.DeepEqual(got, p) {
 		t.Fatalf("Product = %+v\nwant      %+v", got, p)
 	}
 	mkProduct(t, db, "pk2")
@@ -231,6 +238,7 @@ func testProducts(t *testing.T, db iothub.Store) {
 		"bad key":     {OrgID: "acme", ProductKey: "a/b", ProductSecret: "x"},
 		"no secret":   {OrgID: "acme", ProductKey: "pk3"},
 		"bad mode":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", AuthMode: "psk"},
+		"bad node":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", NodeType: "hub"},
 		"negative":    {OrgID: "acme", ProductKey: "pk3", ProductSecret: "x", DeviceLimit: -1},
 		"unknown org": {OrgID: "ghost", ProductKey: "pk3", ProductSecret: "x"},
 	} {
@@ -259,10 +267,15 @@ func testProducts(t *testing.T, db iothub.Store) {
 	// Rotation and field updates.
 	up := *got
 	up.ProductSecret, up.Name, up.AuthMode, up.AutoRegister, up.CreatedAt = "s2", "Meter v2", iothub.AuthCertificate, false, time.Time{}
+	up.AllowGatewayRegistration, up.SignMethods, up.NodeType = false, nil, iothub.NodeDevice
 	must(t, db.UpdateProduct(ctx, &up))
 	got, _ = db.Product(ctx, "pk1")
-	if got.ProductSecret != "s2" || got.Name != "Meter v2" || got.AuthMode != iothub.AuthCertificate || got.AutoRegister || !got.CreatedAt.Equal(p.CreatedAt) {
+	if got.ProductSecret != "s2" || got.Name != "Meter v2" || got.AuthMode != iothub.AuthCertificate || got.AutoRegister || !got.CreatedAt.Equal(p.CreatedAt) ||
+		got.AllowGatewayRegistration || len(got.SignMethods) != 0 {
 		t.Fatalf("after update: %+v", got)
+	}
+	if got.NodeType != iothub.NodeGateway {
+		t.Fatalf("the node type is fixed at creation, got %q after an update", got.NodeType)
 	}
 	moved := *got
 	moved.OrgID = iothub.DefaultOrgID
@@ -273,7 +286,7 @@ func testProducts(t *testing.T, db iothub.Store) {
 	empty := *got
 	empty.ProductSecret = ""
 	wantCode(t, db.UpdateProduct(ctx, &empty), iothub.EINVALID)
-	if again, _ := db.Product(ctx, "pk1"); *again != *got {
+	if again, _ := db.Product(ctx, "pk1"); !reflect.DeepEqual(again, got) {
 		t.Fatalf("refused update changed the row: %+v", again)
 	}
 
@@ -880,6 +893,42 @@ func testEventsAndTags(t *testing.T, db iothub.Store) {
 	}
 }
 
+func testTopology(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "gwp")
+	mkProduct(t, db, "pk")
+	id := func(pk, dk string) iothub.DeviceID { return iothub.DeviceID{ProductKey: pk, DeviceKey: dk} }
+	gw, gw2 := id("gwp", "gw"), id("gwp", "gw2")
+	mkDevice(t, db, "gwp", "gw")
+	mkDevice(t, db, "gwp", "gw2")
+	mkDevice(t, db, "pk", "a")
+	mkDevice(t, db, "pk", "b")
+	must(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "b"), id("pk", "a")}))
+	must(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "a")})) // again: no change
+	subs, err := db.SubDevices(ctx, gw)
+	must(t, err)
+	if len(subs) != 2 || subs[0] != id("pk", "a") || subs[1] != id("pk", "b") {
+		t.Fatalf("SubDevices = %v", subs)
+	}
+	wantCode(t, db.AddSubDevices(ctx, gw2, []iothub.DeviceID{id("pk", "a")}), iothub.ECONFLICT)
+	wantCode(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "ghost")}), iothub.ENOTFOUND)
+	wantCode(t, db.AddSubDevices(ctx, gw, []iothub.DeviceID{gw}), iothub.EINVALID)
+	if owner, err := db.GatewayOf(ctx, id("pk", "a")); err != nil || owner != gw {
+		t.Fatalf("GatewayOf(a) = %v, %v", owner, err)
+	}
+	_, err = db.GatewayOf(ctx, gw2)
+	wantCode(t, err, iothub.ENOTFOUND)
+	must(t, db.RemoveSubDevices(ctx, gw, []iothub.DeviceID{id("pk", "b"), id("pk", "ghost")}))
+	must(t, db.DeleteDevice(ctx, "pk", "a"))
+	if subs, _ := db.SubDevices(ctx, gw); len(subs) != 0 {
+		t.Fatalf("after remove and delete: %v", subs)
+	}
+	// Deleting a gateway empties its topology.
+	must(t, db.AddSubDevices(ctx, gw2, []iothub.DeviceID{id("pk", "b")}))
+	must(t, db.DeleteDevice(ctx, "gwp", "gw2"))
+	_, err = db.GatewayOf(ctx, id("pk", "b"))
+	wantCode(t, err, iothub.ENOTFOUND)
+}
+
 func testDeleteDeviceRemovesDataKeepsCertificates(t *testing.T, db iothub.Store) {
 	mkProduct(t, db, "pk")
 	mkDevice(t, db, "pk", "a")
@@ -1072,5 +1121,43 @@ func testAttributeCaps(t *testing.T, db iothub.Store) {
 	must(t, err)
 	if len(got) != iothub.MaxAttributesPerDevice || string(got["a0"]) != "2" {
 		t.Fatalf("%d attributes, a0 = %s", len(got), got["a0"])
+	}
+}
+
+func testSearchAudit(t *testing.T, db iothub.Store) {
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	must(t, db.AuditBatch(ctx, []iothub.AuditEvent{
+		{Time: t0, OrgID: "a", Kind: "login.ok", ProductKey: "pk", DeviceKey: "d1"},
+		{Time: t0.Add(time.Second), OrgID: "a", Kind: "login.refused", ProductKey: "pk", DeviceKey: "d2"},
+		{Time: t0.Add(2 * time.Second), OrgID: "b", Kind: "login_x.ok", ProductKey: "pk", DeviceKey: "d1"},
+		{Time: t0.Add(3 * time.Second), OrgID: "a", Kind: "device.disabled", ProductKey: "pk", DeviceKey: "d1"},
+	}))
+	ids := func(f iothub.AuditFilter) string {
+		t.Helper()
+		events, err := db.SearchAudit(ctx, f)
+		must(t, err)
+		var out []string
+		for _, e := range events {
+			out = append(out, strconv.FormatInt(e.ID, 10))
+		}
+		return strings.Join(out, ",")
+	}
+	for _, c := range []struct {
+		f    iothub.AuditFilter
+		want string
+	}{
+		{iothub.AuditFilter{}, "4,3,2,1"},
+		{iothub.AuditFilter{Kind: "login."}, "2,1"}, // a prefix: not login_x.
+		{iothub.AuditFilter{Kind: "login.refused"}, "2"},
+		{iothub.AuditFilter{OrgID: "a", DeviceKey: "d1"}, "4,1"},
+		{iothub.AuditFilter{ProductKey: "pk", Since: t0.Add(time.Second), Until: t0.Add(3 * time.Second)}, "3,2"},
+		{iothub.AuditFilter{Limit: 2}, "4,3"},
+		{iothub.AuditFilter{Limit: 2, Before: 3}, "2,1"},
+		{iothub.AuditFilter{After: 2}, "3,4"},
+		{iothub.AuditFilter{DeviceKey: "nobody"}, ""},
+	} {
+		if got := ids(c.f); got != c.want {
+			t.Errorf("SearchAudit(%+v) = %s, want %s", c.f, got, c.want)
+		}
 	}
 }

@@ -22,7 +22,7 @@ func streamCmd(g *globals) *cobra.Command {
 		Short: "Follow devices' posts, events, attributes and states live, as JSON lines",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := g.client()
+			cl, err := g.client(cmd)
 			if err != nil {
 				return err
 			}

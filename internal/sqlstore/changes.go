@@ -2,232 +2,77 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
-	"strings"
+	"encoding/json"
 	"time"
 
 	"github.com/iothub/iothub"
 )
 
-// DefaultChangeLimit is how many changes Changes returns when the filter
-// gives no limit; MaxChangeLimit caps it.
-const (
-	DefaultChangeLimit = 500
-	MaxChangeLimit     = 5000
-)
+// appendTries bounds the retries of AppendChange when another writer took
+// the next ID first.
+const appendTries = 20
 
-// AppendChanges implements iothub.ChangeStore. The change_seq row lock
-// is held until commit, so a later id never commits before an earlier one.
-func (c *Core) AppendChanges(ctx context.Context, changes []iothub.Change) error {
-	if len(changes) == 0 {
-		return nil
+// AppendChange records e in the change log. Its ID is MAX(id)+1, taken in
+// the insert itself: two writers racing for one ID meet at the primary key,
+// the loser retries with the next, so an ID is never visible before a
+// smaller one.
+func (c *Core) AppendChange(ctx context.Context, e iothub.Event, at time.Time) (int64, error) {
+	e.Change = 0
+	data, err := json.Marshal(e)
+	if err != nil {
+		return 0, c.wrap("append change", err)
 	}
-	now := MS(c.cfg.Now())
-	return c.tx(ctx, func(tx *sql.Tx) error {
-		var last int64
-		if err := tx.QueryRowContext(ctx, c.q(`UPDATE change_seq SET last = last + ? WHERE one = 1 RETURNING last`),
-			len(changes)).Scan(&last); err != nil {
-			return c.wrap("append changes", err)
+	q := c.q(`INSERT INTO changes (id, time_ms, event)
+		SELECT COALESCE(MAX(id), 0) + 1, ?, ? FROM changes RETURNING id`)
+	for try := 0; ; try++ {
+		var id int64
+		err := c.cfg.Write.QueryRowContext(ctx, q, MS(at), string(data)).Scan(&id)
+		if err == nil {
+			return id, nil
 		}
-		st, err := tx.PrepareContext(ctx, c.q(`INSERT INTO change_log (id, org_id, kind, product_key, device_key, time_ms, data, created_at)
-			SELECT ?, org_id, ?, ?, ?, ?, ?, ? FROM products WHERE product_key = ?`))
-		if err != nil {
-			return c.wrap("append changes", err)
+		if kind, _ := c.cfg.Constraint(err); kind != "unique" || try == appendTries {
+			return 0, c.wrap("append change", err)
 		}
-		defer st.Close()
-		id := last - int64(len(changes))
-		for i := range changes {
-			id++
-			ch := &changes[i]
-			if _, err := st.ExecContext(ctx, id, string(ch.Kind), ch.ProductKey, ch.DeviceKey, MS(ch.Time), string(ch.Data), now, ch.ProductKey); err != nil {
-				return c.wrap("append changes", err)
-			}
-			ch.ID = id
-		}
-		return nil
-	})
+	}
 }
 
-// Changes implements iothub.ChangeStore.
-func (c *Core) Changes(ctx context.Context, f iothub.ChangeFilter) ([]iothub.Change, error) {
-	where := []string{"id > ?"}
-	args := []any{f.After}
-	for _, col := range []struct{ name, v string }{{"org_id", f.OrgID}, {"product_key", f.ProductKey}, {"device_key", f.DeviceKey}} {
-		if col.v != "" {
-			where = append(where, col.name+" = ?")
-			args = append(args, col.v)
-		}
-	}
-	if len(f.Kinds) > 0 && len(f.Kinds) < len(iothub.ChangeKinds) {
-		where = append(where, "kind IN (?"+strings.Repeat(",?", len(f.Kinds)-1)+")")
-		for _, k := range f.Kinds {
-			args = append(args, string(k))
-		}
-	}
-	args = append(args, ClampLimit(f.Limit, DefaultChangeLimit, MaxChangeLimit))
-	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT id, org_id, kind, product_key, device_key, time_ms, data
-		FROM change_log WHERE `+strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`), args...)
+// ChangesAfter returns up to limit entries with an ID above after, oldest
+// first. An entry that no longer decodes is returned with an empty event.
+func (c *Core) ChangesAfter(ctx context.Context, after int64, limit int) ([]iothub.Change, error) {
+	limit = ClampLimit(limit, DefaultPageSize, MaxPageSize)
+	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT id, time_ms, event FROM changes WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
 	if err != nil {
 		return nil, c.wrap("changes", err)
 	}
 	defer rows.Close()
-	out := []iothub.Change{}
+	var out []iothub.Change
 	for rows.Next() {
 		var ch iothub.Change
-		var kind, data string
 		var t int64
-		if err := rows.Scan(&ch.ID, &ch.OrgID, &kind, &ch.ProductKey, &ch.DeviceKey, &t, &data); err != nil {
+		var data string
+		if err := rows.Scan(&ch.ID, &t, &data); err != nil {
 			return nil, c.wrap("changes", err)
 		}
-		ch.Kind, ch.Time, ch.Data = iothub.ChangeKind(kind), FromMS(t), []byte(data)
+		ch.Time = FromMS(t)
+		if json.Unmarshal([]byte(data), &ch.Event) == nil {
+			ch.Event.Change = ch.ID
+		}
 		out = append(out, ch)
 	}
 	return out, c.wrap("changes", rows.Err())
 }
 
-// ChangeBounds implements iothub.ChangeStore.
-func (c *Core) ChangeBounds(ctx context.Context) (oldest, newest int64, err error) {
-	err = c.cfg.Read.QueryRowContext(ctx, `SELECT COALESCE((SELECT MIN(id) FROM change_log), 0),
-		(SELECT last FROM change_seq WHERE one = 1)`).Scan(&oldest, &newest)
-	return oldest, newest, c.wrap("change bounds", err)
+// LastChange returns the newest ID, 0 for an empty log.
+func (c *Core) LastChange(ctx context.Context) (int64, error) {
+	var id int64
+	err := c.cfg.Read.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM changes`).Scan(&id)
+	return id, c.wrap("last change", err)
 }
 
-// TrimChanges implements iothub.ChangeStore.
-func (c *Core) TrimChanges(ctx context.Context, before time.Time) error {
-	_, err := c.cfg.Write.ExecContext(ctx, c.q(`DELETE FROM change_log WHERE created_at < ?`), MS(before))
-	return c.wrap("trim changes", err)
-}
-
-// ruleAAD binds a sealed webhook secret to its rule.
-func ruleAAD(id string) string { return "rule\x00" + id }
-
-const ruleCols = `id, org_id, name, product_key, kinds, webhook_url, webhook_secret, nats_subject,
-	cursor, delivered, failures, last_error, last_error_at, created_at`
-
-// CreateRule implements iothub.ChangeStore.
-func (c *Core) CreateRule(ctx context.Context, r *iothub.Rule) error {
-	var url, secret, subject string
-	if r.Webhook != nil {
-		sealed, err := c.cfg.Sealer.Seal(r.Webhook.Secret, ruleAAD(r.ID))
-		if err != nil {
-			return c.wrap("seal webhook secret", err)
-		}
-		url, secret = r.Webhook.URL, sealed
-	}
-	if r.NATS != nil {
-		subject = r.NATS.Subject
-	}
-	kinds := make([]string, len(r.Kinds))
-	for i, k := range r.Kinds {
-		kinds[i] = string(k)
-	}
-	created := c.truncMS(r.CreatedAt)
-	_, err := c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO forwarding_rules (id, org_id, name, product_key, kinds,
-		webhook_url, webhook_secret, nats_subject, cursor, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT last FROM change_seq WHERE one = 1), ?)`),
-		r.ID, r.OrgID, r.Name, r.ProductKey, strings.Join(kinds, ","), url, secret, subject, MS(created))
-	switch kind, _ := c.cfg.Constraint(err); kind {
-	case "unique":
-		return Conflict("rule %q already exists", r.ID)
-	case "foreign":
-		return NotFound("org %q not found", r.OrgID)
-	}
-	if err != nil {
-		return c.wrap("create rule", err)
-	}
-	r.CreatedAt = created
-	return nil
-}
-
-// Rule implements iothub.ChangeStore.
-func (c *Core) Rule(ctx context.Context, orgID, id string) (*iothub.Rule, error) {
-	rules, err := c.rules(ctx, `(? = '' OR org_id = ?) AND id = ?`, orgID, orgID, id)
-	if err != nil {
-		return nil, err
-	}
-	if len(rules) == 0 {
-		return nil, NotFound("rule %q not found", id)
-	}
-	return rules[0], nil
-}
-
-// Rules implements iothub.ChangeStore.
-func (c *Core) Rules(ctx context.Context, orgID string) ([]*iothub.Rule, error) {
-	return c.rules(ctx, `? = '' OR org_id = ?`, orgID, orgID)
-}
-
-func (c *Core) rules(ctx context.Context, where string, args ...any) ([]*iothub.Rule, error) {
-	rows, err := c.cfg.Read.QueryContext(ctx, c.q(`SELECT `+ruleCols+` FROM forwarding_rules WHERE `+where+` ORDER BY created_at, id`), args...)
-	if err != nil {
-		return nil, c.wrap("rules", err)
-	}
-	defer rows.Close()
-	out := []*iothub.Rule{}
-	for rows.Next() {
-		var r iothub.Rule
-		var kinds, url, secret, subject string
-		var created, lastErrAt int64
-		if err := rows.Scan(&r.ID, &r.OrgID, &r.Name, &r.ProductKey, &kinds, &url, &secret, &subject,
-			&r.Status.Cursor, &r.Status.Delivered, &r.Status.Failures, &r.Status.LastError, &lastErrAt, &created); err != nil {
-			return nil, c.wrap("rules", err)
-		}
-		for _, k := range strings.Split(kinds, ",") {
-			r.Kinds = append(r.Kinds, iothub.ChangeKind(k))
-		}
-		if url != "" {
-			plain, err := c.cfg.Sealer.Open(secret, ruleAAD(r.ID))
-			if err != nil {
-				return nil, c.wrap("open webhook secret", err)
-			}
-			r.Webhook = &iothub.Webhook{URL: url, Secret: plain}
-		}
-		if subject != "" {
-			r.NATS = &iothub.NATSTarget{Subject: subject}
-		}
-		if lastErrAt > 0 {
-			t := FromMS(lastErrAt)
-			r.Status.LastErrorAt = &t
-		}
-		r.Status.Failing = r.Status.Failures > 0
-		r.CreatedAt = FromMS(created)
-		out = append(out, &r)
-	}
-	return out, c.wrap("rules", rows.Err())
-}
-
-// DeleteRule implements iothub.ChangeStore.
-func (c *Core) DeleteRule(ctx context.Context, orgID, id string) error {
-	res, err := c.cfg.Write.ExecContext(ctx, c.q(`DELETE FROM forwarding_rules WHERE (? = '' OR org_id = ?) AND id = ?`), orgID, orgID, id)
-	if err != nil {
-		return c.wrap("delete rule", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return NotFound("rule %q not found", id)
-	}
-	return nil
-}
-
-// LeaseRule implements iothub.ChangeStore.
-func (c *Core) LeaseRule(ctx context.Context, id, owner string, now, until time.Time) (bool, error) {
-	res, err := c.cfg.Write.ExecContext(ctx, c.q(`UPDATE forwarding_rules SET lease_owner = ?, lease_until = ?
-		WHERE id = ? AND (lease_owner = ? OR lease_until < ?)`), owner, MS(until), id, owner, MS(now))
-	if err != nil {
-		return false, c.wrap("lease rule", err)
-	}
-	n, err := res.RowsAffected()
-	return n == 1, c.wrap("lease rule", err)
-}
-
-// RuleDelivered implements iothub.ChangeStore.
-func (c *Core) RuleDelivered(ctx context.Context, id string, cursor int64, n int) error {
-	_, err := c.cfg.Write.ExecContext(ctx, c.q(`UPDATE forwarding_rules SET cursor = ?, delivered = delivered + ?, failures = 0
-		WHERE id = ? AND cursor < ?`), cursor, n, id, cursor)
-	return c.wrap("rule delivered", err)
-}
-
-// RuleFailed implements iothub.ChangeStore.
-func (c *Core) RuleFailed(ctx context.Context, id, msg string, at time.Time) error {
-	_, err := c.cfg.Write.ExecContext(ctx, c.q(`UPDATE forwarding_rules SET failures = failures + 1, last_error = ?, last_error_at = ?
-		WHERE id = ?`), msg, MS(at), id)
-	return c.wrap("rule failed", err)
+// PruneChanges deletes entries older than before but never the newest, so
+// the next ID keeps growing.
+func (c *Core) PruneChanges(ctx context.Context, before time.Time) error {
+	_, err := c.cfg.Write.ExecContext(ctx, c.q(`DELETE FROM changes
+		WHERE time_ms < ? AND id < (SELECT MAX(id) FROM changes)`), MS(before))
+	return c.wrap("prune changes", err)
 }

@@ -96,6 +96,12 @@ func (c *Core) DeleteDevice(ctx context.Context, productKey, deviceKey string) e
 				return c.wrap("delete device", err)
 			}
 		}
+		// Out of the topology, whether it was a sub-device or a gateway.
+		if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM gateway_topology
+			WHERE (product_key = ? AND device_key = ?) OR (gw_product_key = ? AND gw_device_key = ?)`),
+			productKey, deviceKey, productKey, deviceKey); err != nil {
+			return c.wrap("delete device", err)
+		}
 		return nil
 	})
 }

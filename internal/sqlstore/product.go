@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 
 	"github.com/iothub/iothub"
 )
@@ -19,9 +20,10 @@ func (c *Core) CreateProduct(ctx context.Context, p *iothub.Product) error {
 	if err != nil {
 		return c.wrap("seal product secret", err)
 	}
-	_, err = c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO products (`+ProductCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`),
+	_, err = c.cfg.Write.ExecContext(ctx, c.q(`INSERT INTO products (`+ProductCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`),
 		p.OrgID, p.ProductKey, sealed, p.Name, string(p.AuthMode), Bool01(p.DynamicActivation), Bool01(p.AutoRegister),
-		p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, MS(created))
+		p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, MS(created),
+		string(p.NodeType), Bool01(p.AllowGatewayRegistration), strings.Join(p.SignMethods, ","))
 	switch kind, _ := c.cfg.Constraint(err); kind {
 	case "unique":
 		return Conflict("product %q already exists", p.ProductKey)
@@ -56,7 +58,8 @@ func (c *Core) Products(ctx context.Context, orgID string) ([]*iothub.Product, e
 
 // UpdateProduct rewrites a product's mutable fields: name, secret (sealed
 // anew: this is how a ProductSecret is rotated), auth mode, activation
-// flags and limits. OrgID must match the stored one; CreatedAt is kept.
+// flags, sign methods and limits. OrgID must match the stored one;
+// CreatedAt and NodeType are kept (fixed at creation).
 func (c *Core) UpdateProduct(ctx context.Context, p *iothub.Product) error {
 	if err := CheckProduct(p); err != nil {
 		return err
@@ -66,9 +69,9 @@ func (c *Core) UpdateProduct(ctx context.Context, p *iothub.Product) error {
 		return c.wrap("seal product secret", err)
 	}
 	return c.tx(ctx, func(tx *sql.Tx) error {
-		var org string
+		var org, node string
 		var created int64
-		err := tx.QueryRowContext(ctx, c.q(`SELECT org_id, created_at FROM products WHERE product_key = ?`+c.cfg.ForUpdate), p.ProductKey).Scan(&org, &created)
+		err := tx.QueryRowContext(ctx, c.q(`SELECT org_id, created_at, node_type FROM products WHERE product_key = ?`+c.cfg.ForUpdate), p.ProductKey).Scan(&org, &created, &node)
 		if errors.Is(err, sql.ErrNoRows) {
 			return NotFound("product %q not found", p.ProductKey)
 		}
@@ -79,14 +82,16 @@ func (c *Core) UpdateProduct(ctx context.Context, p *iothub.Product) error {
 			return Invalid("a product cannot move to another org")
 		}
 		_, err = tx.ExecContext(ctx, c.q(`UPDATE products SET product_secret = ?, name = ?, auth_mode = ?,
-			dynamic_activation = ?, auto_register = ?, device_limit = ?, offline_timeout_sec = ?, max_cert_days = ?
+			dynamic_activation = ?, auto_register = ?, device_limit = ?, offline_timeout_sec = ?, max_cert_days = ?,
+			allow_gateway_registration = ?, sign_methods = ?
 			WHERE product_key = ?`),
 			sealed, p.Name, string(p.AuthMode), Bool01(p.DynamicActivation), Bool01(p.AutoRegister),
-			p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays, p.ProductKey)
+			p.DeviceLimit, p.OfflineTimeoutSec, p.MaxCertDays,
+			Bool01(p.AllowGatewayRegistration), strings.Join(p.SignMethods, ","), p.ProductKey)
 		if err != nil {
 			return c.wrap("update product", err)
 		}
-		p.CreatedAt = FromMS(created)
+		p.CreatedAt, p.NodeType = FromMS(created), iothub.NodeType(node)
 		return nil
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/iothub/iothub"
@@ -29,7 +30,7 @@ const (
 	DeviceCols = `org_id, product_key, device_key, asset_id, name, state, device_secret, secret_version,
 	last_seen_at, activated_at, created_at`
 	ProductCols = `org_id, product_key, product_secret, name, auth_mode, dynamic_activation, auto_register,
-	device_limit, offline_timeout_sec, max_cert_days, created_at`
+	device_limit, offline_timeout_sec, max_cert_days, created_at, node_type, allow_gateway_registration, sign_methods`
 	CertCols = `serial, org_id, product_key, device_key, asset_id, public_key_sha256, cert_pem,
 	not_before, not_after, revoked_at, reason, created_at`
 )
@@ -77,11 +78,14 @@ func ScanProduct(row Scanner, s *seal.Sealer, prefix string) (*iothub.Product, e
 		p         iothub.Product
 		sealed    string
 		dyn, auto int
+		gwReg     int
 		created   int64
 		mode      string
+		node      string
+		methods   string
 	)
 	if err := row.Scan(&p.OrgID, &p.ProductKey, &sealed, &p.Name, &mode, &dyn, &auto,
-		&p.DeviceLimit, &p.OfflineTimeoutSec, &p.MaxCertDays, &created); err != nil {
+		&p.DeviceLimit, &p.OfflineTimeoutSec, &p.MaxCertDays, &created, &node, &gwReg, &methods); err != nil {
 		return nil, err
 	}
 	secret, err := s.Open(sealed, ProductAAD(p.ProductKey))
@@ -92,6 +96,11 @@ func ScanProduct(row Scanner, s *seal.Sealer, prefix string) (*iothub.Product, e
 	p.AuthMode = iothub.AuthMode(mode)
 	p.DynamicActivation = dyn != 0
 	p.AutoRegister = auto != 0
+	p.NodeType = iothub.NodeType(node)
+	p.AllowGatewayRegistration = gwReg != 0
+	if methods != "" {
+		p.SignMethods = strings.Split(methods, ",")
+	}
 	p.CreatedAt = FromMS(created)
 	return &p, nil
 }
@@ -148,6 +157,17 @@ func CheckProduct(p *iothub.Product) error {
 	}
 	if !p.AuthMode.Valid() {
 		return Invalid("authMode must be %q or %q", iothub.AuthSecret, iothub.AuthCertificate)
+	}
+	if p.NodeType == "" {
+		p.NodeType = iothub.NodeDevice
+	}
+	if !p.NodeType.Valid() {
+		return Invalid("nodeType must be %q or %q", iothub.NodeDevice, iothub.NodeGateway)
+	}
+	for _, m := range p.SignMethods {
+		if m == "" || strings.Contains(m, ",") {
+			return Invalid("signMethods must be names of sign methods")
+		}
 	}
 	if p.DeviceLimit < 0 || p.OfflineTimeoutSec < 0 || p.MaxCertDays < 0 {
 		return Invalid("product limits must not be negative")

@@ -7,32 +7,32 @@ import (
 	"time"
 )
 
-// ChangeKind names what a Change records.
-type ChangeKind string
+// DataKind names what a DataChange records.
+type DataKind string
 
 // Kinds of change that applications receive.
 const (
-	ChangeMeasurepoints ChangeKind = "measurepoints" // a measurepoint post
-	ChangeEvents        ChangeKind = "events"        // an event post
-	ChangeAttributes    ChangeKind = "attributes"    // an attribute update
-	ChangeStates        ChangeKind = "states"        // a device state change
+	DataMeasurepoints DataKind = "measurepoints" // a measurepoint post
+	DataEvents        DataKind = "events"        // an event post
+	DataAttributes    DataKind = "attributes"    // an attribute update
+	DataStates        DataKind = "states"        // a device state change
 )
 
-// ChangeKinds is every kind, in documentation order.
-var ChangeKinds = []ChangeKind{ChangeMeasurepoints, ChangeEvents, ChangeAttributes, ChangeStates}
+// DataKinds is every kind, in documentation order.
+var DataKinds = []DataKind{DataMeasurepoints, DataEvents, DataAttributes, DataStates}
 
-// ParseChangeKinds reads a comma-separated list of kinds ("" or none is
+// ParseDataKinds reads a comma-separated list of kinds ("" or none is
 // every kind); an unknown kind is EINVALID.
-func ParseChangeKinds(list []string) ([]ChangeKind, error) {
-	var out []ChangeKind
-	seen := map[ChangeKind]bool{}
+func ParseDataKinds(list []string) ([]DataKind, error) {
+	var out []DataKind
+	seen := map[DataKind]bool{}
 	for _, item := range list {
 		for _, k := range strings.Split(item, ",") {
 			k = strings.TrimSpace(k)
 			if k == "" {
 				continue
 			}
-			kind := ChangeKind(k)
+			kind := DataKind(k)
 			if !kind.Valid() {
 				return nil, Errorf(EINVALID, "unknown kind %q: kinds are measurepoints, events, attributes, states", k)
 			}
@@ -43,14 +43,14 @@ func ParseChangeKinds(list []string) ([]ChangeKind, error) {
 		}
 	}
 	if len(out) == 0 {
-		return ChangeKinds, nil
+		return DataKinds, nil
 	}
 	return out, nil
 }
 
 // Valid reports whether k is a known kind.
-func (k ChangeKind) Valid() bool {
-	for _, known := range ChangeKinds {
+func (k DataKind) Valid() bool {
+	for _, known := range DataKinds {
 		if k == known {
 			return true
 		}
@@ -58,60 +58,43 @@ func (k ChangeKind) Valid() bool {
 	return false
 }
 
-// Change is one committed fact of a device that applications may receive:
+// DataChange is one committed fact of a device that applications may receive:
 // Data is the JSON every consumer gets, {"productKey","deviceKey","time",…}.
 // ID is its place in the change log (the cursor), given when it is appended.
-type Change struct {
+type DataChange struct {
 	ID         int64
 	OrgID      string
-	Kind       ChangeKind
+	Kind       DataKind
 	ProductKey string
 	DeviceKey  string
 	Time       time.Time
 	Data       json.RawMessage
 }
 
-// ChangeFilter selects changes after a cursor. Empty fields select all.
-type ChangeFilter struct {
+// DataFilter selects changes after a cursor. Empty fields select all.
+type DataFilter struct {
 	After      int64
 	OrgID      string
 	ProductKey string
 	DeviceKey  string
-	Kinds      []ChangeKind
+	Kinds      []DataKind
 	Limit      int
 }
 
-// Matches reports whether c passes f (After and Limit aside).
-func (f ChangeFilter) Matches(c Change) bool {
-	if (f.OrgID != "" && c.OrgID != f.OrgID) || (f.ProductKey != "" && c.ProductKey != f.ProductKey) ||
-		(f.DeviceKey != "" && c.DeviceKey != f.DeviceKey) {
-		return false
-	}
-	if len(f.Kinds) == 0 {
-		return true
-	}
-	for _, k := range f.Kinds {
-		if k == c.Kind {
-			return true
-		}
-	}
-	return false
-}
-
-// ChangeStore is the change log and the forwarding rules that read it.
-type ChangeStore interface {
-	// AppendChanges gives each change the next ids and stores them in one
+// DataLog is the change log and the forwarding rules that read it.
+type DataLog interface {
+	// AppendData gives each change the next ids and stores them in one
 	// transaction; a change's OrgID is its product's. Ids become visible in
 	// increasing order. Changes of unknown products are dropped.
-	AppendChanges(ctx context.Context, changes []Change) error
-	// Changes returns up to f.Limit changes with an id above f.After that
+	AppendData(ctx context.Context, changes []DataChange) error
+	// DataAfter returns up to f.Limit changes with an id above f.After that
 	// match f, in id order.
-	Changes(ctx context.Context, f ChangeFilter) ([]Change, error)
-	// ChangeBounds returns the oldest id still kept and the newest given
+	DataAfter(ctx context.Context, f DataFilter) ([]DataChange, error)
+	// DataBounds returns the oldest id still kept and the newest given
 	// (0, 0 for an empty log).
-	ChangeBounds(ctx context.Context) (oldest, newest int64, err error)
-	// TrimChanges deletes changes appended before t.
-	TrimChanges(ctx context.Context, before time.Time) error
+	DataBounds(ctx context.Context) (oldest, newest int64, err error)
+	// TrimData deletes changes appended before t.
+	TrimData(ctx context.Context, before time.Time) error
 
 	// CreateRule stores r, its webhook secret sealed, its cursor at the
 	// newest change. An unknown org is ENOTFOUND.
@@ -132,15 +115,15 @@ type ChangeStore interface {
 
 // Rule forwards an org's changes to a webhook or a NATS subject.
 type Rule struct {
-	ID         string       `json:"id"`
-	OrgID      string       `json:"orgId"`
-	Name       string       `json:"name"`
-	ProductKey string       `json:"productKey,omitempty"`
-	Kinds      []ChangeKind `json:"kinds"`
-	Webhook    *Webhook     `json:"webhook,omitempty"`
-	NATS       *NATSTarget  `json:"nats,omitempty"`
-	CreatedAt  time.Time    `json:"createdAt"`
-	Status     RuleStatus   `json:"status"`
+	ID         string      `json:"id"`
+	OrgID      string      `json:"orgId"`
+	Name       string      `json:"name"`
+	ProductKey string      `json:"productKey,omitempty"`
+	Kinds      []DataKind  `json:"kinds"`
+	Webhook    *Webhook    `json:"webhook,omitempty"`
+	NATS       *NATSTarget `json:"nats,omitempty"`
+	CreatedAt  time.Time   `json:"createdAt"`
+	Status     RuleStatus  `json:"status"`
 }
 
 // Webhook is an HTTP(S) endpoint; each delivery is signed with Secret.
