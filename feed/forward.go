@@ -172,6 +172,17 @@ func (fw *Forwarder) deliverLeased(ctx context.Context, r *iothub.Rule) {
 	filter := iothub.DataFilter{After: cur.Status.Cursor, OrgID: r.OrgID, ProductKey: r.ProductKey, Kinds: r.Kinds, Limit: 100}
 	backoff := time.Second
 	_ = fw.feed.Follow(lctx, filter, func(changes []iothub.DataChange) error {
+		// The cursor moves once per batch (and on the way out), not per
+		// delivery: a crash redelivers at most a batch.
+		var cursor int64
+		n := 0
+		defer func() {
+			if n > 0 {
+				if err := fw.store.RuleDelivered(ctx, r.ID, cursor, n); err != nil {
+					fw.log.Warn("feed: recording deliveries", "rule", r.ID, "error", err)
+				}
+			}
+		}()
 		for _, ch := range changes {
 			for {
 				err := fw.send(lctx, r, ch)
@@ -190,9 +201,7 @@ func (fw *Forwarder) deliverLeased(ctx context.Context, r *iothub.Rule) {
 				backoff = min(2*backoff, maxBackoff)
 			}
 			backoff = time.Second
-			if err := fw.store.RuleDelivered(ctx, r.ID, ch.ID, 1); err != nil {
-				return err // delivered again after the next lease: at least once
-			}
+			cursor, n = ch.ID, n+1
 		}
 		return nil
 	})

@@ -67,6 +67,7 @@ func (t *target) runStore(r *Result, transport string, n int, rate float64, dur 
 	r.Errors = int(failed.Load() + fc.lost.Load())
 	r.add("sent", float64(sent.Load())/elapsed.Seconds(), "msg/s", true)
 	r.add("PUBACKs (stored on the hub)", float64(acked.Load())/elapsed.Seconds(), "msg/s", true)
+	r.add("posts stored", float64(acked.Load()), "msg", true)
 	r.addLatency("PUBACK", lat.snapshot())
 	return nil
 }
