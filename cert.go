@@ -125,6 +125,7 @@ type Store interface {
 	DeviceStore
 	TelemetryStore
 	TopologyStore
+	OTAStore
 	CertStore
 	RequestLog
 	AuditLog

@@ -111,6 +111,7 @@ func NewServer(cfg Config) *Server {
 	s.registerProducts()
 	s.registerDevices()
 	s.registerTopology()
+	s.registerOTA()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	return s

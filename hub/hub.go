@@ -191,7 +191,7 @@ func Open(cfg Config) (h *Hub, err error) {
 		return nil, err
 	}
 
-	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
+	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, DeviceURL: publicURL})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.broker, err = mqtt.New(mqtt.Config{

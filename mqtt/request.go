@@ -239,6 +239,9 @@ func upstream(rel string) (handlerFn, bool) {
 	case "thing/certificate/renew":
 		return (*Server).renewCertificate, true
 	}
+	if h, ok := otaHandler(rel); ok {
+		return h, true
+	}
 	if id, ok := strings.CutPrefix(rel, "thing/event/"); ok {
 		if id, ok := strings.CutSuffix(id, "/post"); ok && id != "" && !strings.Contains(id, "/") {
 			return eventHandler(id), true
