@@ -126,6 +126,8 @@ type Store interface {
 	TelemetryStore
 	TopologyStore
 	OTAStore
+	ThingModelStore
+	RawStore
 	CertStore
 	RequestLog
 	AuditLog

@@ -20,20 +20,29 @@ import (
 	"github.com/iothub/iothub/sign"
 )
 
-// otaDevice is a device connected over MQTT that accepts ota.device.upgrade
-// and answers nothing else.
-type otaDevice struct {
+// devClient is a device connected over MQTT: it accepts
+// ota.device.upgrade, answers a down_raw with the bytes reversed and
+// hands every other JSON message to replies.
+type devClient struct {
 	d       *iothub.Device
 	c       paho.Client
 	upgrade chan map[string]any
 	replies chan map[string]any
 }
 
-func (th *testHub) otaDevice(t *testing.T, p *iothub.Product, dk string) *otaDevice {
+func (th *testHub) devClient(t *testing.T, p *iothub.Product, dk string) *devClient {
 	t.Helper()
-	od := &otaDevice{d: th.newDevice(t, p, dk), upgrade: make(chan map[string]any, 4), replies: make(chan map[string]any, 16)}
+	od := &devClient{d: th.newDevice(t, p, dk), upgrade: make(chan map[string]any, 4), replies: make(chan map[string]any, 16)}
 	o := deviceOptions("tcp://"+th.MQTTAddr(), p.ProductKey, dk, od.d.DeviceSecret, sign.ModeStatic)
 	o.SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
+		if m.Topic() == "/sys/"+p.ProductKey+"/"+dk+"/thing/model/down_raw" {
+			in, out := m.Payload(), make([]byte, len(m.Payload()))
+			for i := range in {
+				out[len(in)-1-i] = in[i]
+			}
+			c.Publish(m.Topic()+"_reply", 1, false, out)
+			return
+		}
 		var msg map[string]any
 		if json.Unmarshal(m.Payload(), &msg) != nil {
 			return
@@ -50,26 +59,32 @@ func (th *testHub) otaDevice(t *testing.T, p *iothub.Product, dk string) *otaDev
 	return od
 }
 
-// ask publishes an OTA request and returns the hub's reply.
-func (od *otaDevice) ask(t *testing.T, topic, method string, params any) map[string]any {
+// ask publishes a request and returns the hub's reply.
+func (od *devClient) ask(t *testing.T, topic, method string, params any) map[string]any {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"id": "7", "version": "1.0", "method": method, "params": params})
+	return od.askRaw(t, topic, b)
+}
+
+// askRaw publishes payload on the device's topic and returns the reply.
+func (od *devClient) askRaw(t *testing.T, topic string, payload []byte) map[string]any {
 	t.Helper()
 	full := "/sys/" + od.d.ProductKey + "/" + od.d.DeviceKey + "/" + topic
 	if tok := od.c.Subscribe(full+"_reply", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe %s: %v", full, tok.Error())
 	}
-	b, _ := json.Marshal(map[string]any{"id": "7", "version": "1.0", "method": method, "params": params})
-	od.c.Publish(full, 1, false, b).WaitTimeout(5 * time.Second)
+	od.c.Publish(full, 1, false, payload).WaitTimeout(5 * time.Second)
 	select {
 	case r := <-od.replies:
 		return r
 	case <-time.After(5 * time.Second):
-		t.Fatalf("no reply to %s", method)
+		t.Fatalf("no reply on %s", topic)
 		return nil
 	}
 }
 
 // download fetches fileURL signed by the device, with an optional Range.
-func (od *otaDevice) download(t *testing.T, c *http.Client, fileURL, firmwareID, secret, rng string) *http.Response {
+func (od *devClient) download(t *testing.T, c *http.Client, fileURL, firmwareID, secret, rng string) *http.Response {
 	t.Helper()
 	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	pairs := []sign.Pair{{Key: "firmwareId", Value: firmwareID}, {Key: "deviceKey", Value: od.d.DeviceKey},
@@ -135,8 +150,8 @@ type otaJobView struct {
 func TestOTAEndToEnd(t *testing.T) {
 	th := startHub(t, "")
 	p := th.newProduct(t, map[string]any{})
-	d1, d2 := th.otaDevice(t, p, "ota1"), th.otaDevice(t, p, "ota2")
-	outsider := th.otaDevice(t, p, "ota3")
+	d1, d2 := th.devClient(t, p, "ota1"), th.devClient(t, p, "ota2")
+	outsider := th.devClient(t, p, "ota3")
 
 	content := make([]byte, 300_000)
 	rand.Read(content)
@@ -174,8 +189,8 @@ func TestOTAEndToEnd(t *testing.T) {
 	if job.Status != "running" || len(job.Devices) != 2 {
 		t.Fatalf("new job: %+v", job)
 	}
-	offers := map[*otaDevice]map[string]any{}
-	for _, od := range []*otaDevice{d1, d2} {
+	offers := map[*devClient]map[string]any{}
+	for _, od := range []*devClient{d1, d2} {
 		select {
 		case up := <-od.upgrade:
 			if up["version"] != "2.0.0" || up["sign"] != digest || up["signMethod"] != "sha256" || up["fileSize"] != float64(len(content)) {
@@ -249,7 +264,7 @@ func TestOTAEndToEnd(t *testing.T) {
 	if r := d1.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": "half"}); r["code"] != 1220.0 {
 		t.Fatalf("progress with a bad step: %v", r)
 	}
-	for _, od := range []*otaDevice{d1, d2} {
+	for _, od := range []*devClient{d1, d2} {
 		if r := od.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": 100, "desc": "written"}); r["code"] != 200.0 {
 			t.Fatalf("progress 100: %v", r)
 		}

@@ -112,6 +112,7 @@ func NewServer(cfg Config) *Server {
 	s.registerDevices()
 	s.registerTopology()
 	s.registerOTA()
+	s.registerThingModel()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	return s
@@ -242,6 +243,7 @@ type errorBody struct {
 
 var statusOf = map[string]int{
 	iothub.EINVALID:      http.StatusBadRequest,
+	iothub.EMODEL:        http.StatusBadRequest,
 	iothub.EUNAUTHORIZED: http.StatusUnauthorized,
 	iothub.EFORBIDDEN:    http.StatusForbidden,
 	iothub.ENOTFOUND:     http.StatusNotFound,

@@ -139,6 +139,10 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		rel = topic[len(target.sysPrefix):]
 	}
 	if handler == nil {
+		if rel == upRawTopic {
+			s.upRaw(ss, target, topic, payload)
+			return answered
+		}
 		if strings.HasSuffix(rel, replySuffix) {
 			if s.deliverReply(target, strings.TrimSuffix(rel, replySuffix), payload) {
 				return answered
@@ -202,6 +206,8 @@ func storeCode(err error) (int, string) {
 		return codeTooLarge, iothub.ErrorMessage(err)
 	case iothub.ENOTFOUND:
 		return codeNotFound, "device not found"
+	case iothub.EMODEL:
+		return codeModelMismatch, iothub.ErrorMessage(err)
 	default:
 		return codeNotStored, msgNotStored
 	}
@@ -238,6 +244,8 @@ func upstream(rel string) (handlerFn, bool) {
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
 		return (*Server).renewCertificate, true
+	case "thing/tsltemplate/get":
+		return (*Server).tslTemplate, true
 	}
 	if h, ok := otaHandler(rel); ok {
 		return h, true
@@ -304,6 +312,9 @@ func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) 
 		code, msg := storeCode(err)
 		return iothub.Sample{}, code, msg
 	}
+	if code, msg := s.checkModel(dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckMeasurepoints(mp) }); code != codeOK {
+		return iothub.Sample{}, code, msg
+	}
 	return iothub.Sample{ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Time: s.postTime(p.Time),
 		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""
 }
@@ -368,6 +379,9 @@ func eventHandler(eventID string) handlerFn {
 		fields, err := iothub.ParseMeasurepoints(p.Events)
 		if err != nil {
 			return nil, codeBadFormat, "events: " + iothub.ErrorMessage(err)
+		}
+		if code, msg := s.checkModel(ss.dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckEvent(eventID, fields) }); code != codeOK {
+			return nil, code, msg
 		}
 		e := iothub.DeviceEvent{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, EventID: eventID,
 			Time: s.postTime(p.Time), Events: json.RawMessage(fields.Body)}

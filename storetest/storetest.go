@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"EventsAndTags", testEventsAndTags},
 		{"Topology", testTopology},
 		{"OTA", testOTA},
+		{"ThingModelAndRaw", testThingModelAndRaw},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
 	} {
@@ -1176,5 +1177,37 @@ func testOTA(t *testing.T, db iothub.Store) {
 	must(t, db.DeleteDevice(ctx, "pk", "b"))
 	if j1, _ := db.OTAJob(ctx, "pk", "j1"); len(j1.Devices) != 1 || j1.Status() != "done" {
 		t.Fatalf("j1 after deleting b: %+v", j1)
+	}
+}
+
+func testThingModelAndRaw(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "a")
+	now := time.UnixMilli(1_700_000_000_000).UTC()
+	_, err := db.ThingModel(ctx, "pk")
+	wantCode(t, err, iothub.ENOTFOUND)
+	must(t, db.SetThingModel(ctx, "pk", json.RawMessage(`{"measurepoints":{"t":{"dataType":"int"}}}`), now))
+	must(t, db.SetThingModel(ctx, "pk", json.RawMessage(`{"measurepoints":{"u":{"dataType":"int"}}}`), now))
+	if m, err := db.ThingModel(ctx, "pk"); err != nil || string(m) != `{"measurepoints":{"u":{"dataType":"int"}}}` {
+		t.Fatalf("ThingModel = %s, %v", m, err)
+	}
+	must(t, db.SetThingModel(ctx, "pk", nil, now))
+	_, err = db.ThingModel(ctx, "pk")
+	wantCode(t, err, iothub.ENOTFOUND)
+
+	a := iothub.DeviceID{ProductKey: "pk", DeviceKey: "a"}
+	wantCode(t, db.AppendRaw(ctx, iothub.DeviceID{ProductKey: "pk", DeviceKey: "ghost"}, []byte{1}, now), iothub.ENOTFOUND)
+	wantCode(t, db.AppendRaw(ctx, a, make([]byte, iothub.MaxRawBytes+1), now), iothub.ETOOLARGE)
+	for i := range iothub.RawPerDevice + 5 {
+		must(t, db.AppendRaw(ctx, a, []byte{byte(i), 0, 0xff}, now.Add(time.Duration(i)*time.Millisecond)))
+	}
+	msgs, err := db.RecentRaw(ctx, a, 0)
+	must(t, err)
+	if len(msgs) != iothub.RawPerDevice || !bytes.Equal(msgs[0].Payload, []byte{iothub.RawPerDevice + 4, 0, 0xff}) {
+		t.Fatalf("RecentRaw: %d messages, newest %v", len(msgs), msgs[0].Payload)
+	}
+	must(t, db.DeleteDevice(ctx, "pk", "a"))
+	if msgs, _ := db.RecentRaw(ctx, a, 0); len(msgs) != 0 {
+		t.Fatalf("raw messages outlive their device: %d", len(msgs))
 	}
 }
