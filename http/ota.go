@@ -30,12 +30,9 @@ func (s *Server) uploadFirmware(w http.ResponseWriter, r *http.Request, p iothub
 	if err != nil {
 		return err
 	}
-	content, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, iothub.MaxFirmwareBytes))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return iothub.Errorf(iothub.ETOOLARGE, "firmware is larger than %d bytes", iothub.MaxFirmwareBytes)
-	} else if err != nil {
-		return iothub.Errorf(iothub.EINVALID, "reading the firmware: %v", err)
+	content, err := readBytes(r, iothub.MaxFirmwareBytes, "firmware")
+	if err != nil {
+		return err
 	}
 	q := r.URL.Query()
 	f, err := s.Manage.UploadFirmware(r.Context(), actor(r, p), prod, q.Get("version"), q.Get("sha256"), content)
@@ -164,4 +161,16 @@ func (s *Server) downloadFirmware(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("ETag", `"`+f.SHA256+`"`)
 	w.Header().Set("X-Firmware-Sha256", f.SHA256)
 	http.ServeContent(w, r, "", f.CreatedAt, bytes.NewReader(content))
+}
+
+// readBytes reads a binary request body of at most limit bytes.
+func readBytes(r *http.Request, limit int, what string) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, int64(limit)))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, iothub.Errorf(iothub.ETOOLARGE, "%s larger than %d bytes", what, limit)
+	} else if err != nil {
+		return nil, iothub.Errorf(iothub.EINVALID, "reading the %s: %v", what, err)
+	}
+	return b, nil
 }

@@ -3,8 +3,6 @@ package http
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -98,12 +96,9 @@ func (s *Server) sendRaw(w http.ResponseWriter, r *http.Request, p iothub.Princi
 	if err != nil {
 		return err
 	}
-	payload, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, iothub.MaxRawBytes))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return iothub.Errorf(iothub.ETOOLARGE, "raw payload over %d bytes", iothub.MaxRawBytes)
-	} else if err != nil {
-		return iothub.Errorf(iothub.EINVALID, "reading the payload: %v", err)
+	payload, err := readBytes(r, iothub.MaxRawBytes, "raw payload")
+	if err != nil {
+		return err
 	}
 	timeout := 10 * time.Second
 	if v := r.URL.Query().Get("timeoutMs"); v != "" {
