@@ -66,15 +66,18 @@ type OTAJob struct {
 }
 
 // Status sums up the job: "running" while a device is unfinished, then
-// "done" if every device that was not superseded is done, else "failed".
+// "done" if every device that was not superseded is done, "failed" if
+// one failed, "superseded" if newer jobs took over all its devices.
 func (j *OTAJob) Status() string {
-	status := "done"
+	status := "superseded"
 	for _, d := range j.Devices {
 		switch {
 		case !d.Status.Finished():
 			return "running"
 		case d.Status == OTAFailed:
 			status = "failed"
+		case d.Status == OTADone && status == "superseded":
+			status = "done"
 		}
 	}
 	return status

@@ -214,8 +214,8 @@ func TestOTAEndToEnd(t *testing.T) {
 	eventuallyJob("both devices notified", func(j otaJobView) bool {
 		return j.Devices[0].Status == iothub.OTANotified && j.Devices[1].Status == iothub.OTANotified
 	})
-	// getversion offers the same file.
-	if r := d2.ask(t, "ota/device/getversion", "ota.device.getversion", map[string]any{}); r["code"] != 200.0 ||
+	// getversion offers the same file (in the Python SDK's dialect).
+	if r := d2.ask(t, "ota/device/getversion", "Ota.device.getversion", map[string]any{}); r["code"] != 200.0 ||
 		r["data"].([]any)[0].(map[string]any)["fileUrl"] != offers[d2]["fileUrl"] {
 		t.Fatalf("getversion during the job: %v", r)
 	}
@@ -248,7 +248,7 @@ func TestOTAEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close() // interrupted
-	if r := d2.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": "33", "desc": "downloading"}); r["code"] != 200.0 {
+	if r := d2.ask(t, "ota/device/progress", "ota.progress", map[string]any{"step": "33", "desc": "downloading"}); r["code"] != 200.0 {
 		t.Fatalf("progress: %v", r)
 	}
 	rest := readAll(t, d2.download(t, hc, url2, fw.ID, d2.d.DeviceSecret, fmt.Sprintf("bytes=%d-", len(part))), 206)
@@ -260,7 +260,10 @@ func TestOTAEndToEnd(t *testing.T) {
 		t.Fatalf("job after d2's progress: %+v", j)
 	}
 
-	// Bad progress: not a number.
+	// Bad progress: not a number; a method of another kind.
+	if r := d1.ask(t, "ota/device/progress", "thing.tag.query", map[string]any{"step": 5}); r["code"] != 1260.0 {
+		t.Fatalf("OTA topic with a foreign method: %v", r)
+	}
 	if r := d1.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": "half"}); r["code"] != 1220.0 {
 		t.Fatalf("progress with a bad step: %v", r)
 	}
@@ -268,7 +271,7 @@ func TestOTAEndToEnd(t *testing.T) {
 		if r := od.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": 100, "desc": "written"}); r["code"] != 200.0 {
 			t.Fatalf("progress 100: %v", r)
 		}
-		if r := od.ask(t, "ota/device/inform", "ota.device.inform", map[string]any{"version": "2.0.0"}); r["code"] != 200.0 {
+		if r := od.ask(t, "ota/device/inform", "ota.inform", map[string]any{"version": "2.0.0"}); r["code"] != 200.0 {
 			t.Fatalf("inform: %v", r)
 		}
 	}

@@ -161,13 +161,11 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		return answered
 	}
 	if want := methodFor(rel); req.Method != want {
-		// The topic is authoritative for event posts: the Python SDK 0.1.1
-		// sends "thing.event.%s.post" unformatted.
-		if !strings.HasPrefix(rel, "thing/event/") || !strings.HasPrefix(req.Method, "thing.event.") {
+		if !topicDecides(rel, req.Method) {
 			s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
 			return answered
 		}
-		s.log.Debug("mqtt: event post method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
+		s.log.Debug("mqtt: request method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -179,6 +177,21 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 	}
 	ss.refusals.Store(0)
 	return answered
+}
+
+// topicDecides reports whether a request whose method disagrees with its
+// topic is served as the topic says: the dialects of SDKs known to send
+// other methods. The Python SDK 0.1.1 sends event posts as
+// "thing.event.%s.post" unformatted and OTA requests as
+// "Ota.device.getversion", "ota.progress", "ota.inform", "ota.request".
+func topicDecides(rel, method string) bool {
+	switch {
+	case strings.HasPrefix(rel, "thing/event/"):
+		return strings.HasPrefix(method, "thing.event.")
+	case strings.HasPrefix(rel, "ota/device/"):
+		return strings.HasPrefix(strings.ToLower(method), "ota.")
+	}
+	return false
 }
 
 // refusalsBeforeDisconnect is how many posts in a row a session may see
