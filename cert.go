@@ -131,5 +131,7 @@ type Store interface {
 	CertStore
 	RequestLog
 	AuditLog
+	ChangeLog
+	NodeStore
 	Close() error
 }
