@@ -83,8 +83,8 @@ func (od *devClient) askRaw(t *testing.T, topic string, payload []byte) map[stri
 	}
 }
 
-// download fetches fileURL signed by the device, with an optional Range.
-func (od *devClient) download(t *testing.T, c *http.Client, fileURL, firmwareID, secret, rng string) *http.Response {
+// signedURL is fileURL signed by the device with secret.
+func (od *devClient) signedURL(t *testing.T, fileURL, firmwareID, secret string) string {
 	t.Helper()
 	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	pairs := []sign.Pair{{Key: "firmwareId", Value: firmwareID}, {Key: "deviceKey", Value: od.d.DeviceKey},
@@ -93,7 +93,19 @@ func (od *devClient) download(t *testing.T, c *http.Client, fileURL, firmwareID,
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", fileURL+"?"+url.Values{"timestamp": {ts}, "signMethod": {"sha256"}, "sign": {sig}}.Encode(), nil)
+	return fileURL + "?" + url.Values{"timestamp": {ts}, "signMethod": {"sha256"}, "sign": {sig}}.Encode()
+}
+
+// download fetches fileURL signed by the device, with an optional Range.
+func (od *devClient) download(t *testing.T, c *http.Client, fileURL, firmwareID, secret, rng string) *http.Response {
+	t.Helper()
+	return getRange(t, c, od.signedURL(t, fileURL, firmwareID, secret), rng)
+}
+
+// getRange fetches u with an optional Range.
+func getRange(t *testing.T, c *http.Client, u, rng string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", u, nil)
 	if rng != "" {
 		req.Header.Set("Range", rng)
 	}
@@ -230,15 +242,28 @@ func TestOTAEndToEnd(t *testing.T) {
 	if r := d1.download(t, hc, fileURL, fw.ID, "not-the-secret", ""); r.StatusCode != 401 {
 		t.Fatalf("download with a wrong signature: %d", r.StatusCode)
 	}
+	var audit struct{ Events []iothub.AuditEvent }
+	do(t, th.admin, "GET", "/api/v1/audit", nil, &audit, 200)
+	audited := false
+	for _, e := range audit.Events {
+		audited = audited || (e.Kind == "device_api.refused" && e.DeviceKey == "ota1" && e.OrgID == p.OrgID && e.Reason == "bad signature")
+	}
+	if !audited {
+		t.Fatalf("the refused download is not audited with its org: %+v", audit.Events)
+	}
 	outsiderURL := th.HTTPSURL() + "/device/v1/" + p.ProductKey + "/ota3/firmwares/" + fw.ID
 	if r := outsider.download(t, hc, outsiderURL, fw.ID, outsider.d.DeviceSecret, ""); r.StatusCode != 404 {
 		t.Fatalf("download by a device outside the job: %d", r.StatusCode)
 	}
 
 	// d1 downloads in one go.
-	got := readAll(t, d1.download(t, hc, fileURL, fw.ID, d1.d.DeviceSecret, ""), 200)
+	signedURL := d1.signedURL(t, fileURL, fw.ID, d1.d.DeviceSecret)
+	got := readAll(t, getRange(t, hc, signedURL, ""), 200)
 	if !bytes.Equal(got, content) {
 		t.Fatal("d1 downloaded other bytes")
+	}
+	if r := getRange(t, hc, signedURL, ""); r.StatusCode != 401 {
+		t.Fatalf("a signed URL used twice: %d", r.StatusCode)
 	}
 	// d2's download breaks off after 100 kB; it resumes with Range.
 	url2 := offers[d2]["fileUrl"].(string)
