@@ -103,6 +103,7 @@ type OTAStore interface {
 	// only this device, or ENOTFOUND.
 	PendingOTA(ctx context.Context, dev DeviceID) (*OTAJob, error)
 	// UpdateOTADevice records a device's new state in a job; ENOTFOUND if
-	// the device has no unfinished entry in it.
+	// the device has no unfinished entry in it (for OTANotified: no
+	// pending one, so a late acceptance never undoes progress).
 	UpdateOTADevice(ctx context.Context, jobID string, dev DeviceID, d OTADevice) error
 }

@@ -313,4 +313,15 @@ func TestOTAEndToEnd(t *testing.T) {
 	if r := d1.ask(t, "ota/device/progress", "ota.device.progress", map[string]any{"step": 5}); r["code"] != 705.0 {
 		t.Fatalf("progress without an upgrade under way: %v", r)
 	}
+
+	// A device that reports a failure code fails the job.
+	var failing otaJobView
+	do(t, th.admin, "POST", "/api/v1/products/"+p.ProductKey+"/ota/jobs", map[string]any{"firmwareId": fw.ID, "deviceKeys": []string{"ota3"}}, &failing, 201)
+	if r := outsider.ask(t, "ota/device/progress", "ota.progress", map[string]any{"step": "-2", "desc": "download failed"}); r["code"] != 200.0 {
+		t.Fatalf("failure report: %v", r)
+	}
+	do(t, th.admin, "GET", "/api/v1/products/"+p.ProductKey+"/ota/jobs/"+failing.ID, nil, &failing, 200)
+	if failing.Status != "failed" || failing.Devices[0].Status != iothub.OTAFailed || failing.Devices[0].Step != -2 || failing.Devices[0].Desc != "download failed" {
+		t.Fatalf("job after a failure report: %+v", failing)
+	}
 }

@@ -126,7 +126,8 @@ func (s *Service) OTAOffer(ctx context.Context, dev iothub.DeviceID) (*Upgrade, 
 		return nil, err
 	}
 	if len(j.Devices) == 1 && j.Devices[0].Status == iothub.OTAPending {
-		if err := s.cfg.Store.UpdateOTADevice(ctx, j.ID, dev, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: s.now()}); err != nil {
+		err := s.cfg.Store.UpdateOTADevice(ctx, j.ID, dev, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: s.now()})
+		if err != nil && iothub.ErrorCode(err) != iothub.ENOTFOUND { // not found: it moved on meanwhile
 			return nil, err
 		}
 	}
@@ -134,13 +135,22 @@ func (s *Service) OTAOffer(ctx context.Context, dev iothub.DeviceID) (*Upgrade, 
 	return &u, nil
 }
 
-// OTAAccepted records that dev accepted job's upgrade command.
+// OTAAccepted records that dev accepted job's upgrade command, unless
+// the device has moved on already (reported progress, finished, or a
+// newer job took it over).
 func (s *Service) OTAAccepted(ctx context.Context, jobID string, dev iothub.DeviceID) error {
 	j, err := s.cfg.Store.PendingOTA(ctx, dev)
+	if iothub.ErrorCode(err) == iothub.ENOTFOUND {
+		return nil
+	}
 	if err != nil || j.ID != jobID || j.Devices[0].Status != iothub.OTAPending {
 		return err
 	}
-	return s.cfg.Store.UpdateOTADevice(ctx, jobID, dev, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: s.now()})
+	err = s.cfg.Store.UpdateOTADevice(ctx, jobID, dev, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: s.now()})
+	if iothub.ErrorCode(err) == iothub.ENOTFOUND {
+		return nil
+	}
+	return err
 }
 
 // OTAProgress records dev's progress in its unfinished job: a step of 0

@@ -1159,6 +1159,8 @@ func testOTA(t *testing.T, db iothub.Store) {
 	must(t, db.CreateOTAJob(ctx, job("j1", "a", "b")))
 	a := iothub.DeviceID{ProductKey: "pk", DeviceKey: "a"}
 	must(t, db.UpdateOTADevice(ctx, "j1", a, iothub.OTADevice{Status: iothub.OTAUpgrading, Step: 40, Desc: "half", UpdatedAt: now}))
+	// A late acceptance does not undo progress.
+	wantCode(t, db.UpdateOTADevice(ctx, "j1", a, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: now}), iothub.ENOTFOUND)
 	p, err := db.PendingOTA(ctx, a)
 	must(t, err)
 	if p.ID != "j1" || p.Version != "1.1" || len(p.Devices) != 1 || p.Devices[0].Step != 40 || p.Devices[0].Desc != "half" {

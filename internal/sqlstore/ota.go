@@ -162,11 +162,16 @@ func (c *Core) PendingOTA(ctx context.Context, dev iothub.DeviceID) (*iothub.OTA
 	return j, err
 }
 
-// UpdateOTADevice records a device's new state in an unfinished entry.
+// UpdateOTADevice records a device's new state in an unfinished entry
+// (notified replaces only pending).
 func (c *Core) UpdateOTADevice(ctx context.Context, jobID string, dev iothub.DeviceID, d iothub.OTADevice) error {
+	from := []any{iothub.OTAPending, iothub.OTANotified, iothub.OTAUpgrading}
+	if d.Status == iothub.OTANotified {
+		from = []any{iothub.OTAPending, iothub.OTAPending, iothub.OTAPending}
+	}
 	res, err := c.cfg.Write.ExecContext(ctx, c.q(`UPDATE ota_job_devices SET status = ?, step = ?, descr = ?, updated_at = ?
 		WHERE job_id = ? AND product_key = ? AND device_key = ? AND status IN (?, ?, ?)`),
-		d.Status, d.Step, d.Desc, MS(d.UpdatedAt), jobID, dev.ProductKey, dev.DeviceKey, iothub.OTAPending, iothub.OTANotified, iothub.OTAUpgrading)
+		append([]any{d.Status, d.Step, d.Desc, MS(d.UpdatedAt), jobID, dev.ProductKey, dev.DeviceKey}, from...)...)
 	if err != nil {
 		return c.wrap("update ota device", err)
 	}
