@@ -125,6 +125,9 @@ type Store interface {
 	DeviceStore
 	TelemetryStore
 	TopologyStore
+	OTAStore
+	ThingModelStore
+	RawStore
 	CertStore
 	RequestLog
 	AuditLog

@@ -128,6 +128,8 @@ func NewServer(cfg Config) *Server {
 	s.registerProducts()
 	s.registerDevices()
 	s.registerTopology()
+	s.registerOTA()
+	s.registerThingModel()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	s.registerHealth()
@@ -414,6 +416,7 @@ type errorBody struct {
 
 var statusOf = map[string]int{
 	iothub.EINVALID:      http.StatusBadRequest,
+	iothub.EMODEL:        http.StatusBadRequest,
 	iothub.EUNAUTHORIZED: http.StatusUnauthorized,
 	iothub.EFORBIDDEN:    http.StatusForbidden,
 	iothub.ENOTFOUND:     http.StatusNotFound,

@@ -217,7 +217,7 @@ func Open(cfg Config) (h *Hub, err error) {
 		return nil, err
 	}
 
-	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
+	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log, DeviceURL: publicURL})
 	node, err := nodeID(filepath.Join(cfg.DataDir, "node.id"))
 	if err != nil {
 		closeAll(httpLn, httpsLn)

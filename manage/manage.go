@@ -26,6 +26,9 @@ type Config struct {
 	Bus    iothub.Bus // may be nil: no live reaction on this or other nodes
 	Logger *slog.Logger
 	Now    func() time.Time // nil: time.Now
+	// DeviceURL is the base of the HTTPS device API (https://host:port),
+	// put in the download URLs of firmware.
+	DeviceURL string
 }
 
 // Service carries out management operations.

@@ -38,6 +38,7 @@ func (s *Server) onEvent(e iothub.Event) {
 		if s.reg != nil {
 			s.reg.dropProduct(e.ProductKey)
 		}
+		s.models.drop(e.ProductKey)
 		go s.recheckProduct(e.ProductKey)
 	}
 }

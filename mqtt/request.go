@@ -161,6 +161,10 @@ func (s *Server) handlePublish(ss *session, pk packets.Packet) bool {
 		rel = topic[len(target.sysPrefix):]
 	}
 	if handler == nil {
+		if rel == upRawTopic {
+			s.upRaw(ss, target, pk)
+			return true
+		}
 		if strings.HasSuffix(rel, replySuffix) {
 			if s.deliverReply(target, strings.TrimSuffix(rel, replySuffix), payload) {
 				s.complete(ss, s.acknowledge(ss, pk))
@@ -181,13 +185,11 @@ func (s *Server) handlePublish(ss *session, pk packets.Packet) bool {
 		return true
 	}
 	if want := methodFor(rel); req.Method != want {
-		// The topic is authoritative for event posts: the Python SDK 0.1.1
-		// sends "thing.event.%s.post" unformatted.
-		if !strings.HasPrefix(rel, "thing/event/") || !strings.HasPrefix(req.Method, "thing.event.") {
+		if !topicDecides(rel, req.Method) {
 			s.answerRequest(ss, pk, a, req.ID, codeMismatch, nil, "method does not match topic")
 			return true
 		}
-		s.log.Debug("mqtt: event post method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
+		s.log.Debug("mqtt: request method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -238,6 +240,21 @@ func (s *Server) answerRequest(ss *session, pk packets.Packet, a *answer, id jso
 	s.complete(ss, a)
 }
 
+// topicDecides reports whether a request whose method disagrees with its
+// topic is served as the topic says: the dialects of SDKs known to send
+// other methods. The Python SDK 0.1.1 sends event posts as
+// "thing.event.%s.post" unformatted and OTA requests as
+// "Ota.device.getversion", "ota.progress", "ota.inform", "ota.request".
+func topicDecides(rel, method string) bool {
+	switch {
+	case strings.HasPrefix(rel, "thing/event/"):
+		return strings.HasPrefix(method, "thing.event.")
+	case strings.HasPrefix(rel, "ota/device/"):
+		return strings.HasPrefix(strings.ToLower(method), "ota.")
+	}
+	return false
+}
+
 // refusalsBeforeDisconnect is how many posts in a row a session may see
 // refused for want of storage before the hub ends it, so that SDKs with
 // an offline buffer keep their data and resume after reconnecting.
@@ -263,6 +280,8 @@ func storeCode(err error) (int, string) {
 		return codeTooLarge, iothub.ErrorMessage(err)
 	case iothub.ENOTFOUND:
 		return codeNotFound, "device not found"
+	case iothub.EMODEL:
+		return codeModelMismatch, iothub.ErrorMessage(err)
 	default:
 		return codeNotStored, msgNotStored
 	}
@@ -299,6 +318,11 @@ func upstream(rel string) (handlerFn, bool) {
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
 		return (*Server).renewCertificate, true
+	case "thing/tsltemplate/get":
+		return (*Server).tslTemplate, true
+	}
+	if h, ok := otaHandler(rel); ok {
+		return h, true
 	}
 	if id, ok := strings.CutPrefix(rel, "thing/event/"); ok {
 		if id, ok := strings.CutSuffix(id, "/post"); ok && id != "" && !strings.Contains(id, "/") {
@@ -358,6 +382,9 @@ func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) 
 	mp, err := iothub.ParseMeasurepoints(p.Measurepoints)
 	if err != nil {
 		code, msg := storeCode(err)
+		return iothub.Sample{}, code, msg
+	}
+	if code, msg := s.checkModel(dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckMeasurepoints(mp) }); code != codeOK {
 		return iothub.Sample{}, code, msg
 	}
 	return iothub.Sample{ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Time: s.postTime(p.Time),
@@ -450,6 +477,9 @@ func eventHandler(eventID string) handlerFn {
 		fields, err := iothub.ParseMeasurepoints(p.Events)
 		if err != nil {
 			return nil, codeBadFormat, "events: " + iothub.ErrorMessage(err)
+		}
+		if code, msg := s.checkModel(ss.dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckEvent(eventID, fields) }); code != codeOK {
+			return nil, code, msg
 		}
 		e := iothub.DeviceEvent{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, EventID: eventID,
 			Time: s.postTime(p.Time), Events: json.RawMessage(fields.Body)}

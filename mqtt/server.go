@@ -92,6 +92,7 @@ type Server struct {
 	events   *groupWriter[iothub.DeviceEvent]
 	side     *sideWriter    // login/logout states and audit rows, batched
 	reg      *registryCache // nil without a bus: nothing would invalidate it
+	models   modelCache     // products' thing models
 
 	instance   string // this run's lease token
 	draining   atomic.Bool
