@@ -1,12 +1,12 @@
 package mqtt
 
 import (
-	"github.com/mochi-mqtt/server/v2/packets"
-
 	"context"
 	"encoding/json"
 	"sync"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
 )
