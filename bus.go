@@ -20,6 +20,9 @@ const (
 	// EventCertRenewed: the certificate with Serial was issued by a renewal;
 	// what it supersedes is stored, and every node loads it.
 	EventCertRenewed EventKind = "cert.renewed"
+	// EventAuthorityChanged: the hub's CAs were rotated or one was retired;
+	// every node reloads them and closes the sessions they no longer admit.
+	EventAuthorityChanged EventKind = "authority.changed"
 )
 
 // Event is a notice on the Bus.

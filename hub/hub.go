@@ -173,7 +173,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	if cfg.ServerKey == "" {
 		cfg.ServerKey = ServerKeyClient
 	}
-	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates(), cfg.ServerKey); err != nil {
+	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates, cfg.ServerKey); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
@@ -222,6 +222,8 @@ func Open(cfg Config) (h *Hub, err error) {
 			h.log.Error("mqtt broker stopped", "err", err)
 		}
 	}()
+
+	h.followAuthority(bus)
 
 	// In a cluster, calls reach devices connected to other nodes over NATS.
 	var gateway iothub.DeviceGateway = h.broker
@@ -435,6 +437,26 @@ func (h *Hub) MQTTAddr() string { return h.mqttAddr }
 
 // MQTTSAddr is the MQTT-over-TLS listener's address ("" when off).
 func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
+
+// followAuthority makes every node feel a CA rotation or retirement made
+// on any node: it reloads the CAs from the CA directory, then closes the
+// sessions whose certificates they no longer admit. In this order, so the
+// re-check never runs against the old CAs.
+func (h *Hub) followAuthority(bus iothub.Bus) {
+	bus.Subscribe(func(e iothub.Event) {
+		if e.Kind != iothub.EventAuthorityChanged {
+			return
+		}
+		go func() {
+			if err := h.certs.ReloadAuthority(); err != nil {
+				h.log.Error("reload CAs", "err", err)
+			}
+			if h.broker != nil {
+				h.broker.RecheckCertificates()
+			}
+		}()
+	})
+}
 
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }

@@ -40,6 +40,30 @@ func (s *Server) onEvent(e iothub.Event) {
 	}
 }
 
+// RecheckCertificates closes the certificate sessions whose chain the
+// certificate service no longer admits: after the hub's CAs changed, the
+// ones issued by a retired CA.
+func (s *Server) RecheckCertificates() {
+	if s.cfg.Certs == nil {
+		return
+	}
+	var hit []*session
+	now := time.Now()
+	s.mu.RLock()
+	for _, ss := range s.byDevice {
+		if ss.peer == nil {
+			continue
+		}
+		if _, err := s.cfg.Certs.AuthorizeClient(ss.product, ss.dev.DeviceKey, ss.peer, now); err != nil {
+			hit = append(hit, ss)
+		}
+	}
+	s.mu.RUnlock()
+	for _, ss := range hit {
+		s.kick(ss, codeNotAuthorized, "ca_retired")
+	}
+}
+
 // recheckDevice closes the device's sessions if it was disabled, deleted
 // or had its secret reset since they logged in.
 func (s *Server) recheckDevice(dev iothub.DeviceID) {
