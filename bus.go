@@ -3,6 +3,7 @@ package iothub
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 // EventKind names a change that live sessions must feel.
@@ -23,7 +24,14 @@ const (
 	// EventAuthorityChanged: the hub's CAs were rotated or one was retired;
 	// every node reloads them and closes the sessions they no longer admit.
 	EventAuthorityChanged EventKind = "authority.changed"
+	// EventSessionOpened: the device logged in on node Node at At; other
+	// nodes close their older session of it (one session per device).
+	EventSessionOpened EventKind = "session.opened"
 )
+
+// Logged reports whether events of kind k go into the ChangeLog. Session
+// notices do not: the device rows name each session's node already.
+func (k EventKind) Logged() bool { return k != EventSessionOpened }
 
 // Event is a notice on the Bus.
 type Event struct {
@@ -32,6 +40,11 @@ type Event struct {
 	DeviceKey  string    `json:"deviceKey,omitempty"`
 	Serial     string    `json:"serial,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
+	// Change is the event's id in the ChangeLog (0 when it was not logged).
+	Change int64 `json:"change,omitempty"`
+	// Node and At: where and when a session opened (EventSessionOpened).
+	Node string    `json:"node,omitempty"`
+	At   time.Time `json:"at,omitzero"`
 }
 
 // Bus carries events between the parts of one hub and, with NATS, between
@@ -39,6 +52,28 @@ type Event struct {
 type Bus interface {
 	Publish(ctx context.Context, e Event) error
 	Subscribe(fn func(Event)) (unsubscribe func())
+}
+
+// Change is one entry of the ChangeLog.
+type Change struct {
+	ID    int64
+	Time  time.Time
+	Event Event
+}
+
+// ChangeLog is the durable record of the Bus's events, kept in the store
+// every node shares. The bus is the fast path; a node that missed events
+// (bus down, node cut off) reads them here from its watermark. IDs grow by
+// one per entry and become visible in ID order.
+type ChangeLog interface {
+	// AppendChange records e at time at and returns its ID.
+	AppendChange(ctx context.Context, e Event, at time.Time) (int64, error)
+	// ChangesAfter returns up to limit entries with an ID above after, oldest first.
+	ChangesAfter(ctx context.Context, after int64, limit int) ([]Change, error)
+	// LastChange returns the newest ID (0 for an empty log).
+	LastChange(ctx context.Context) (int64, error)
+	// PruneChanges deletes entries older than before, always keeping the newest.
+	PruneChanges(ctx context.Context, before time.Time) error
 }
 
 // Reply is a device's answer to a downstream request.

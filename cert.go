@@ -128,5 +128,7 @@ type Store interface {
 	CertStore
 	RequestLog
 	AuditLog
+	ChangeLog
+	NodeStore
 	Close() error
 }

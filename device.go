@@ -158,8 +158,11 @@ type DeviceStore interface {
 	// ApplyDeviceStates records login and logout transitions in one
 	// transaction, in order, and returns one result per change. Online
 	// follows SetDeviceState (ECONFLICT on a disabled device, ENOTFOUND if
-	// it is gone); offline replaces only online and is otherwise a no-op
-	// (nil), so a late logout never undoes a disable or a reset. The second
+	// it is gone) but is a no-op (nil) while another node holds the device
+	// from a later login (StateChange.At), so a login's write arriving late
+	// does not take the device back; offline replaces only online owned by
+	// the same node and is otherwise a no-op (nil), so a late logout never
+	// undoes a disable, a reset or a login elsewhere. The second
 	// result fails the whole batch (nothing written).
 	ApplyDeviceStates(ctx context.Context, changes []StateChange) ([]error, error)
 	DeleteDevice(ctx context.Context, productKey, deviceKey string) error
@@ -169,11 +172,15 @@ type DeviceStore interface {
 type DeviceID struct{ ProductKey, DeviceKey string }
 
 // StateChange is one login (StateOnline) or logout (StateOffline) of a
-// device at time At, for ApplyDeviceStates.
+// device at time At on hub node Node, for ApplyDeviceStates. Going online
+// records Node as the session's owner; going offline applies only while
+// Node still owns it, so a session ending on one node does not undo a
+// newer login on another.
 type StateChange struct {
 	Device DeviceID
 	State  DeviceState
 	At     time.Time
+	Node   string
 }
 
 // Sample is one upstream measurepoint post as stored.

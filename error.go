@@ -21,6 +21,7 @@ const (
 	ETOOMANY      = "rate_limited"   // throttled: 429
 	EOFFLINE      = "device_offline" // device has no live session: 409
 	ETIMEOUT      = "timeout"        // device did not answer in time: 504
+	EUNAVAILABLE  = "unavailable"    // the hub is shutting down: 503
 	EINTERNAL     = "internal"       // anything else: 500
 )
 

@@ -26,15 +26,28 @@ func buildCLI(t *testing.T) string {
 	return bin
 }
 
-// serveBinary runs `iothub serve` on dir, waits for its ready line and
-// returns the HTTP API URL it reports.
-func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
+// hubProcess is a running `iothub serve`.
+type hubProcess struct {
+	cmd      *exec.Cmd
+	httpURL  string
+	mqttAddr string
+}
+
+// startBinary runs `iothub serve` on dir and waits for its ready line.
+// The process is killed at the end of the test if still running.
+func startBinary(t *testing.T, bin, dir string) *hubProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "serve", "--data", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0")
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
 	lines := make(chan string, 100)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -43,20 +56,25 @@ func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 		}
 		close(lines)
 	}()
+	p := &hubProcess{cmd: cmd}
 	deadline := time.After(60 * time.Second)
-	re := regexp.MustCompile(`http=(http://[0-9.:]+)`)
-	for httpURL == "" {
+	httpRE := regexp.MustCompile(`http=(http://[0-9.:]+)`)
+	mqttRE := regexp.MustCompile(`mqtt=([0-9.:]+)`)
+	for p.httpURL == "" {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatal("iothub serve exited before its ready line")
 			}
 			if strings.Contains(l, "ready") {
-				m := re.FindStringSubmatch(l)
+				m := httpRE.FindStringSubmatch(l)
 				if m == nil {
 					t.Fatalf("ready line names no http address: %s", l)
 				}
-				httpURL = m[1]
+				p.httpURL = m[1]
+				if m := mqttRE.FindStringSubmatch(l); m != nil {
+					p.mqttAddr = m[1]
+				}
 			}
 		case <-deadline:
 			cmd.Process.Kill()
@@ -67,9 +85,23 @@ func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 		for range lines {
 		}
 	}()
-	return httpURL, func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
+	return p
+}
+
+// kill ends the process with SIGKILL: no cleanup runs.
+func (p *hubProcess) kill() {
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
+
+// serveBinary runs `iothub serve` on dir, waits for its ready line and
+// returns the HTTP API URL it reports.
+func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
+	t.Helper()
+	p := startBinary(t, bin, dir)
+	return p.httpURL, func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if err := p.cmd.Wait(); err != nil {
 			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
 		}
 	}

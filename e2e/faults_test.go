@@ -103,13 +103,6 @@ func (p *procHub) api(t testing.TB) *client.Client {
 	return c
 }
 
-func faultTrials(def int) int {
-	if n, err := strconv.Atoi(os.Getenv("IOTHUB_FAULT_TRIALS")); err == nil && n > 0 {
-		return n
-	}
-	return def
-}
-
 // Kill -9 under a QoS 1 load, restart on the same data directory: every
 // acknowledged post is stored.
 func TestFaultKillDashNineLosesNoAcknowledgedPost(t *testing.T) {
@@ -117,7 +110,7 @@ func TestFaultKillDashNineLosesNoAcknowledgedPost(t *testing.T) {
 	p.start(t)
 	defer func() { p.kill() }()
 	devices := loadDevices(t, p.api(t), 50)
-	for trial := 1; trial <= faultTrials(3); trial++ {
+	for trial := 1; trial <= faultTrials(t, 3); trial++ {
 		run := startLoad(devices, p.mqtt, 50*time.Millisecond) // 50 devices × 20 posts/s
 		time.Sleep(1500 * time.Millisecond)
 		p.kill()
@@ -272,7 +265,7 @@ func TestFaultPostgresRestartLosesNoAcknowledgedPost(t *testing.T) {
 	devices := loadDevices(t, th.admin, 20)
 	run := startLoad(devices, "tcp://"+th.MQTTAddr(), 20*time.Millisecond)
 	time.Sleep(500 * time.Millisecond)
-	if err := cluster.Restart(); err != nil {
+	if err := cluster.CrashRestart(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)

@@ -250,6 +250,7 @@ var statusOf = map[string]int{
 	iothub.ETOOMANY:      http.StatusTooManyRequests,
 	iothub.EOFFLINE:      http.StatusConflict,
 	iothub.ETIMEOUT:      http.StatusGatewayTimeout,
+	iothub.EUNAVAILABLE:  http.StatusServiceUnavailable,
 	iothub.EINTERNAL:     http.StatusInternalServerError,
 }
 

@@ -17,9 +17,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/iothub/iothub"
+	"github.com/iothub/iothub/changes"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/inmem"
 	"github.com/iothub/iothub/manage"
@@ -73,7 +75,10 @@ type Config struct {
 	// timestamp is further than this from the hub's clock (off by default,
 	// as in EnOS).
 	LoginMaxSkew time.Duration
-	Logger       *slog.Logger
+	// ReconcileEvery is how often the node reads the change log for what
+	// the bus did not bring (changes.DefaultEvery if 0).
+	ReconcileEvery time.Duration
+	Logger         *slog.Logger
 }
 
 // Durability levels of Config.Durability.
@@ -96,6 +101,7 @@ type Hub struct {
 	log     *slog.Logger
 	db      iothub.Store
 	natsBus *natsbus.Bus
+	changes *changes.Bus
 	auth    *pki.Authority
 	certs   *pki.Service
 	broker  *mqtt.Server
@@ -177,26 +183,44 @@ func Open(cfg Config) (h *Hub, err error) {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
-	var bus iothub.Bus = inmem.NewBus()
+	// The bus is the fast path; the change log in the store is the truth
+	// every node catches up from, periodically and when NATS reconnects.
+	var fast iothub.Bus = inmem.NewBus()
+	var durable atomic.Pointer[changes.Bus]
 	if cfg.NATSURL != "" {
-		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log})
+		nb, err := natsbus.Open(cfg.NATSURL, natsbus.Options{Logger: h.log, OnReconnect: func() {
+			if d := durable.Load(); d != nil {
+				d.Reconcile()
+			}
+		}})
 		if err != nil {
 			closeAll(httpLn, httpsLn)
 			return nil, err
 		}
-		h.natsBus, bus = nb, nb
+		h.natsBus, fast = nb, nb
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log, Registerer: reg}); err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
+	durable.Store(h.changes)
+	var bus iothub.Bus = h.changes
 	if h.certs, err = pki.NewService(h.auth, h.db, bus, h.log); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
 
 	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Logger: h.log})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	node, err := nodeID(filepath.Join(cfg.DataDir, "node.id"))
+	if err != nil {
+		closeAll(httpLn, httpsLn)
+		return nil, err
+	}
 	if h.broker, err = mqtt.New(mqtt.Config{
 		Store: h.db, Certs: h.certs, Bus: bus, Manage: mgr, Logger: h.log, Registerer: reg,
-		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew,
+		TLS: h.tlsConfig(), LegacySuites: cfg.TLSLegacySuites, LoginMaxSkew: cfg.LoginMaxSkew, Node: node,
 	}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -403,6 +427,29 @@ func withoutMetrics(next http.Handler) http.Handler {
 	})
 }
 
+// nodeID reads the node's name from path, creating it on first start. It
+// stays with the data directory, so a restarted node knows which sessions
+// it held; nodes of a cluster must not share the file.
+func nodeID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	host, _ := os.Hostname()
+	id := iothub.RandomString(12)
+	if host != "" {
+		id = host + "-" + id
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	return id, nil
+}
+
 func listen(addr string) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
@@ -461,11 +508,28 @@ func (h *Hub) followAuthority(bus iothub.Bus) {
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }
 
+// HasSession reports whether the device has a live session on this node.
+func (h *Hub) HasSession(productKey, deviceKey string) bool {
+	return h.broker.Online(productKey, deviceKey)
+}
+
 // Store is the node's registry.
 func (h *Hub) Store() iothub.Store { return h.db }
 
-// Close stops the listeners, flushes pending writes and closes the database.
+// DrainTimeout is how long a stopping hub waits for the service calls
+// under way to be answered.
+const DrainTimeout = 5 * time.Second
+
+// Close stops the node gracefully: it refuses new logins and calls, gives
+// the calls under way DrainTimeout to be answered (then answers them
+// unavailable), stops the listeners, ends the sessions (MQTT 5: DISCONNECT
+// 0x8B), flushes pending writes and closes the database.
 func (h *Hub) Close() error {
+	if h.broker != nil {
+		drain, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+		h.broker.Drain(drain)
+		cancel()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var errs []error
@@ -477,6 +541,9 @@ func (h *Hub) Close() error {
 	}
 	if h.certs != nil {
 		h.certs.Close()
+	}
+	if h.changes != nil {
+		h.changes.Close()
 	}
 	if h.natsBus != nil {
 		errs = append(errs, h.natsBus.Close())

@@ -58,6 +58,8 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	switch {
 	case err != nil:
 		ref = &refusal{code: codeBadCredentials, reason: "malformed login: " + err.Error(), failed: true}
+	case s.draining.Load():
+		ref = &refusal{code: codeUnavailable, reason: "hub is shutting down"}
 	case l.SecureMode == sign.ModeStatic:
 		ss, ref = s.loginStatic(ctx, cl, l, string(pk.Connect.Password), remote, now)
 	case l.SecureMode == sign.ModeDynamic:
@@ -69,9 +71,11 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		return s.refuse(cl, l, err == nil, remote, now, ref)
 	}
 
+	clampKeepalive(cl)
 	ss.cl = cl
 	ss.remote = remote
 	ss.tls = overTLS(cl)
+	ss.loginAt = now
 	ss.touch(now)
 	// mochi takes over sessions by client id: naming the client after the
 	// device makes a second login of the same device replace the first
@@ -112,10 +116,13 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		// Registered first, so a disable from here on finds the session; a
 		// disable that landed since the device was read makes the queued
 		// online write fail, and refuseLate closes the session.
-		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now}
+		it.change = iothub.StateChange{Device: ss.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node}
 		it.ss = ss
 	}
 	s.side.Add(it)
+	if !ss.activation {
+		s.announceLogin(ss)
+	}
 	return nil
 }
 
@@ -243,13 +250,18 @@ func (s *Server) fresh(timestamp string, now time.Time) bool {
 }
 
 // writeConnackRefusal answers a refused CONNECT: MQTT 5 clients get the
-// reason code, 3.1.1 clients return code 5 (not authorized).
+// reason code, 3.1.1 clients return code 3 (server unavailable: try again
+// later) when the hub cannot decide (store down, shutting down), else 5
+// (not authorized).
 func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
-	if cl.Properties.ProtocolVersion == 5 {
+	switch {
+	case cl.Properties.ProtocolVersion == 5:
 		ack.ReasonCode = code.Code
 		ack.Properties.ReasonString = code.Reason
-	} else {
+	case code == codeUnavailable:
+		ack.ReasonCode = packets.Err3ServerUnavailable.Code
+	default:
 		ack.ReasonCode = packets.Err3NotAuthorized.Code
 	}
 	_ = cl.WritePacket(ack)
@@ -362,5 +374,5 @@ func (s *Server) endSession(ss *session) {
 	}
 	// Offline replaces only online: a disable, reset or deletion that
 	// landed meanwhile keeps its state.
-	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now()}})
+	s.side.Add(sideItem{change: iothub.StateChange{Device: ss.dev, State: iothub.StateOffline, At: s.now(), Node: s.cfg.Node}})
 }

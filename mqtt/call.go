@@ -30,6 +30,9 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	} else if !json.Valid(params) {
 		return nil, iothub.Errorf(iothub.EINVALID, "params are not valid JSON")
 	}
+	if s.draining.Load() {
+		return nil, errShuttingDown
+	}
 	dev := iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}
 	ss := s.deviceSession(dev)
 	if ss == nil || ss.cl.Closed() {
@@ -57,14 +60,24 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 		delete(s.pending, id)
 		s.pmu.Unlock()
 	}()
-	if err := s.writePublish(ss.cl, ss.sysPrefix+topic, payload); err != nil {
-		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
-	}
-	select {
-	case r := <-pc.ch:
-		return r, nil
-	case <-ctx.Done():
-		return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
+	// The write runs apart so the call ends at its deadline even when the
+	// device does not read; the connection's write deadline ends the write.
+	written := make(chan error, 1)
+	go func() { written <- s.writePublish(ss.cl, ss.sysPrefix+topic, payload) }()
+	for {
+		select {
+		case err := <-written:
+			if err != nil {
+				return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+			}
+			written = nil
+		case r := <-pc.ch:
+			return r, nil
+		case <-ctx.Done():
+			return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
+		case <-s.abandon:
+			return nil, errShuttingDown
+		}
 	}
 }
 

@@ -32,6 +32,8 @@ func (s *Server) onEvent(e iothub.Event) {
 			ss.revoked.Store(now)
 			s.kick(ss, codeNotAuthorized, "cert_revoked")
 		}
+	case iothub.EventSessionOpened:
+		s.takenOver(e)
 	case iothub.EventProductChanged:
 		if s.reg != nil {
 			s.reg.dropProduct(e.ProductKey)

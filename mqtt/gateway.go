@@ -127,11 +127,26 @@ func (s *Server) checkSubDevice(ctx context.Context, gw *session, e signedEntry)
 		return nil, codeNotStored, msgNotStored
 	case err != nil || d.OrgID != gw.orgID:
 		l.Verify(dummySecret, e.Sign)
-		return nil, codeNotFound, fmt.Sprintf("device %s/%s not found", e.ProductKey, e.DeviceKey)
+		code, msg := s.subFailure(gw, e, codeNotFound, fmt.Sprintf("device %s/%s not found", e.ProductKey, e.DeviceKey))
+		return nil, code, msg
 	case !l.Verify(d.DeviceSecret, e.Sign):
-		return nil, codeSignFailed, fmt.Sprintf("sign check failed for %s/%s", e.ProductKey, e.DeviceKey)
+		code, msg := s.subFailure(gw, e, codeSignFailed, fmt.Sprintf("sign check failed for %s/%s", e.ProductKey, e.DeviceKey))
+		return nil, code, msg
 	}
 	return d, codeOK, ""
+}
+
+// subFailure counts a failed sub-device credential like a failed login
+// (per device and gateway, and per gateway): the right signature is never
+// throttled, and once the buckets are empty the failures are answered
+// 429 and the gateway is disconnected after the reply, so that guessing
+// costs a reconnect.
+func (s *Server) subFailure(gw *session, e signedEntry, code int, msg string) (int, string) {
+	if s.limits.failed(e.ProductKey+"/"+e.DeviceKey, "gateway "+gw.dev.ProductKey+"/"+gw.dev.DeviceKey, s.now()) {
+		gw.closeAfterReply.Store(true)
+		return codeTooMany, "too many failed sub-device credentials; retry later"
+	}
+	return code, msg
 }
 
 func (s *Server) topoAdd(ctx context.Context, gw *session, params json.RawMessage) (any, int, string) {
@@ -263,6 +278,7 @@ func (s *Server) loginSub(ctx context.Context, gw *session, e signedEntry) (any,
 		secretVersion: d.SecretVersion,
 	}
 	sub.touch(now)
+	sub.loginAt = now
 	if old := s.registerSub(sub); old != nil {
 		old.quiet.Store(true) // the device stays online: its new session took over
 		s.kick(old, packets.ErrSessionTakenOver, "session_taken_over")
@@ -271,9 +287,10 @@ func (s *Server) loginSub(ctx context.Context, gw *session, e signedEntry) (any,
 	s.side.Add(sideItem{
 		audit: iothub.AuditEvent{Time: now, OrgID: d.OrgID, Kind: "login.ok", ProductKey: d.ProductKey, DeviceKey: d.DeviceKey,
 			Remote: gw.remote, Reason: fmt.Sprintf("sub-device of gateway %s/%s", gw.dev.ProductKey, gw.dev.DeviceKey)},
-		change: iothub.StateChange{Device: sub.dev, State: iothub.StateOnline, At: now},
+		change: iothub.StateChange{Device: sub.dev, State: iothub.StateOnline, At: now, Node: s.cfg.Node},
 		ss:     sub,
 	})
+	s.announceLogin(sub)
 	return map[string]string{"assetId": d.AssetID, "productKey": d.ProductKey, "deviceKey": d.DeviceKey}, codeOK, ""
 }
 
@@ -401,7 +418,7 @@ func (s *Server) endSub(sub *session, notice string) {
 	}
 	s.queueTouch(sub)
 	if !sub.quiet.Load() {
-		s.side.Add(sideItem{change: iothub.StateChange{Device: sub.dev, State: iothub.StateOffline, At: s.now()}})
+		s.side.Add(sideItem{change: iothub.StateChange{Device: sub.dev, State: iothub.StateOffline, At: s.now(), Node: s.cfg.Node}})
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,5 +196,76 @@ func TestGatewayRefusals(t *testing.T) {
 	}
 	if tok := gw.Subscribe("/sys/pkplain/outsider/#", 0, nil); tok.WaitTimeout(5*time.Second) && tok.(*paho.SubscribeToken).Result()["/sys/pkplain/outsider/#"] != 0x80 {
 		t.Fatal("a gateway may subscribe to a device it has not logged in")
+	}
+}
+
+// Wrong sub-device signatures are counted like failed logins: past the
+// buckets the gateway is told 429 and disconnected; the right signature
+// still works after it reconnects.
+func TestGatewayGuessingSubDeviceSecretsIsThrottled(t *testing.T) {
+	h := newTestHub(t)
+	gwP := h.product("pkgw", func(p *iothub.Product) { p.NodeType = iothub.NodeGateway })
+	subP := h.product("pksub", nil)
+	gwD, a := h.device(gwP, "gw"), h.device(subP, "a")
+	gw := h.connect(t, "pkgw", "gw", gwD.DeviceSecret)
+	var codes []float64
+	for range 30 {
+		if !gw.IsConnectionOpen() {
+			break
+		}
+		bad := signedSub(t, a, "a", "sha256", false)
+		bad["sign"] = strings.Repeat("0", 64)
+		codes = append(codes, ask(t, gw, "/sys/pkgw/gw/thing/topo/add", req("thing.topo.add", []any{bad}))["code"].(float64))
+	}
+	if codes[0] != 742 || codes[len(codes)-1] != 429 {
+		t.Fatalf("codes %v: want 742 first, then 429", codes)
+	}
+	eventually(t, "gateway disconnected", func() bool { return !gw.IsConnectionOpen() })
+	gw = h.connect(t, "pkgw", "gw", gwD.DeviceSecret)
+	if r := ask(t, gw, "/sys/pkgw/gw/thing/topo/add", req("thing.topo.add", []any{signedSub(t, a, "a", "sha256", false)})); r["code"] != 200.0 {
+		t.Fatalf("the right signature after the throttle: %v", r)
+	}
+}
+
+// Batch flags: allowOfflineSubDevice stores entries of topology members
+// that are not logged in; skipInvalidMeasurepoints skips bad entries
+// instead of refusing the batch.
+func TestGatewayBatchFlags(t *testing.T) {
+	h := newTestHub(t)
+	gwP := h.product("pkgw", func(p *iothub.Product) { p.NodeType = iothub.NodeGateway })
+	subP := h.product("pksub", nil)
+	gwD, a := h.device(gwP, "gw"), h.device(subP, "a")
+	h.device(subP, "stranger")
+	gw := h.connect(t, "pkgw", "gw", gwD.DeviceSecret)
+	if r := ask(t, gw, "/sys/pkgw/gw/thing/topo/add", req("thing.topo.add", []any{signedSub(t, a, "a", "sha256", false)})); r["code"] != 200.0 {
+		t.Fatalf("topo add: %v", r)
+	}
+	batch := func(flags string, entries ...string) map[string]any {
+		return ask(t, gw, "/sys/pkgw/gw/thing/measurepoint/post/batch",
+			`{"id":"1","version":"1.0","method":"thing.measurepoint.post.batch"`+flags+`,"params":[`+strings.Join(entries, ",")+`]}`)
+	}
+	offline := `{"productKey":"pksub","deviceKey":"a","measurepoints":{"t":1}}`
+	if r := batch("", offline); r["code"] != 1009.0 {
+		t.Fatalf("entry of an offline sub-device without the flag: %v", r)
+	}
+	if r := batch(`,"allowOfflineSubDevice":true`, offline); r["code"] != 200.0 {
+		t.Fatalf("entry of an offline sub-device with the flag: %v", r)
+	}
+	if r := batch(`,"allowOfflineSubDevice":true`, `{"productKey":"pksub","deviceKey":"stranger","measurepoints":{"t":1}}`); r["code"] != 1009.0 {
+		t.Fatalf("entry of a device outside the topology with the flag: %v", r)
+	}
+	bad := `{"productKey":"pkgw","deviceKey":"gw","measurepoints":{"":1}}`
+	good := `{"productKey":"pkgw","deviceKey":"gw","measurepoints":{"g":2}}`
+	if r := batch("", good, bad); r["code"] != 1220.0 {
+		t.Fatalf("a bad entry without skipInvalidMeasurepoints: %v", r)
+	}
+	if r := batch(`,"skipInvalidMeasurepoints":true`, good, bad); r["code"] != 200.0 || r["data"].(map[string]any)["skipped"] != 1.0 {
+		t.Fatalf("a bad entry with skipInvalidMeasurepoints: %v", r)
+	}
+	if pts, _ := h.db.LatestPoints(context.Background(), "pksub", "a"); len(pts) != 1 {
+		t.Fatalf("offline sub-device's points %v", pts)
+	}
+	if pts, _ := h.db.LatestPoints(context.Background(), "pkgw", "gw"); len(pts) != 1 || pts[0].Name != "g" {
+		t.Fatalf("gateway's points %v: want only the valid entry of the skipping batch", pts)
 	}
 }

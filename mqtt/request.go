@@ -40,7 +40,21 @@ type request struct {
 	Version string          `json:"version"`
 	Method  string          `json:"method"`
 	Params  json.RawMessage `json:"params"`
+	batchFlags
 }
+
+// batchFlags are the flags of a batch post, beside its params.
+type batchFlags struct {
+	// AllowOfflineSubDevice accepts entries of sub-devices in the
+	// gateway's topology that are not logged in.
+	AllowOfflineSubDevice bool `json:"allowOfflineSubDevice"`
+	// SkipInvalidMeasurepoints stores the valid entries and skips the
+	// others instead of refusing the whole batch.
+	SkipInvalidMeasurepoints bool `json:"skipInvalidMeasurepoints"`
+}
+
+// flagsKey carries a request's batchFlags in its context.
+type flagsKey struct{}
 
 // requestError is a parse failure with its reply code.
 type requestError struct {
@@ -167,8 +181,13 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	ctx = context.WithValue(ctx, flagsKey{}, req.batchFlags)
 	data, code, msg := handler(s, ctx, target, req.Params)
 	s.reply(ss, topic, req.ID, code, data, msg)
+	if ss.closeAfterReply.Load() {
+		s.kick(ss, codeBusy, "throttled")
+		return answered
+	}
 	if code == codeNotStored {
 		s.refused(ss)
 		return notStored
@@ -329,7 +348,7 @@ func (s *Server) postMeasurepoints(_ context.Context, ss *session, params json.R
 // maxBatchEntries caps the entries of one batch post.
 const maxBatchEntries = 1000
 
-func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params json.RawMessage) (any, int, string) {
+func (s *Server) postMeasurepointBatch(ctx context.Context, ss *session, params json.RawMessage) (any, int, string) {
 	var ps []postParams
 	if err := json.Unmarshal(params, &ps); err != nil || len(ps) == 0 {
 		return nil, codeBadFormat, "params must be a non-empty list of posts"
@@ -337,16 +356,43 @@ func (s *Server) postMeasurepointBatch(_ context.Context, ss *session, params js
 	if len(ps) > maxBatchEntries {
 		return nil, codeBadFormat, "too many entries in one batch"
 	}
+	flags, _ := ctx.Value(flagsKey{}).(batchFlags)
 	out := make([]iothub.Sample, 0, len(ps))
+	skipped := 0
 	for _, p := range ps {
 		smp, code, msg := s.sample(ss, p)
+		if code == codeNoPermission && flags.AllowOfflineSubDevice {
+			smp, code, msg = s.offlineSubSample(ctx, ss, p)
+		}
+		if code == codeBadFormat && flags.SkipInvalidMeasurepoints {
+			skipped++
+			continue
+		}
 		if code != codeOK {
 			return nil, code, msg // nothing of the batch is stored
 		}
 		out = append(out, smp)
 	}
+	if len(out) == 0 {
+		return nil, codeBadFormat, "no valid entry in the batch"
+	}
 	code, msg := storeCode(s.samples.Write(out))
-	return nil, code, msg
+	if code != codeOK || skipped == 0 {
+		return nil, code, msg
+	}
+	return map[string]int{"skipped": skipped}, codeOK, ""
+}
+
+// offlineSubSample makes a batch entry of a sub-device that is in the
+// gateway's topology but not logged in (allowOfflineSubDevice).
+func (s *Server) offlineSubSample(ctx context.Context, gw *session, p postParams) (iothub.Sample, int, string) {
+	id := iothub.DeviceID{ProductKey: p.ProductKey, DeviceKey: p.DeviceKey}
+	owner, err := s.cfg.Store.GatewayOf(ctx, id)
+	if err != nil || owner != gw.dev {
+		return iothub.Sample{}, codeNoPermission, "entry belongs to a device that is not in this gateway's topology"
+	}
+	sub := &session{dev: id}
+	return s.sample(sub, p)
 }
 
 // eventHandler serves thing/event/{id}/post for one event identifier.

@@ -58,6 +58,11 @@ type Config struct {
 	LoginMaxSkew time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Node names this hub node in the shared store, stable across its
+	// restarts: the sessions it opens are recorded under it, a restart
+	// ends those a crash left, and other nodes end them once its lease
+	// expires. Empty: a random name, for a single run.
+	Node string
 }
 
 // Server is the MQTT side of the hub. It implements iothub.DeviceGateway.
@@ -88,6 +93,10 @@ type Server struct {
 	side     *sideWriter    // login/logout states and audit rows, batched
 	reg      *registryCache // nil without a bus: nothing would invalidate it
 
+	instance   string // this run's lease token
+	draining   atomic.Bool
+	abandon    chan struct{} // closed when Drain gives up on the calls under way
+	drainOnce  sync.Once
 	touchEvery time.Duration
 	unsub      func()
 	stop       chan struct{}
@@ -161,6 +170,9 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   3600,
 	})
+	if cfg.Node == "" {
+		cfg.Node = iothub.RandomString(16)
+	}
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -173,10 +185,12 @@ func New(cfg Config) (*Server, error) {
 		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
 		pending:    map[string]*pendingCall{},
+		instance:   iothub.RandomString(16),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
 		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
+		abandon:    make(chan struct{}),
 	}
 	var start [4]byte
 	_, _ = rand.Read(start[:])
@@ -192,6 +206,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
+	}
+	if err := s.startLease(); err != nil {
+		return nil, err
 	}
 	s.samples = newGroupWriter(cfg.Store.AppendSamples, writeBatch, s.notStored("measurepoints"))
 	s.events = newGroupWriter(cfg.Store.AppendEvents, writeBatch, s.notStored("events"))
@@ -265,8 +282,9 @@ func (s *Server) Serve() error {
 	if s.cfg.Bus != nil {
 		s.unsub = s.cfg.Bus.Subscribe(s.onEvent)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.sweep()
+	go s.lease()
 	return s.broker.Serve()
 }
 
@@ -286,6 +304,11 @@ func (s *Server) Close() error {
 		s.events.Close()
 		s.side.Close() // after the broker: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.cfg.Store.StopNode(ctx, s.cfg.Node, s.instance); err != nil {
+			s.log.Warn("mqtt: giving up the node's lease; other nodes reap it when it expires", "node", s.cfg.Node, "error", err)
+		}
+		cancel()
 	})
 	return err
 }
@@ -334,6 +357,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 
 func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
 	_ = c.SetDeadline(time.Now().Add(connectTimeout)) // mochi replaces it after CONNECT
+	c = &deadlineConn{Conn: c, stalled: func() { l.met.kicks.WithLabelValues("write_stalled").Inc() }}
 	if l.tls != nil {
 		tc := tls.Server(c, l.tls)
 		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)

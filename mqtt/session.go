@@ -27,6 +27,7 @@ type session struct {
 	extPrefix string // "/ext/session/{pk}/{dk}/"
 	actReply  string // activation: the one topic it may publish to
 
+	loginAt        time.Time
 	secretVersion  int
 	serial         string // client certificate serial, "" when none
 	product        *iothub.Product
@@ -41,7 +42,9 @@ type session struct {
 	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
 	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
 	refusals    atomic.Int32 // posts refused in a row for want of storage
-	timer       *time.Timer  // certificate expiry or activation deadline
+	// closeAfterReply ends the session once the current request is answered.
+	closeAfterReply atomic.Bool
+	timer           *time.Timer // certificate expiry or activation deadline
 
 	// gateway is set on a sub-device's session: the gateway session whose
 	// connection (cl) it uses.

@@ -10,7 +10,8 @@
 // connection's reader.
 //
 // NATS core delivers at most once: a node cut off from the server misses
-// the events published meanwhile (the connection reconnects on its own).
+// the events published meanwhile (the connection reconnects on its own and
+// calls Options.OnReconnect; the hub then catches up from its change log).
 package nats
 
 import (
@@ -42,6 +43,10 @@ type Options struct {
 	Name string
 	// Logger receives connection changes and dropped messages (slog.Default if nil).
 	Logger *slog.Logger
+	// OnReconnect, if set, runs (on the connection's callback goroutine)
+	// each time the connection is back: the events published meanwhile
+	// were missed, and the caller catches up from its own record.
+	OnReconnect func()
 }
 
 // Bus is an iothub.Bus over NATS. It is safe for concurrent use.
@@ -89,6 +94,9 @@ func Open(url string, o Options) (*Bus, error) {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Info("nats: reconnected", "server", nc.ConnectedServerId())
+			if o.OnReconnect != nil {
+				o.OnReconnect()
+			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			b.log.Error("nats: subscription error", "error", err)

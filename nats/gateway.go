@@ -131,7 +131,8 @@ func (g *Gateway) Call(ctx context.Context, productKey, deviceKey, topic, method
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
-		case err != nil && waitAck && errors.Is(ackCtx.Err(), context.DeadlineExceeded):
+		case err != nil && waitAck && (errors.Is(ackCtx.Err(), context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)):
+			// No node acknowledged, or none listens for calls at all.
 			return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online on any node")
 		case err != nil:
 			return nil, fmt.Errorf("nats: call: %w", err)

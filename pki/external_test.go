@@ -84,6 +84,8 @@ func TestExternalCAProofOfPossession(t *testing.T) {
 
 	_, err = e.svc.AuthorizeClient(e.p, "dev1", peer, time.Now())
 	wantRefusal(t, err, "unknown issuer")
+	// Another node on the same store and bus, running before the proof.
+	node2 := e.service(t)
 
 	wrongCN := opensslSign(t, dir, "acme", "wrongcn", "not-the-code", "")
 	_, err = e.svc.VerifyCA(ctx, ca.ID, wrongCN)
@@ -114,6 +116,14 @@ func TestExternalCAProofOfPossession(t *testing.T) {
 	}
 	_, err = e.svc.VerifyCA(ctx, ca.ID, proof)
 	wantCode(t, err, iothub.ECONFLICT)
+	// The other node trusts it from the bus event, without a restart.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := node2.AuthorizeClient(e.p, "dev1", peer, time.Now()); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the other node still refuses the verified CA's device: %v", err)
+		}
+	}
 
 	serial, err := e.svc.AuthorizeClient(e.p, "dev1", peer, time.Now())
 	if err != nil || serial != dev.SerialNumber.Text(16) {

@@ -213,31 +213,32 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 			res[i] = nil
 			if c.State == iothub.StateOffline {
 				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
-					WHERE product_key = $1 AND device_key = $2 AND state = 'online'`, pk, dk); err != nil {
+					WHERE product_key = $1 AND device_key = $2 AND state = 'online' AND node_id = $3`, pk, dk, c.Node); err != nil {
 					return wrap("apply device states", err)
 				}
 				continue
 			}
 			t := sqlstore.MS(db.truncMS(c.At))
-			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online',
+			r, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'online', node_id = $4, login_ms = $1,
 					activated_at = COALESCE(activated_at, $1),
 					last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < $1 THEN $1 ELSE last_seen_at END
-				WHERE product_key = $2 AND device_key = $3 AND state <> 'disabled'`, t, pk, dk)
+				WHERE product_key = $2 AND device_key = $3 AND state <> 'disabled'
+					AND NOT (state = 'online' AND node_id <> $4 AND login_ms > $1)`, t, pk, dk, c.Node)
 			if err != nil {
 				return wrap("apply device states", err)
 			}
 			if n, _ := r.RowsAffected(); n > 0 {
 				continue
 			}
-			var one int
-			switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE product_key = $1 AND device_key = $2`, pk, dk).Scan(&one); {
+			var state string
+			switch err := tx.QueryRowContext(ctx, `SELECT state FROM devices WHERE product_key = $1 AND device_key = $2`, pk, dk).Scan(&state); {
 			case errors.Is(err, sql.ErrNoRows):
 				res[i] = sqlstore.NotFound("device %q not found in product %q", dk, pk)
 			case err != nil:
 				return wrap("apply device states", err)
-			default:
+			case state == string(iothub.StateDisabled):
 				res[i] = iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", dk)
-			}
+			} // else a newer login on another node holds it: a no-op
 		}
 		return nil
 	})

@@ -57,6 +57,8 @@ type DB struct {
 	stProduct      *sql.Stmt // read
 	stTouch        *sql.Stmt // write
 	stSetState     *sql.Stmt // write
+	stOnline       *sql.Stmt // write: a login on a node
+	stStateOf      *sql.Stmt // write (used inside write transactions)
 	stAudit        *sql.Stmt // write
 	stDeviceExists *sql.Stmt // write (used inside write transactions)
 	stLastSeq      *sql.Stmt // write: device exists?, newest sample seq
@@ -201,6 +203,12 @@ func (db *DB) prepare() error {
 			activated_at = CASE WHEN ? AND activated_at IS NULL THEN ? ELSE activated_at END,
 			last_seen_at = CASE WHEN ? AND (last_seen_at IS NULL OR last_seen_at < ?) THEN ? ELSE last_seen_at END
 			WHERE product_key = ? AND device_key = ? AND (state <> 'disabled' OR ?)`},
+		{&db.stOnline, db.write, `UPDATE devices SET state = 'online', node_id = ?1, login_ms = ?2,
+			activated_at = COALESCE(activated_at, ?2),
+			last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < ?2 THEN ?2 ELSE last_seen_at END
+			WHERE product_key = ?3 AND device_key = ?4 AND state <> 'disabled'
+				AND NOT (state = 'online' AND node_id <> ?1 AND login_ms > ?2)`},
+		{&db.stStateOf, db.write, `SELECT state FROM devices WHERE product_key = ? AND device_key = ?`},
 		{&db.stAudit, db.write, `INSERT INTO audit_events (id, time_ms, org_id, kind, product_key, device_key, remote, reason)
 			SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM audit_events`},
 		{&db.stDeviceExists, db.write, `SELECT 1 FROM devices WHERE product_key = ? AND device_key = ?`},
@@ -228,7 +236,7 @@ func (db *DB) prepare() error {
 
 // Close closes both pools. The DB must not be used afterwards.
 func (db *DB) Close() error {
-	for _, st := range []*sql.Stmt{db.stDevice, db.stProduct, db.stTouch, db.stSetState, db.stAudit,
+	for _, st := range []*sql.Stmt{db.stDevice, db.stProduct, db.stTouch, db.stSetState, db.stOnline, db.stStateOf, db.stAudit,
 		db.stDeviceExists, db.stLastSeq, db.stInsertSample, db.stTrimSamples, db.stUpsertPoint} {
 		if st != nil {
 			st.Close()

@@ -168,35 +168,35 @@ func (db *DB) ApplyDeviceStates(ctx context.Context, changes []iothub.StateChang
 		return res, nil
 	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
-		setState := tx.StmtContext(ctx, db.stSetState)
-		exists := tx.StmtContext(ctx, db.stDeviceExists)
+		online := tx.StmtContext(ctx, db.stOnline)
+		stateOf := tx.StmtContext(ctx, db.stStateOf)
 		for i, c := range changes {
 			pk, dk := c.Device.ProductKey, c.Device.DeviceKey
 			res[i] = nil
 			if c.State == iothub.StateOffline {
 				if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'offline'
-					WHERE product_key = ? AND device_key = ? AND state = 'online'`, pk, dk); err != nil {
+					WHERE product_key = ? AND device_key = ? AND state = 'online' AND node_id = ?`, pk, dk, c.Node); err != nil {
 					return wrap("apply device states", err)
 				}
 				continue
 			}
 			t := sqlstore.MS(db.truncMS(c.At))
-			r, err := setState.ExecContext(ctx, string(iothub.StateOnline), true, t, true, t, t, pk, dk, false)
+			r, err := online.ExecContext(ctx, c.Node, t, pk, dk)
 			if err != nil {
 				return wrap("apply device states", err)
 			}
 			if n, _ := r.RowsAffected(); n > 0 {
 				continue
 			}
-			var one int
-			switch err := exists.QueryRowContext(ctx, pk, dk).Scan(&one); {
+			var state string
+			switch err := stateOf.QueryRowContext(ctx, pk, dk).Scan(&state); {
 			case errors.Is(err, sql.ErrNoRows):
 				res[i] = sqlstore.NotFound("device %q not found in product %q", dk, pk)
 			case err != nil:
 				return wrap("apply device states", err)
-			default:
+			case state == string(iothub.StateDisabled):
 				res[i] = iothub.Errorf(iothub.ECONFLICT, "device %q is disabled", dk)
-			}
+			} // else a newer login on another node holds it: a no-op
 		}
 		return nil
 	})

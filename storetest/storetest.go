@@ -62,6 +62,8 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Topology", testTopology},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
+		{"ChangeLog", testChangeLog},
+		{"NodeLeases", testNodeLeases},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
 	}

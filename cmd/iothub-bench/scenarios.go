@@ -207,20 +207,8 @@ func (t *target) runPublish(r *Result, transport string, n, qos int, rate float6
 			defer wg.Done()
 			topic := benchTopic(devs[i])
 			toks := make([]paho.Token, max(window, 1))
-			interval := time.Duration(0)
-			if rate > 0 {
-				interval = time.Duration(float64(n) / rate * float64(time.Second))
-			}
-			for k := 0; ; k++ {
-				now := time.Now()
-				if !now.Before(deadline) {
-					break
-				}
-				if interval > 0 {
-					if wait := start.Add(time.Duration(k) * interval).Sub(now); wait > 0 {
-						time.Sleep(wait)
-					}
-				}
+			p := newPacer(start, deadline, n, rate)
+			for k := 0; p.next(k); k++ {
 				slot := k % len(toks)
 				if qos > 0 && toks[slot] != nil {
 					if waitToken(toks[slot]) {

@@ -170,3 +170,33 @@ func num(v float64) string {
 		return fmt.Sprintf("%.3g", v)
 	}
 }
+
+// pacer spaces one device's messages so that n devices together send
+// rate messages per second (0: no spacing) until deadline.
+type pacer struct {
+	start, deadline time.Time
+	interval        time.Duration
+}
+
+func newPacer(start, deadline time.Time, n int, rate float64) pacer {
+	p := pacer{start: start, deadline: deadline}
+	if rate > 0 {
+		p.interval = time.Duration(float64(n) / rate * float64(time.Second))
+	}
+	return p
+}
+
+// next waits for the k-th message's turn and reports whether it is
+// before the deadline.
+func (p pacer) next(k int) bool {
+	now := time.Now()
+	if !now.Before(p.deadline) {
+		return false
+	}
+	if p.interval > 0 {
+		if wait := p.start.Add(time.Duration(k) * p.interval).Sub(now); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+	return true
+}

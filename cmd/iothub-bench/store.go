@@ -40,20 +40,8 @@ func (t *target) runStore(r *Result, transport string, n int, rate float64, dur 
 			topic := devs[i].prefix() + "thing/measurepoint/post"
 			inflight := make(chan struct{}, max(window, 1))
 			var waits sync.WaitGroup
-			interval := time.Duration(0)
-			if rate > 0 {
-				interval = time.Duration(float64(n) / rate * float64(time.Second))
-			}
-			for k := 0; ; k++ {
-				now := time.Now()
-				if !now.Before(deadline) {
-					break
-				}
-				if interval > 0 {
-					if wait := start.Add(time.Duration(k) * interval).Sub(now); wait > 0 {
-						time.Sleep(wait)
-					}
-				}
+			p := newPacer(start, deadline, n, rate)
+			for k := 0; p.next(k); k++ {
 				inflight <- struct{}{}
 				body := fmt.Sprintf(`{"id":"%d","version":"1.0","method":"thing.measurepoint.post","params":{"measurepoints":{"temp":%d.5,"power":{"value":%d,"quality":9}}}}`, k, k%100, k)
 				t0 := time.Now()

@@ -42,11 +42,20 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			stop := make(chan os.Signal, 1)
+			stop := make(chan os.Signal, 2)
 			signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
 			sig := <-stop
-			cfg.Logger.Info("shutting down", "signal", sig.String())
-			return h.Close()
+			cfg.Logger.Info("shutting down; a second signal stops at once", "signal", sig.String())
+			closed := make(chan error, 1)
+			go func() { closed <- h.Close() }()
+			select {
+			case err := <-closed:
+				return err
+			case sig := <-stop:
+				cfg.Logger.Warn("stopping at once", "signal", sig.String())
+				os.Exit(1)
+				return nil
+			}
 		},
 	}
 	f := cmd.Flags()

@@ -19,6 +19,8 @@ import (
 // Server is a running nats-server.
 type Server struct {
 	URL  string
+	bin  string
+	port int
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -26,6 +28,13 @@ type Server struct {
 // URL starts a nats-server stopped at the end of the test and returns its
 // URL, nats://127.0.0.1:port.
 func URL(tb testing.TB) string {
+	tb.Helper()
+	return Serve(tb).URL
+}
+
+// Serve starts a nats-server stopped at the end of the test, for tests
+// that stop and restart it.
+func Serve(tb testing.TB) *Server {
 	tb.Helper()
 	s, err := Start()
 	if err != nil {
@@ -35,7 +44,7 @@ func URL(tb testing.TB) string {
 		tb.Fatalf("natstest: %v", err)
 	}
 	tb.Cleanup(s.Stop)
-	return s.URL
+	return s
 }
 
 // Start runs nats-server on a free port of 127.0.0.1 and waits until it
@@ -51,21 +60,42 @@ func Start() (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), done: make(chan struct{})}
-		var log bytes.Buffer
-		s.cmd = exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(port))
-		s.cmd.Stderr = &log
-		if err := s.cmd.Start(); err != nil {
-			return nil, err
-		}
-		go func() { s.cmd.Wait(); close(s.done) }()
-		if err := s.waitReady(port); err == nil {
+		s := &Server{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), bin: bin, port: port}
+		if lastErr = s.run(); lastErr == nil {
 			return s, nil
 		}
-		s.Stop()
-		lastErr = fmt.Errorf("nats-server did not start: %s", log.String())
 	}
 	return nil, lastErr
+}
+
+// Restart starts a stopped server again on its port.
+func (s *Server) Restart() error {
+	var err error
+	for range 50 { // the old socket may linger for a moment
+		if err = s.run(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+// run starts the process and waits until it accepts clients.
+func (s *Server) run() error {
+	var log bytes.Buffer
+	s.done = make(chan struct{})
+	s.cmd = exec.Command(s.bin, "-a", "127.0.0.1", "-p", fmt.Sprint(s.port))
+	s.cmd.Stderr = &log
+	if err := s.cmd.Start(); err != nil {
+		return err
+	}
+	cmd, done := s.cmd, s.done
+	go func() { cmd.Wait(); close(done) }()
+	if err := s.waitReady(s.port); err != nil {
+		s.Stop()
+		return fmt.Errorf("nats-server did not start: %s", log.String())
+	}
+	return nil
 }
 
 // waitReady polls until the server accepts TCP connections, exits, or 10 s pass.
@@ -87,7 +117,7 @@ func (s *Server) waitReady(port int) error {
 	return fmt.Errorf("not ready")
 }
 
-// Stop kills the server and waits for it to exit.
+// Stop kills the server and waits for it to exit; a stopped server stays so.
 func (s *Server) Stop() {
 	s.cmd.Process.Kill()
 	<-s.done

@@ -37,7 +37,8 @@ type Cluster struct {
 	dir   string // owned by the server's user; removed by Stop
 	bin   string
 	port  int
-	runAs string // "" or the user to run the binaries as
+	runAs string   // "" or the user to run the binaries as
+	start []string // pg_ctl arguments that start the server
 	admin *sql.DB
 }
 
@@ -81,6 +82,17 @@ func URL(tb testing.TB) string {
 // of their own. It skips or fails as URL does.
 func Standalone(tb testing.TB) string {
 	tb.Helper()
+	url, err := Serve(tb).CreateDatabase()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return url
+}
+
+// Serve starts a cluster of its own, stopped at the end of the test, for
+// tests that halt and restart the server. It skips or fails as URL does.
+func Serve(tb testing.TB) *Cluster {
+	tb.Helper()
 	c, err := Start(Options{})
 	if err != nil {
 		if errors.Is(err, ErrNotInstalled) && os.Getenv("CI") == "" {
@@ -89,11 +101,25 @@ func Standalone(tb testing.TB) string {
 		tb.Fatalf("pgtest: %v", err)
 	}
 	tb.Cleanup(c.Stop)
-	url, err := c.CreateDatabase()
-	if err != nil {
-		tb.Fatal(err)
+	return c
+}
+
+// Halt stops the server, keeping its data: it ends every connection and
+// shuts down cleanly (pg_ctl -m fast), as an operator's restart does. A
+// crash would lose the last commits here: tests run without fsync.
+func (c *Cluster) Halt() error {
+	if out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl stop: %v: %s", err, out)
 	}
-	return url
+	return nil
+}
+
+// Restart starts a halted server again on its port.
+func (c *Cluster) Restart() error {
+	if out, err := c.run("pg_ctl", c.start...); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl start: %v: %s", err, out)
+	}
+	return nil
 }
 
 // ErrNotInstalled reports that no PostgreSQL server binaries were found.
@@ -174,7 +200,8 @@ func Start(o Options) (*Cluster, error) {
 		if !o.Durable {
 			opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 		}
-		out, err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start")
+		c.start = []string{"-D", data, "-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start"}
+		out, err := c.run("pg_ctl", c.start...)
 		if err == nil {
 			break
 		}
@@ -228,10 +255,10 @@ func (c *Cluster) CreateDatabase() (string, error) {
 	return c.url(name), nil
 }
 
-// Restart stops the server at once (immediate mode: no checkpoint, as in
-// a crash) and starts it again on the same port and data, so that clients
-// see their connections dropped and then accepted again.
-func (c *Cluster) Restart() error {
+// CrashRestart stops the server at once (immediate mode: no checkpoint,
+// as in a crash) and starts it again on the same port and data, so that
+// clients see their connections dropped and then accepted again.
+func (c *Cluster) CrashRestart() error {
 	// With -l the new server's output goes to the log, not to a pipe that
 	// run would wait on for as long as the server lives.
 	out, err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.dir, "log"),
