@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/iothub/iothub/sign"
+	"golang.org/x/crypto/ocsp"
 )
 
 type authorityList struct {
@@ -71,6 +75,10 @@ func TestCARotationAndRollover(t *testing.T) {
 	p := th.newProduct(t, map[string]any{"name": "rot", "authMode": "certificate", "productKey": "ROTPRODUCT"})
 	d1 := th.newDevice(t, p, "OLD-1")
 	c1, key1, _ := th.enrollCert(t, p.ProductKey, "OLD-1")
+	// OLD-2 tries fresh logins; OLD-1 keeps one live session (a login of
+	// the same device would replace it).
+	d1b := th.newDevice(t, p, "OLD-2")
+	c1b, key1b, _ := th.enrollCert(t, p.ProductKey, "OLD-2")
 	firstRoot := x509.NewCertPool()
 	firstRoot.AppendCertsFromPEM(th.ChainPEM())
 	st := th.statuses(t)
@@ -112,7 +120,7 @@ func TestCARotationAndRollover(t *testing.T) {
 			t.Fatalf("openssl verify after issuing rotation: %v", err)
 		}
 	}
-	if err := th.mtlsLogin(t, p.ProductKey, d1, c1, key1); err != nil {
+	if err := th.mtlsLogin(t, p.ProductKey, d1b, c1b, key1b); err != nil {
 		t.Fatalf("a certificate of the trusted old CA is refused: %v", err)
 	}
 	if err := th.mtlsLogin(t, p.ProductKey, d2, c2, key2); err != nil {
@@ -138,6 +146,15 @@ func TestCARotationAndRollover(t *testing.T) {
 		mustOpenSSL(t, dir, "crl", "-inform", "DER", "-in", der, "-noout", "-text")
 	}
 
+	// OCSP answers for each trusted issuing CA, signed by that CA.
+	for _, c := range []string{c1.Cert, c2.Cert} {
+		leaf := parseCert(t, c)
+		issuer := parseCert(t, string(th.get(t, "/ca/"+akid(leaf)+".pem")))
+		if st := ocspStatus(t, th, leaf, issuer); st != ocsp.Good {
+			t.Fatalf("OCSP about a certificate of CA %s: status %d, want good", akid(leaf), st)
+		}
+	}
+
 	// 2. Root rotation: the new root is cross-signed by the first.
 	var rootRot struct{ ID, IssuingID string }
 	do(t, th.admin, "POST", "/api/v1/authority/rotate", map[string]any{"root": true}, &rootRot, 201)
@@ -158,6 +175,12 @@ func TestCARotationAndRollover(t *testing.T) {
 		t.Fatalf("after root rotation the previous issuing CA's certificate is refused: %v", err)
 	}
 
+	select {
+	case err := <-lost:
+		t.Fatalf("the rotations dropped a live session: %v", err)
+	default:
+	}
+
 	// 3. Retire the first issuing CA: its device's live session closes.
 	do(t, th.admin, "POST", "/api/v1/authority/"+rootRot.ID+"/retire", nil, nil, 409) // active
 	do(t, th.admin, "POST", "/api/v1/authority/"+oldIssuing+"/retire", nil, nil, 200)
@@ -166,8 +189,10 @@ func TestCARotationAndRollover(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the session of a retired CA's certificate stayed open")
 	}
-	_ = live
-	if err := th.mtlsLogin(t, p.ProductKey, d1, c1, key1); err == nil {
+	if live.IsConnectionOpen() {
+		t.Fatal("paho still reports the retired CA's session open")
+	}
+	if err := th.mtlsLogin(t, p.ProductKey, d1b, c1b, key1b); err == nil {
 		t.Fatal("a retired CA's certificate still logs in")
 	}
 	if err := th.verifyAgainstBundle(t, dir, c1.Cert); err == nil {
@@ -259,4 +284,28 @@ func parseCert(t *testing.T, text string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// ocspStatus asks the hub's OCSP responder about leaf of issuer and checks
+// the response is signed by issuer.
+func ocspStatus(t *testing.T, th *testHub, leaf, issuer *x509.Certificate) int {
+	t.Helper()
+	req, err := ocsp.CreateRequest(leaf, issuer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(th.HTTPURL()+"/ocsp", "application/ocsp-request", bytes.NewReader(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	der, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ocsp.ParseResponseForCert(der, leaf, issuer)
+	if err != nil {
+		t.Fatalf("OCSP response: %v", err)
+	}
+	return r.Status
 }

@@ -35,7 +35,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.data, "data-dir", "./data", "data directory holding admin.key, used when no key is given")
 	pf.StringVar(&g.caFile, "cacert", "", "CA file to trust for an https server (default DATA/ca/chain.pem if present)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newServeCmd(), newAdminKeyCmd(), newSignCmd(), orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g))
+	root.AddCommand(newServeCmd(), newAdminKeyCmd(), newSignCmd(), orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g), authorityCmd(g))
 	return root
 }
 
