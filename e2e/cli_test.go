@@ -148,7 +148,9 @@ func TestCLIServeAndAdminCommands(t *testing.T) {
 	before := cli("authority", "list", "-o", "json")
 	var rot struct{ ID string }
 	json.Unmarshal([]byte(cli("authority", "rotate", "-o", "json")), &rot)
-	var list struct{ Authorities []struct{ ID, Kind, Status string } }
+	var list struct {
+		Authorities []struct{ ID, Kind, Status string }
+	}
 	json.Unmarshal([]byte(cli("authority", "list", "-o", "json")), &list)
 	var trusted string
 	for _, a := range list.Authorities {
