@@ -14,6 +14,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/iothub/iothub/nats/natstest"
+	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/sign"
 	"golang.org/x/crypto/ocsp"
 )
@@ -308,4 +310,54 @@ func ocspStatus(t *testing.T, th *testHub, leaf, issuer *x509.Certificate) int {
 		t.Fatalf("OCSP response: %v", err)
 	}
 	return r.Status
+}
+
+// TestClusterCARotation: two nodes sharing PostgreSQL and NATS. A rotation
+// made through node A reaches node B by itself (it issues from the new CA
+// and presents a server certificate of it on new handshakes), and
+// retiring the old issuing CA through node A closes the live session of
+// its certificate on node B.
+func TestClusterCARotation(t *testing.T) {
+	dbURL := pgtest.Standalone(t)
+	natsURL := natstest.URL(t)
+	a := startNode(t, t.TempDir(), dbURL, natsURL)
+	b := startNode(t, joinCluster(t, a.dir), dbURL, natsURL)
+	p := a.newProduct(t, map[string]any{"name": "rot", "authMode": "certificate", "productKey": "CLUSTERROT"})
+	d := a.newDevice(t, p, "ON-B")
+	c, key, _ := a.enrollCert(t, p.ProductKey, "ON-B")
+	o := deviceOptions("ssl://"+b.MQTTSAddr(), p.ProductKey, d.DeviceKey, d.DeviceSecret, sign.ModeStatic)
+	o.SetTLSConfig(b.tlsTo(t, tlsCert(t, c.Cert, key)))
+	lost := make(chan error, 1)
+	o.SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
+	connect(t, o)
+	oldIssuing := akid(parseCert(t, c.Cert))
+
+	var rot struct{ ID string }
+	do(t, a.admin, "POST", "/api/v1/authority/rotate", map[string]any{"root": false}, &rot, 201)
+	eventually(t, 5*time.Second, "node B to present a server certificate of the new CA", func() bool {
+		return akid(b.serverChain(t)[0]) == rot.ID
+	})
+	if st := b.statuses(t); st[rot.ID] != "issuing/active" || st[oldIssuing] != "issuing/trusted" {
+		t.Fatalf("node B lists %v", st)
+	}
+	b.newDevice(t, p, "NEW-B")
+	cb, _, _ := b.enrollCert(t, p.ProductKey, "NEW-B")
+	if akid(parseCert(t, cb.Cert)) != rot.ID {
+		t.Fatal("node B issued from the old CA after the rotation")
+	}
+	select {
+	case err := <-lost:
+		t.Fatalf("the rotation dropped the live session on node B: %v", err)
+	default:
+	}
+
+	do(t, a.admin, "POST", "/api/v1/authority/"+oldIssuing+"/retire", nil, nil, 200)
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("node B kept the session of a retired CA's certificate")
+	}
+	if err := b.mtlsLogin(t, p.ProductKey, d, c, key); err == nil {
+		t.Fatal("node B let a retired CA's certificate log in")
+	}
 }

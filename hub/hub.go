@@ -172,7 +172,7 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 	}
 
-	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL}); err != nil {
+	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL, Shared: h.db}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}

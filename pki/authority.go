@@ -28,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/iothub/iothub"
 )
 
 // Key sizes and lifetimes of the CA hierarchy. The root is RSA-3072: it
@@ -73,6 +75,10 @@ type AuthorityOptions struct {
 	// Device certificates point their CRL, CA issuers and OCSP URLs at it;
 	// empty leaves those extensions out.
 	PublicURL string
+	// Shared, when set, is the cluster's copy of the CA directory: the CAs
+	// are taken from it at open and after a change on another node
+	// (Reload), and every rotation and retirement is written to it.
+	Shared iothub.CAFileStore
 }
 
 // Authority is the hub's certificate authority: generations of root and
@@ -83,6 +89,7 @@ type Authority struct {
 	dir       string
 	publicURL string
 	names     hostnames
+	shared    iothub.CAFileStore // nil: the directory is this node's alone
 
 	mu  sync.Mutex // rotation, retirement, server renewal and reload
 	cur atomic.Pointer[trust]
@@ -116,7 +123,10 @@ func OpenAuthority(dir string, opts AuthorityOptions) (*Authority, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: restrict CA dir: %w", err)
 	}
-	a := &Authority{dir: dir, publicURL: pub, names: names}
+	a := &Authority{dir: dir, publicURL: pub, names: names, shared: opts.Shared}
+	if err := a.pull(); err != nil {
+		return nil, err
+	}
 	now := time.Now()
 
 	rootKey, root, err := a.loadOrCreateRoot(now)
@@ -137,6 +147,9 @@ func OpenAuthority(dir string, opts AuthorityOptions) (*Authority, error) {
 	}
 	t, err := a.build(gens, now, false)
 	if err != nil {
+		return nil, err
+	}
+	if err := a.push(sharedNames(gens)...); err != nil {
 		return nil, err
 	}
 	a.cur.Store(t)

@@ -297,6 +297,22 @@ func (t *trust) gen(id string) *caGen {
 	return nil
 }
 
+// commit records gens (replacing prev) with the new CA files in the
+// directory and the cluster's store; if the store refuses, the directory
+// keeps prev.
+func (a *Authority) commit(prev, gens []*caGen, files ...string) error {
+	if err := a.saveGenerations(gens); err != nil {
+		return err
+	}
+	if err := a.push(append(files, generationsFile)...); err != nil {
+		if rerr := a.saveGenerations(prev); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return err
+	}
+	return nil
+}
+
 // clone copies the generations so a change never touches a published snapshot.
 func (t *trust) clone() []*caGen {
 	out := make([]*caGen, len(t.gens))
@@ -380,7 +396,7 @@ func (a *Authority) Rotate(root bool) (newID, issuingID string, err error) {
 	}
 	nt, err := a.build(gens, now, true)
 	if err == nil {
-		err = a.saveGenerations(gens)
+		err = a.commit(t.gens, gens, files...)
 	}
 	if err != nil {
 		for _, f := range files {
@@ -454,7 +470,7 @@ func (a *Authority) Retire(id string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.saveGenerations(gens); err != nil {
+	if err := a.commit(t.gens, gens); err != nil {
 		return nil, err
 	}
 	a.cur.Store(nt)
@@ -484,6 +500,9 @@ func (a *Authority) Reload() (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	t := a.cur.Load()
+	if err := a.pull(); err != nil {
+		return false, err
+	}
 	b, err := os.ReadFile(a.path(generationsFile))
 	if err != nil {
 		return false, fmt.Errorf("pki: %w", err)
