@@ -38,7 +38,9 @@ func newTestCA(t *testing.T, name string) testCA {
 	return testCA{c, key}
 }
 
-func (ca testCA) pem() []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}) }
+func (ca testCA) pem() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}
 
 // envelope signs bundle with ca's key the way the hub does.
 func (ca testCA) envelope(t *testing.T, bundle []byte) []byte {
