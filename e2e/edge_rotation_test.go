@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,15 +23,17 @@ type rotAgent struct {
 	stop   func()
 }
 
-// startRotAgent runs an agent for device dk of pk with caFile as its pinned CA.
-func startRotAgent(t *testing.T, th *testHub, pk, dk, secret, caFile, state string) *rotAgent {
+// startRotAgent runs an agent for device dk of pk with caFile as its
+// pinned CA, its key in ks (nil: a file in state), refreshing its trust
+// every refresh (and at start, and on the hub's notice).
+func startRotAgent(t *testing.T, th *testHub, pk, dk, secret, caFile, state string, ks edge.KeyStore, refresh time.Duration) *rotAgent {
 	t.Helper()
 	r := &rotAgent{state: state, logs: &lockedBuffer{}, online: make(chan struct{}, 100)}
 	a, err := edge.New(edge.Config{
-		StateDir: state, CAFile: caFile, Broker: "ssl://" + th.MQTTSAddr(), API: th.HTTPSURL(),
+		KeyStore: ks, StateDir: state, CAFile: caFile, Broker: "ssl://" + th.MQTTSAddr(), API: th.HTTPSURL(),
 		ProductKey: pk, DeviceKey: dk, DeviceSecret: secret, Auth: edge.AuthCertificate,
 		KeyType: edge.P256, Interval: time.Second, RequestTimeout: 5 * time.Second,
-		TrustRefresh: 200 * time.Millisecond, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second,
+		TrustRefresh: refresh, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second,
 		Logger: slog.New(slog.NewTextHandler(r.logs, nil)),
 		OnState: func(s string) {
 			if s == "online" {
@@ -75,6 +79,18 @@ func (r *rotAgent) certCA(t *testing.T) string {
 	return hex.EncodeToString(c.AuthorityKeyId)
 }
 
+// settle waits until the agent has reported no new session for half a
+// second (a renewal reconnects), forgetting the ones it reported.
+func (r *rotAgent) settle() {
+	for {
+		select {
+		case <-r.online:
+		case <-time.After(500 * time.Millisecond):
+			return
+		}
+	}
+}
+
 func (r *rotAgent) waitOnline(t *testing.T, what string) {
 	t.Helper()
 	select {
@@ -86,8 +102,9 @@ func (r *rotAgent) waitOnline(t *testing.T, what string) {
 
 // TestEdgeFollowsCARollover: agents enrolled under the first CA follow an
 // issuing rotation, a root rotation and the retirement of the old CAs by
-// themselves: they take the signed bundle, renew onto the active CA and
-// stay online; an agent offline during the whole rollover, holding only
+// themselves: they take the signed bundle (the file-key agent only at
+// start and on the hub's notice, its schedule being an hour; the TPM agent
+// on its schedule too), renew onto the active CA and stay online; an agent offline during the whole rollover, holding only
 // the first root, comes back through the cross-signed chain and updates
 // itself.
 func TestEdgeFollowsCARollover(t *testing.T) {
@@ -99,9 +116,22 @@ func TestEdgeFollowsCARollover(t *testing.T) {
 	dOn := th.newDevice(t, p, "ALWAYS-ON")
 	dOff := th.newDevice(t, p, "AWAY")
 
-	on := startRotAgent(t, th, p.ProductKey, dOn.DeviceKey, dOn.DeviceSecret, caFile, filepath.Join(work, "on"))
+	dTPM := th.newDevice(t, p, "TPM-ON")
+
+	on := startRotAgent(t, th, p.ProductKey, dOn.DeviceKey, dOn.DeviceSecret, caFile, filepath.Join(work, "on"), nil, time.Hour)
 	on.waitOnline(t, "first start")
-	away := startRotAgent(t, th, p.ProductKey, dOff.DeviceKey, dOff.DeviceSecret, caFile, filepath.Join(work, "away"))
+	addr := startSWTPM(t)
+	host, port, _ := net.SplitHostPort(addr)
+	var pn int
+	fmt.Sscan(port, &pn)
+	tks, err := edge.OpenSWTPM(filepath.Join(work, "tpm"), addr, net.JoinHostPort(host, fmt.Sprint(pn+1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tks.Close() }) // after the agent's stop, registered later
+	tpm := startRotAgent(t, th, p.ProductKey, dTPM.DeviceKey, dTPM.DeviceSecret, caFile, filepath.Join(work, "tpm"), tks, 200*time.Millisecond)
+	tpm.waitOnline(t, "the TPM agent's first start")
+	away := startRotAgent(t, th, p.ProductKey, dOff.DeviceKey, dOff.DeviceSecret, caFile, filepath.Join(work, "away"), nil, 200*time.Millisecond)
 	away.waitOnline(t, "the away agent's first start")
 	away.stop()
 	firstIssuing := on.certCA(t)
@@ -111,17 +141,24 @@ func TestEdgeFollowsCARollover(t *testing.T) {
 
 	var rot struct{ ID, IssuingID string }
 	do(t, th.admin, "POST", "/api/v1/authority/rotate", map[string]any{"root": false}, &rot, 201)
-	eventually(t, 30*time.Second, "the agent to renew onto the new issuing CA", func() bool { return on.certCA(t) == rot.ID })
-	on.waitOnline(t, "after the issuing rotation")
+	for _, r := range []*rotAgent{on, tpm} {
+		eventually(t, 30*time.Second, "the agents to renew onto the new issuing CA", func() bool { return r.certCA(t) == rot.ID })
+		r.waitOnline(t, "after the issuing rotation")
+	}
 
 	do(t, th.admin, "POST", "/api/v1/authority/rotate", map[string]any{"root": true}, &rot, 201)
-	eventually(t, 30*time.Second, "the agent to renew onto the new root's issuing CA", func() bool { return on.certCA(t) == rot.IssuingID })
-	on.waitOnline(t, "after the root rotation")
+	for _, r := range []*rotAgent{on, tpm} {
+		eventually(t, 30*time.Second, "the agents to renew onto the new root's issuing CA", func() bool { return r.certCA(t) == rot.IssuingID })
+		r.waitOnline(t, "after the root rotation")
+	}
 	eventually(t, 10*time.Second, "the agent to store the bundle with the new root", func() bool {
 		b, _ := os.ReadFile(filepath.Join(on.state, edge.FileTrustBundle))
 		return strings.Contains(string(b), strings.TrimSpace(string(th.get(t, "/ca/"+rot.ID+".pem"))))
 	})
 
+	for _, r := range []*rotAgent{on, tpm} {
+		r.settle()
+	}
 	for id, s := range th.statuses(t) {
 		if s == "issuing/trusted" {
 			do(t, th.admin, "POST", "/api/v1/authority/"+id+"/retire", nil, nil, 200)
@@ -135,14 +172,17 @@ func TestEdgeFollowsCARollover(t *testing.T) {
 	if !strings.Contains(on.logs.String(), "renewing") {
 		t.Fatalf("the agent never noticed its CA went inactive:\n%s", on.logs.String())
 	}
-	select {
-	case <-on.online:
-		t.Fatal("the retirements disconnected the agent that had renewed")
-	case <-time.After(time.Second):
+	time.Sleep(time.Second) // a session closed by the retirements would be back online by now
+	for _, r := range []*rotAgent{on, tpm} {
+		select {
+		case <-r.online:
+			t.Fatalf("the retirements disconnected an agent that had renewed:\n%s", r.logs.String())
+		default:
+		}
 	}
 
 	// The away agent holds only the first root and a certificate of a retired CA.
-	back := startRotAgent(t, th, p.ProductKey, dOff.DeviceKey, dOff.DeviceSecret, caFile, filepath.Join(work, "away"))
+	back := startRotAgent(t, th, p.ProductKey, dOff.DeviceKey, dOff.DeviceSecret, caFile, filepath.Join(work, "away"), nil, 200*time.Millisecond)
 	back.waitOnline(t, "the away agent after the rollover")
 	if got := back.certCA(t); got != rot.IssuingID {
 		t.Fatalf("the away agent came back with a certificate of %s, want the active issuing CA %s", got, rot.IssuingID)

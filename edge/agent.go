@@ -81,6 +81,7 @@ type Agent struct {
 	nextID    atomic.Uint64
 	reconnect chan struct{}
 	renewNow  chan struct{} // the certificate's CA is no longer active: renew in the live session
+	trustNow  chan struct{} // the hub said its CAs changed: refresh the trust
 }
 
 type reply struct {
@@ -103,6 +104,7 @@ func New(cfg Config) (*Agent, error) {
 		pending:   map[string]chan reply{},
 		reconnect: make(chan struct{}, 1),
 		renewNow:  make(chan struct{}, 1),
+		trustNow:  make(chan struct{}, 1),
 	}
 	a.broker, a.brokerTL, _ = brokerURL(cfg.Broker)
 	if a.state, err = OpenState(cfg.StateDir); err != nil {

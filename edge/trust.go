@@ -26,6 +26,10 @@ const DefaultTrustRefresh = time.Hour
 // bundleSigType is the PEM type of the hub's bundle signature.
 const bundleSigType = "IOTHUB BUNDLE SIGNATURE"
 
+// trustUpdateTopic is the hub's notice (under the device's /sys/ prefix)
+// that its CAs changed.
+const trustUpdateTopic = "thing/trust/update"
+
 // maxTrustBody caps what the agent reads for a bundle, signature or CRL.
 const maxTrustBody = 1 << 20
 
@@ -232,7 +236,7 @@ func (a *Agent) fetch(ctx context.Context, hc *http.Client, path string) ([]byte
 	return body, nil
 }
 
-// trustLoop refreshes the trust every TrustRefresh.
+// trustLoop refreshes the trust every TrustRefresh and on the hub's notice.
 func (a *Agent) trustLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.TrustRefresh)
 	defer t.Stop()
@@ -241,8 +245,9 @@ func (a *Agent) trustLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			a.refreshTrustLogged(ctx)
+		case <-a.trustNow:
 		}
+		a.refreshTrustLogged(ctx)
 	}
 }
 

@@ -486,9 +486,10 @@ func (h *Hub) MQTTAddr() string { return h.mqttAddr }
 func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
 
 // followAuthority makes every node feel a CA rotation or retirement made
-// on any node: it reloads the CAs from the CA directory, then closes the
-// sessions whose certificates they no longer admit. In this order, so the
-// re-check never runs against the old CAs.
+// on any node: it reloads the CAs (from the cluster's copy in the store),
+// then closes the sessions whose certificates they no longer admit and
+// tells the others to refresh their trust. In this order, so the re-check
+// never runs against the old CAs.
 func (h *Hub) followAuthority(bus iothub.Bus) {
 	bus.Subscribe(func(e iothub.Event) {
 		if e.Kind != iothub.EventAuthorityChanged {
@@ -499,7 +500,7 @@ func (h *Hub) followAuthority(bus iothub.Bus) {
 				h.log.Error("reload CAs", "err", err)
 			}
 			if h.broker != nil {
-				h.broker.RecheckCertificates()
+				h.broker.AuthorityChanged()
 			}
 		}()
 	})
