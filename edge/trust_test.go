@@ -6,8 +6,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"math/big"
 	"strings"
@@ -93,5 +95,27 @@ func TestTrustRefusals(t *testing.T) {
 	}
 	if _, err := VerifyCRL(trusted.crl(t), []*x509.Certificate{trusted.cert}, roots, now.Add(2*time.Hour)); err == nil {
 		t.Fatal("a CRL past its nextUpdate was accepted")
+	}
+}
+
+// A hub server certificate its CA's CRL lists is refused at the handshake.
+func TestServerCertificateCheckedAgainstCRL(t *testing.T) {
+	ca := newTestCA(t, "issuing")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(0xbeef),
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	a := &Agent{}
+	a.trusted.Store(&trustState{})
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
+	if err := a.serverRevoked(cs); err != nil {
+		t.Fatalf("an unlisted server certificate: %v", err)
+	}
+	a.trusted.Store(&trustState{revoked: map[string]map[string]bool{hex.EncodeToString(ca.cert.SubjectKeyId): {"beef": true}}})
+	if err := a.serverRevoked(cs); err == nil {
+		t.Fatal("a revoked server certificate was accepted")
 	}
 }
