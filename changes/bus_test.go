@@ -179,7 +179,7 @@ func TestLogWriteRetriedAfterStoreOutage(t *testing.T) {
 	if err := a.Publish(context.Background(), iothub.Event{Kind: iothub.EventCertRevoked, Serial: "0b"}); err == nil {
 		t.Fatal("publishing with the database down reported no error")
 	}
-	if err := pg.Restart(); err != nil {
+	if err := pg.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	if got := rb.waitFor(t, 1, 10*time.Second); got[0].Serial != "0b" {

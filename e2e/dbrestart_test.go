@@ -49,7 +49,7 @@ func TestClusterSurvivesDatabaseRestart(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Until(down.Add(dbOutage)))
-	if err := pg.Restart(); err != nil {
+	if err := pg.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	up := time.Now()

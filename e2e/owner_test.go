@@ -13,6 +13,7 @@ import (
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/client"
+	"github.com/iothub/iothub/hub"
 	"github.com/iothub/iothub/nats/natstest"
 	"github.com/iothub/iothub/postgres/pgtest"
 	"github.com/iothub/iothub/sign"
@@ -128,6 +129,38 @@ func TestSessionOwners(t *testing.T) {
 		}
 		t.Logf("the killed node's devices were offline through node B %v after the kill", time.Since(killed).Round(time.Millisecond))
 		do(t, b.admin, "POST", devPath+"/services/ping", map[string]any{"timeoutMs": 2000}, nil, 409)
+	})
+
+	t.Run("stopping node answers the calls it forwarded", func(t *testing.T) {
+		c := startNode(t, joinCluster(t, a.dir), dbURL, natsURL)
+		d := a.newDevice(t, prod, "MUTE-ON-B")
+		connect(t, deviceOptions("tcp://"+b.MQTTAddr(), prod.ProductKey, d.DeviceKey, d.DeviceSecret, sign.ModeStatic))
+		b.waitState(t, prod.ProductKey, d.DeviceKey, iothub.StateOnline)
+		status := make(chan int, 1)
+		var answered time.Time
+		go func() {
+			s, _ := c.admin.Send(context.Background(), "POST", "/api/v1/products/"+prod.ProductKey+"/devices/"+d.DeviceKey+"/services/ping",
+				map[string]any{"timeoutMs": 30000}, nil)
+			answered = time.Now()
+			status <- s
+		}()
+		time.Sleep(300 * time.Millisecond) // forwarded to node B, which waits for the device
+		start := time.Now()
+		c.stop()
+		t.Logf("node C stopped in %v", time.Since(start).Round(time.Millisecond))
+		select {
+		case s := <-status:
+			if s != 503 {
+				t.Fatalf("a call node C forwarded answered %d when C stopped, want 503", s)
+			}
+			took := answered.Sub(start)
+			t.Logf("the forwarded call answered 503 %v after node C began to stop", took.Round(time.Millisecond))
+			if took > hub.DrainTimeout+2*time.Second {
+				t.Fatalf("the forwarded call was answered %v after node C began to stop, want at the end of the %v drain", took, hub.DrainTimeout)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the forwarded call got no answer when node C stopped")
+		}
 	})
 
 	t.Run("no other node on the bus", func(t *testing.T) {

@@ -101,6 +101,7 @@ type Hub struct {
 	log     *slog.Logger
 	db      iothub.Store
 	natsBus *natsbus.Bus
+	gateway *natsbus.Gateway // calls to devices on other nodes; nil on a single node
 	changes *changes.Bus
 	auth    *pki.Authority
 	certs   *pki.Service
@@ -257,7 +258,7 @@ func Open(cfg Config) (h *Hub, err error) {
 			closeAll(httpLn, httpsLn)
 			return nil, err
 		}
-		gateway = gw
+		h.gateway, gateway = gw, gw
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
 		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
@@ -522,15 +523,18 @@ func (h *Hub) Store() iothub.Store { return h.db }
 const DrainTimeout = 5 * time.Second
 
 // Close stops the node gracefully: it refuses new logins and calls, gives
-// the calls under way DrainTimeout to be answered (then answers them
-// unavailable), stops the listeners, ends the sessions (MQTT 5: DISCONNECT
+// the calls under way (here and forwarded to other nodes) DrainTimeout to
+// be answered (then answers them unavailable), stops the listeners, ends the sessions (MQTT 5: DISCONNECT
 // 0x8B), flushes pending writes and closes the database.
 func (h *Hub) Close() error {
+	drain, cancelDrain := context.WithTimeout(context.Background(), DrainTimeout)
 	if h.broker != nil {
-		drain, cancel := context.WithTimeout(context.Background(), DrainTimeout)
 		h.broker.Drain(drain)
-		cancel()
 	}
+	if h.gateway != nil {
+		h.gateway.Drain(drain)
+	}
+	cancelDrain()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var errs []error

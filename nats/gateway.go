@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	nats "github.com/nats-io/nats.go"
@@ -43,6 +45,11 @@ type Gateway struct {
 	local iothub.DeviceGateway
 	store DeviceReader
 	sub   *nats.Subscription
+
+	forwarded atomic.Int64 // calls waiting on other nodes
+	draining  atomic.Bool
+	abandon   chan struct{} // closed when Drain gives up on the calls under way
+	drainOnce sync.Once
 }
 
 var _ iothub.DeviceGateway = (*Gateway)(nil)
@@ -70,7 +77,7 @@ type callResponse struct {
 // to local, and returns the Gateway this node's API calls through. It
 // stops with the Bus.
 func (b *Bus) ServeCalls(local iothub.DeviceGateway, store DeviceReader) (*Gateway, error) {
-	g := &Gateway{b: b, local: local, store: store}
+	g := &Gateway{b: b, local: local, store: store, abandon: make(chan struct{})}
 	var err error
 	if g.sub, err = b.nc.Subscribe(CallSubject, g.serve); err != nil {
 		return nil, fmt.Errorf("nats: subscribe %s: %w", CallSubject, err)
@@ -93,6 +100,9 @@ func (g *Gateway) Call(ctx context.Context, productKey, deviceKey, topic, method
 	if g.local.Online(productKey, deviceKey) {
 		return g.local.Call(ctx, productKey, deviceKey, topic, method, params)
 	}
+	if g.draining.Load() {
+		return nil, errShuttingDown
+	}
 	d, err := g.store.Device(ctx, productKey, deviceKey)
 	if err != nil {
 		return nil, err
@@ -100,6 +110,18 @@ func (g *Gateway) Call(ctx context.Context, productKey, deviceKey, topic, method
 	if d.State != iothub.StateOnline {
 		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
 	}
+	g.forwarded.Add(1)
+	defer g.forwarded.Add(-1)
+	// A stopping node answers its callers instead of cutting them off.
+	ctx, abandonCall := context.WithCancel(ctx)
+	defer abandonCall()
+	go func() {
+		select {
+		case <-g.abandon:
+			abandonCall()
+		case <-ctx.Done():
+		}
+	}()
 	timeout := maxCallTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(time.Until(dl), maxCallTimeout)
@@ -129,6 +151,8 @@ func (g *Gateway) Call(ctx context.Context, productKey, deviceKey, topic, method
 		}
 		m, err := sub.NextMsgWithContext(wait)
 		switch {
+		case err != nil && isClosed(g.abandon):
+			return nil, errShuttingDown
 		case err != nil && ctx.Err() != nil:
 			return nil, iothub.Errorf(iothub.ETIMEOUT, "device did not answer in time")
 		case err != nil && waitAck && (errors.Is(ackCtx.Err(), context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)):
@@ -151,6 +175,35 @@ func (g *Gateway) Call(ctx context.Context, productKey, deviceKey, topic, method
 		default:
 			return nil, errors.New("nats: call: empty response")
 		}
+	}
+}
+
+// errShuttingDown answers the calls a stopping node cannot complete.
+var errShuttingDown = iothub.Errorf(iothub.EUNAVAILABLE, "the hub node is shutting down; call again in a moment")
+
+// Drain begins a graceful stop of the calls this node forwards: new ones
+// fail with EUNAVAILABLE, and those under way get until ctx ends to be
+// answered by the other node; those still waiting then fail with
+// EUNAVAILABLE.
+func (g *Gateway) Drain(ctx context.Context) {
+	g.draining.Store(true)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for g.forwarded.Load() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+	g.drainOnce.Do(func() { close(g.abandon) })
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -114,8 +114,8 @@ func (c *Cluster) Halt() error {
 	return nil
 }
 
-// Restart starts a halted server again on its port.
-func (c *Cluster) Restart() error {
+// Resume starts a halted server again on its port.
+func (c *Cluster) Resume() error {
 	if out, err := c.run("pg_ctl", c.start...); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl start: %v: %s", err, out)
 	}
