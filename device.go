@@ -241,6 +241,27 @@ type AuditLog interface {
 	// event fails the batch and nothing is written.
 	AuditBatch(ctx context.Context, events []AuditEvent) error
 	AuditEvents(ctx context.Context, orgID string, limit int) ([]AuditEvent, error)
+	// SearchAudit returns the events f selects: newest first, or oldest
+	// first when f.After is set.
+	SearchAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
+}
+
+// AuditFilter selects audit events; zero fields select everything.
+type AuditFilter struct {
+	OrgID string
+	// Kind is an event kind (login.refused), or a prefix of kinds ending
+	// in a dot (login.).
+	Kind       string
+	ProductKey string
+	DeviceKey  string
+	// Since and Until bound the event time: Since ≤ time < Until.
+	Since, Until time.Time
+	// Before pages a newest-first listing: only ids below it.
+	Before int64
+	// After follows the log: only ids above it, oldest first.
+	After int64
+	// Limit defaults to a page and is capped by the store.
+	Limit int
 }
 
 // TopologyStore keeps which sub-devices each gateway connects.

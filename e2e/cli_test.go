@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,13 +32,20 @@ type hubProcess struct {
 	cmd      *exec.Cmd
 	httpURL  string
 	mqttAddr string
+	// addrs are the addresses of the ready line: http, https (URLs), mqtt,
+	// mqtts (host:port).
+	addrs map[string]string
+	// logs returns the lines the hub has logged so far.
+	logs func() []string
 }
 
-// startBinary runs `iothub serve` on dir and waits for its ready line.
-// The process is killed at the end of the test if still running.
-func startBinary(t *testing.T, bin, dir string) *hubProcess {
+// startBinary runs `iothub serve` on dir, with every listener on a free
+// loopback port and extra flags, and waits for its ready line. The process
+// is killed at the end of the test if still running.
+func startBinary(t *testing.T, bin, dir string, extra ...string) *hubProcess {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0")
+	args := append([]string{"serve", "--data-dir", dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(bin, args...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -49,32 +57,40 @@ func startBinary(t *testing.T, bin, dir string) *hubProcess {
 		}
 	})
 	lines := make(chan string, 100)
+	var mu sync.Mutex
+	var logged []string
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			mu.Lock()
+			logged = append(logged, sc.Text())
+			mu.Unlock()
 			lines <- sc.Text()
 		}
 		close(lines)
 	}()
-	p := &hubProcess{cmd: cmd}
+	p := &hubProcess{cmd: cmd, logs: func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), logged...)
+	}}
 	deadline := time.After(60 * time.Second)
-	httpRE := regexp.MustCompile(`http=(http://[0-9.:]+)`)
-	mqttRE := regexp.MustCompile(`mqtt=([0-9.:]+)`)
-	for p.httpURL == "" {
+	field := regexp.MustCompile(`"?(https?|mqtts?)"?[=:]"?([^\s",]+)`)
+	for p.addrs == nil {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatal("iothub serve exited before its ready line")
 			}
-			if strings.Contains(l, "ready") {
-				m := httpRE.FindStringSubmatch(l)
-				if m == nil {
+			if strings.Contains(l, "iothub ready") {
+				p.addrs = map[string]string{}
+				for _, m := range field.FindAllStringSubmatch(l, -1) {
+					p.addrs[m[1]] = m[2]
+				}
+				if p.addrs["http"] == "" {
 					t.Fatalf("ready line names no http address: %s", l)
 				}
-				p.httpURL = m[1]
-				if m := mqttRE.FindStringSubmatch(l); m != nil {
-					p.mqttAddr = m[1]
-				}
+				p.httpURL, p.mqttAddr = p.addrs["http"], p.addrs["mqtt"]
 			}
 		case <-deadline:
 			cmd.Process.Kill()
@@ -94,17 +110,28 @@ func (p *hubProcess) kill() {
 	p.cmd.Wait()
 }
 
+// stop ends the process with SIGTERM and fails the test unless it exits cleanly.
+func (p *hubProcess) stop(t *testing.T) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
+	}
+}
+
 // serveBinary runs `iothub serve` on dir, waits for its ready line and
 // returns the HTTP API URL it reports.
 func serveBinary(t *testing.T, bin, dir string) (httpURL string, stop func()) {
 	t.Helper()
 	p := startBinary(t, bin, dir)
-	return p.httpURL, func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		if err := p.cmd.Wait(); err != nil {
-			t.Errorf("iothub serve did not exit cleanly on SIGTERM: %v", err)
-		}
-	}
+	return p.httpURL, func() { p.stop(t) }
+}
+
+// serveBinaryAddrs is startBinary answering the ready line's addresses, a
+// stop (SIGTERM, clean exit expected) and the hub's log lines.
+func serveBinaryAddrs(t *testing.T, bin, dir string, extra ...string) (addrs map[string]string, stop func(), logs func() []string) {
+	t.Helper()
+	p := startBinary(t, bin, dir, extra...)
+	return p.addrs, func() { p.stop(t) }, p.logs
 }
 
 func TestCLIServeAndAdminCommands(t *testing.T) {

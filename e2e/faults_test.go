@@ -7,7 +7,6 @@ package e2e
 // afterwards. IOTHUB_FAULT_TRIALS raises the number of kill -9 trials.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,93 +28,19 @@ import (
 	"github.com/iothub/iothub/sign"
 )
 
-// procHub is `iothub serve` run as its own process, so that it can be
-// killed with SIGKILL.
-type procHub struct {
-	bin, dir      string
-	args          []string
-	cmd           *exec.Cmd
-	httpURL, mqtt string
-	adminKey      string
-	exited        chan struct{}
-}
-
-var readyAddr = regexp.MustCompile(`(http|mqtt)=([^ ]+)`)
-
-// start runs the hub and waits for its ready line.
-func (p *procHub) start(t testing.TB) {
-	t.Helper()
-	args := append([]string{"serve", "--data", p.dir, "--mqtt", "127.0.0.1:0", "--mqtts", "127.0.0.1:0",
-		"--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, p.args...)
-	p.cmd = exec.Command(p.bin, args...)
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.exited = make(chan struct{})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if l := sc.Text(); strings.Contains(l, "iothub ready") {
-				ready <- l
-			}
-		}
-	}()
-	go func() { p.cmd.Wait(); close(p.exited) }()
-	select {
-	case l := <-ready:
-		for _, m := range readyAddr.FindAllStringSubmatch(l, -1) {
-			if m[1] == "http" {
-				p.httpURL = m[2]
-			} else {
-				p.mqtt = "tcp://" + strings.Replace(m[2], "[::]", "127.0.0.1", 1)
-			}
-		}
-	case <-p.exited:
-		t.Fatal("iothub serve exited before its ready line")
-	case <-time.After(60 * time.Second):
-		p.cmd.Process.Kill()
-		t.Fatal("no ready line within 60 s")
-	}
-	key, err := os.ReadFile(filepath.Join(p.dir, "admin.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.adminKey = strings.TrimSpace(string(key))
-}
-
-// kill ends the hub with SIGKILL and waits for it to be gone.
-func (p *procHub) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
-}
-
-func (p *procHub) api(t testing.TB) *client.Client {
-	c, err := client.New(p.httpURL, p.adminKey, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // Kill -9 under a QoS 1 load, restart on the same data directory: every
 // acknowledged post is stored.
 func TestFaultKillDashNineLosesNoAcknowledgedPost(t *testing.T) {
-	p := &procHub{bin: buildCLI(t), dir: t.TempDir()}
-	p.start(t)
-	defer func() { p.kill() }()
-	devices := loadDevices(t, p.api(t), 50)
+	bin, dir := buildCLI(t), t.TempDir()
+	p := startBinary(t, bin, dir)
+	devices := loadDevices(t, binaryHub(t, p, dir).admin, 50)
 	for trial := 1; trial <= faultTrials(t, 3); trial++ {
-		run := startLoad(devices, p.mqtt, 50*time.Millisecond) // 50 devices × 20 posts/s
+		run := startLoad(devices, "tcp://"+p.mqttAddr, 50*time.Millisecond) // 50 devices × 20 posts/s
 		time.Sleep(1500 * time.Millisecond)
 		p.kill()
 		run.end(t)
-		p.start(t)
-		tally := tallyStored(t, p.api(t), devices)
+		p = startBinary(t, bin, dir)
+		tally := tallyStored(t, binaryHub(t, p, dir).admin, devices)
 		t.Logf("trial %d: %s", trial, tally)
 		if tally.missing != 0 {
 			t.Fatalf("trial %d: %d acknowledged posts lost to kill -9", trial, tally.missing)
@@ -249,18 +173,7 @@ func fillDisk(t testing.TB, path string) {
 // PostgreSQL restarted (immediate shutdown, as in a crash) under load: no
 // acknowledged post is missing and storing resumes without a hub restart.
 func TestFaultPostgresRestartLosesNoAcknowledgedPost(t *testing.T) {
-	cluster, err := pgtest.Start(pgtest.Options{Durable: true})
-	if errors.Is(err, pgtest.ErrNotInstalled) {
-		t.Skip("PostgreSQL is not installed")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Stop)
-	url, err := cluster.CreateDatabase()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster, url := ownPostgres(t, pgtest.Options{Durable: true})
 	th := startHubWith(t, "", hub.Config{DatabaseURL: url})
 	devices := loadDevices(t, th.admin, 20)
 	run := startLoad(devices, "tcp://"+th.MQTTAddr(), 20*time.Millisecond)

@@ -215,22 +215,22 @@ func (s *Server) registerPublic() {
 	s.handle("POST", "/ocsp", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ocspLimit.allow(remoteIP(r)) {
 			w.Header().Set("Retry-After", "1")
-			http.Error(w, "too many OCSP requests; retry later", http.StatusTooManyRequests)
+			s.writeError(w, r, iothub.Errorf(iothub.ETOOMANY, "too many OCSP requests; retry later"))
 			return
 		}
 		req, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
 		if err != nil {
-			http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)
+			s.writeError(w, r, iothub.Errorf(iothub.ETOOLARGE, "OCSP request larger than 64 KiB"))
 			return
 		}
-		s.answerOCSP(w, req)
+		s.answerOCSP(w, r, req)
 	})
 }
 
-func (s *Server) answerOCSP(w http.ResponseWriter, req []byte) {
+func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
 	resp, err := s.Certs.OCSP(req)
 	if err != nil {
-		http.Error(w, "malformed OCSP request", http.StatusBadRequest)
+		s.writeError(w, r, iothub.Errorf(iothub.EINVALID, "malformed OCSP request"))
 		return
 	}
 	w.Header().Set("Content-Type", "application/ocsp-response")

@@ -2,7 +2,9 @@ package http
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/iothub/iothub"
 )
@@ -40,6 +42,7 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request, p iothub.Prin
 	if err := s.Store.CreateOrg(r.Context(), o); err != nil {
 		return err
 	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: o.ID, Kind: "org.created", Remote: remoteIP(r), Reason: "by apikey " + p.KeyID})
 	writeJSON(w, http.StatusCreated, o)
 	return nil
 }
@@ -55,7 +58,11 @@ func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request, p iothub.Princ
 			visible = append(visible, o)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"orgs": visible})
+	visible, next, err := pageOf(r, visible, func(o *iothub.Org) string { return o.ID })
+	if err != nil {
+		return err
+	}
+	writePage(w, "orgs", visible, next)
 	return nil
 }
 
@@ -102,7 +109,11 @@ func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request, p iothub.Pr
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"apikeys": keys})
+	keys, next, err := pageOf(r, keys, func(k *iothub.APIKey) string { return k.ID })
+	if err != nil {
+		return err
+	}
+	writePage(w, "apikeys", keys, next)
 	return nil
 }
 
@@ -120,19 +131,44 @@ func (s *Server) revokeAPIKey(w http.ResponseWriter, r *http.Request, p iothub.P
 	return nil
 }
 
+// listAudit answers GET /api/v1/audit: newest first, filtered by kind
+// (or a kind prefix ending in "."), product, device and time, paged by
+// cursor; with after, the events since that id, oldest first (to follow).
 func (s *Server) listAudit(w http.ResponseWriter, r *http.Request, p iothub.Principal) error {
-	org := p.OrgID
+	q := r.URL.Query()
+	f := iothub.AuditFilter{OrgID: p.OrgID, Kind: q.Get("kind"), ProductKey: q.Get("productKey"), DeviceKey: q.Get("deviceKey")}
 	if p.Bootstrap {
-		org = r.URL.Query().Get("orgId") // empty: every org
+		f.OrgID = q.Get("orgId") // empty: every org
 	}
-	limit, err := queryInt(r, "limit", 100, 1000)
+	var err error
+	if f.Limit, err = queryInt(r, "limit", 100, 1000); err != nil {
+		return err
+	}
+	for name, t := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			if *t, err = time.Parse(time.RFC3339, v); err != nil {
+				return iothub.Errorf(iothub.EINVALID, "%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", name)
+			}
+		}
+	}
+	for name, id := range map[string]*int64{"cursor": &f.Before, "after": &f.After} {
+		if v := q.Get(name); v != "" {
+			if *id, err = strconv.ParseInt(v, 10, 64); err != nil || *id < 1 {
+				return iothub.Errorf(iothub.EINVALID, "%s must be an event id", name)
+			}
+		}
+	}
+	if f.Before > 0 && f.After > 0 {
+		return iothub.Errorf(iothub.EINVALID, "cursor and after cannot be combined")
+	}
+	events, err := s.Store.SearchAudit(r.Context(), f)
 	if err != nil {
 		return err
 	}
-	events, err := s.Store.AuditEvents(r.Context(), org, limit)
-	if err != nil {
-		return err
+	body := map[string]any{"events": events}
+	if f.After == 0 && len(events) == f.Limit {
+		body["nextCursor"] = strconv.FormatInt(events[len(events)-1].ID, 10)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": events})
+	writeJSON(w, http.StatusOK, body)
 	return nil
 }

@@ -170,11 +170,15 @@ func (s *Server) listProducts(w http.ResponseWriter, r *http.Request, p iothub.P
 	if err != nil {
 		return err
 	}
+	prods, next, err := pageOf(r, prods, func(p *iothub.Product) string { return p.ProductKey })
+	if err != nil {
+		return err
+	}
 	out := make([]*iothub.Product, len(prods))
 	for i, prod := range prods {
 		out[i] = withoutSecret(prod)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"products": out})
+	writePage(w, "products", out, next)
 	return nil
 }
 
@@ -202,6 +206,7 @@ func (s *Server) updateProduct(w http.ResponseWriter, r *http.Request, p iothub.
 	if err := s.Store.UpdateProduct(r.Context(), prod); err != nil {
 		return err
 	}
+	s.audit(r.Context(), iothub.AuditEvent{OrgID: prod.OrgID, Kind: "product.updated", ProductKey: prod.ProductKey, Remote: remoteIP(r), Reason: "by apikey " + p.KeyID})
 	s.publish(r.Context(), iothub.Event{Kind: iothub.EventProductChanged, ProductKey: prod.ProductKey})
 	writeJSON(w, http.StatusOK, withoutSecret(prod))
 	return nil

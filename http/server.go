@@ -14,12 +14,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/manage"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -40,6 +43,17 @@ type Config struct {
 	Logger  *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Ready are the checks of /readyz (database, bus, listeners).
+	Ready []ReadyCheck
+	// Registerer receives the HTTP request metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// ReadyCheck is one condition of readiness: Check returns why the node is
+// not ready, or nil.
+type ReadyCheck struct {
+	Name  string
+	Check func(context.Context) error
 }
 
 // Server is the hub's HTTP handler.
@@ -52,6 +66,9 @@ type Server struct {
 	// ocspLimit paces OCSP requests per source address (F10): each answer
 	// not in the cache costs a signature.
 	ocspLimit *perAddress
+	// requests and latency count the answers by route (nil: not measured).
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 }
 
 // OCSP requests allowed per source address: a burst, then a steady rate.
@@ -114,6 +131,18 @@ func NewServer(cfg Config) *Server {
 	s.registerTopology()
 	s.registerCertificates()
 	s.registerDeviceAPI()
+	s.registerHealth()
+	if cfg.Registerer != nil {
+		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iothub_http_requests_total",
+			Help: "HTTP requests answered, by route pattern and status code."}, []string{"route", "code"})
+		s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "iothub_http_request_seconds",
+			Help: "Time to answer an HTTP request, by route pattern.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"route"})
+		for _, c := range []prometheus.Collector{s.requests, s.latency} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				s.Logger.Warn("http metrics not registered", "err", err)
+			}
+		}
+	}
 	return s
 }
 
@@ -121,7 +150,96 @@ func NewServer(cfg Config) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
+	h, pattern := s.mux.Handler(r)
+	if s.requests != nil {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		w = sw
+		start := time.Now()
+		route := pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		defer func() {
+			s.requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+			s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+	}
+	if pattern == "" {
+		s.noRoute(w, r, h)
+		return
+	}
+	// Only the mux's own ServeHTTP sets the request's path values.
 	s.mux.ServeHTTP(w, r)
+}
+
+// statusWriter remembers the status code a handler answers with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// noRoute answers a request no route matches with the mux's status (404,
+// or 405 with its Allow header) in the API's JSON error shape.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
+	c := &statusOnly{header: http.Header{}}
+	muxAnswer.ServeHTTP(c, r)
+	if allow := c.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+	}
+	code, msg := iothub.ENOTFOUND, "no route "+r.URL.Path
+	if c.status == http.StatusMethodNotAllowed {
+		code, msg = EMETHOD, "method "+r.Method+" not allowed on "+r.URL.Path+" (allowed: "+c.header.Get("Allow")+")"
+	} else if c.status != http.StatusNotFound && c.status != 0 {
+		code, msg = http.StatusText(c.status), http.StatusText(c.status)
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message = code, msg
+	writeJSON(w, max(c.status, http.StatusNotFound), body)
+}
+
+// EMETHOD is the error code of a method a route does not take (405).
+const EMETHOD = "method_not_allowed"
+
+// statusOnly records the status and headers a handler writes, dropping the body.
+type statusOnly struct {
+	header http.Header
+	status int
+}
+
+func (c *statusOnly) Header() http.Header         { return c.header }
+func (c *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (c *statusOnly) WriteHeader(status int)      { c.status = status }
+
+// registerHealth adds /livez (the process answers) and /readyz (every
+// ReadyCheck passes; 503 naming the failing ones otherwise).
+func (s *Server) registerHealth() {
+	s.handle("GET", "/livez", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.handle("GET", "/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		status, checks := http.StatusOK, map[string]string{}
+		for _, c := range s.Ready {
+			checks[c.Name] = "ok"
+			if err := c.Check(ctx); err != nil {
+				status, checks[c.Name] = http.StatusServiceUnavailable, err.Error()
+			}
+		}
+		word := "ready"
+		if status != http.StatusOK {
+			word = "not ready"
+		}
+		writeJSON(w, status, map[string]any{"status": word, "checks": checks})
+	})
 }
 
 // Routes lists "METHOD /path" of every API route, for the OpenAPI check.
@@ -158,19 +276,24 @@ func (s *Server) api(method, path string, need iothub.Role, h apiHandler) {
 	})
 }
 
-// authenticate resolves the bearer API key to a principal.
+// authenticate resolves the bearer API key to a principal. Failures are
+// throttled per source address and key prefix, so that a client retrying
+// bad keys is slowed without locking out the good keys of its neighbours
+// behind the same address; a throttled answer carries Retry-After.
 func (s *Server) authenticate(r *http.Request) (iothub.Principal, error) {
-	ip := remoteIP(r)
-	if !s.allow("auth:"+ip, false) {
-		return iothub.Principal{}, iothub.Errorf(iothub.ETOOMANY, "too many failed authentications; retry later")
-	}
 	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	raw = strings.TrimSpace(raw)
 	if !ok || raw == "" {
 		return iothub.Principal{}, iothub.Errorf(iothub.EUNAUTHORIZED, "missing bearer API key")
 	}
-	k, err := s.Store.APIKeyByHash(r.Context(), HashAPIKey(strings.TrimSpace(raw)))
+	bucket := "auth:" + remoteIP(r) + " " + keyPrefix(raw)
+	if !s.allow(bucket, false) {
+		return iothub.Principal{}, iothub.Errorf(iothub.ETOOMANY, "too many failed authentications with this key; retry later")
+	}
+	k, err := s.Store.APIKeyByHash(r.Context(), HashAPIKey(raw))
 	if iothub.ErrorCode(err) == iothub.ENOTFOUND {
-		s.allow("auth:"+ip, true)
+		s.allow(bucket, true)
+		s.Logger.Warn("api key refused", "remote", remoteIP(r), "method", r.Method, "path", r.URL.Path, "reason", "unknown or revoked API key")
 		return iothub.Principal{}, iothub.Errorf(iothub.EUNAUTHORIZED, "unknown or revoked API key")
 	} else if err != nil {
 		return iothub.Principal{}, err
@@ -178,9 +301,24 @@ func (s *Server) authenticate(r *http.Request) (iothub.Principal, error) {
 	return iothub.Principal{KeyID: k.ID, OrgID: k.OrgID, Role: k.Role, Bootstrap: k.Bootstrap}, nil
 }
 
+// keyPrefix is the part of an API key that names its throttling bucket:
+// enough to tell keys apart, far too little to help guess one.
+func keyPrefix(key string) string {
+	const n = len("ihk_") + 6
+	if len(key) > n {
+		return key[:n]
+	}
+	return key
+}
+
+// Failed authentications allowed per bucket: a burst, then one per refill.
+const (
+	authBurst  = 10
+	authRefill = 6 * time.Second
+)
+
 // allow consults the failure limiter for key. With spend it records one
 // failure; without, it only tells whether failures are still allowed.
-// Ten failures in a burst, then one every six seconds.
 func (s *Server) allow(key string, spend bool) bool {
 	s.limitMu.Lock()
 	defer s.limitMu.Unlock()
@@ -192,13 +330,48 @@ func (s *Server) allow(key string, spend bool) bool {
 		if len(s.limits) > 100000 {
 			clear(s.limits) // bounded memory under a flood of sources
 		}
-		l = rate.NewLimiter(rate.Every(6*time.Second), 10)
+		l = rate.NewLimiter(rate.Every(authRefill), authBurst)
 		s.limits[key] = l
 	}
 	if spend {
 		return l.Allow()
 	}
 	return l.Tokens() >= 1
+}
+
+// listPage is the most rows a list without a store-side cursor answers at once.
+const listPage = 1000
+
+// pageOf sorts items by key and answers the page the request asks for:
+// those after ?cursor, at most ?limit (default and cap listPage), and the
+// cursor of the next page when more remain ("" otherwise).
+func pageOf[T any](r *http.Request, items []T, key func(T) string) ([]T, string, error) {
+	limit, err := queryInt(r, "limit", listPage, listPage)
+	if err != nil {
+		return nil, "", err
+	}
+	slices.SortFunc(items, func(a, b T) int { return strings.Compare(key(a), key(b)) })
+	if cursor := r.URL.Query().Get("cursor"); cursor != "" {
+		i, found := slices.BinarySearchFunc(items, cursor, func(it T, c string) int { return strings.Compare(key(it), c) })
+		if found {
+			i++
+		}
+		items = items[i:]
+	}
+	if len(items) > limit {
+		return items[:limit], key(items[limit-1]), nil
+	}
+	return items, "", nil
+}
+
+// writePage writes a page of a list as {name: items, nextCursor} (the
+// cursor only when more remain).
+func writePage(w http.ResponseWriter, name string, items any, next string) {
+	body := map[string]any{name: items}
+	if next != "" {
+		body["nextCursor"] = next
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // actor is the caller of a management request, for the audit row.
@@ -262,6 +435,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if status == http.StatusInternalServerError {
 		s.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if status == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
+		// Every throttle here refills a failure token within authRefill.
+		w.Header().Set("Retry-After", strconv.Itoa(int(authRefill/time.Second)))
 	}
 	var body errorBody
 	body.Error.Code = code

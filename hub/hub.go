@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -110,6 +111,9 @@ type Hub struct {
 	chooseCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	servers    []*http.Server
 	adminKey   string
+	// stopped names the listeners whose serve loop ended with an error.
+	stoppedMu sync.Mutex
+	stopped   []string
 
 	mqttAddr, mqttsAddr, httpURL, httpsURL string
 }
@@ -144,7 +148,9 @@ func Open(cfg Config) (h *Hub, err error) {
 	if err != nil {
 		return nil, err
 	}
-	h.db = db
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.db = newAuditLogged(db, h.log, reg)
 	if err := h.ensureAdminKey(); err != nil {
 		return nil, err
 	}
@@ -200,8 +206,6 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 		h.natsBus, fast = nb, nb
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if h.changes, err = changes.New(fast, h.db, changes.Options{Every: cfg.ReconcileEvery, Logger: h.log, Registerer: reg}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
@@ -245,6 +249,7 @@ func Open(cfg Config) (h *Hub, err error) {
 	go func() {
 		if err := h.broker.Serve(); err != nil {
 			h.log.Error("mqtt broker stopped", "err", err)
+			h.listenerStopped("mqtt")
 		}
 	}()
 
@@ -262,7 +267,9 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 	api := hubhttp.NewServer(hubhttp.Config{
 		Store: h.db, Certs: h.certs, Gateway: gateway, Bus: bus, Manage: mgr, Logger: h.log,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Ready:      h.readyChecks(),
+		Registerer: reg,
 	})
 	if httpLn != nil {
 		h.serve(httpLn, api)
@@ -276,6 +283,39 @@ func Open(cfg Config) (h *Hub, err error) {
 	}
 	h.log.Info("iothub ready", "data", cfg.DataDir, "http", h.httpURL, "https", h.httpsURL, "mqtt", h.mqttAddr, "mqtts", h.mqttsAddr)
 	return h, nil
+}
+
+// readyChecks are what /readyz asks: the database answers, the bus is
+// connected, no listener has stopped.
+func (h *Hub) readyChecks() []hubhttp.ReadyCheck {
+	bus := func(context.Context) error { return nil } // in-process: up while the process is
+	if h.natsBus != nil {
+		bus = h.natsBus.Ready
+	}
+	return []hubhttp.ReadyCheck{
+		{Name: "database", Check: func(ctx context.Context) error {
+			_, err := h.db.BootstrapKey(ctx)
+			if iothub.ErrorCode(err) == iothub.ENOTFOUND {
+				return nil // it answered
+			}
+			return err
+		}},
+		{Name: "bus", Check: bus},
+		{Name: "listeners", Check: func(context.Context) error {
+			h.stoppedMu.Lock()
+			defer h.stoppedMu.Unlock()
+			if len(h.stopped) > 0 {
+				return fmt.Errorf("stopped: %s", strings.Join(h.stopped, ", "))
+			}
+			return nil
+		}},
+	}
+}
+
+func (h *Hub) listenerStopped(name string) {
+	h.stoppedMu.Lock()
+	defer h.stoppedMu.Unlock()
+	h.stopped = append(h.stopped, name)
 }
 
 // tlsConfig is the server side of every TLS listener. A client certificate
@@ -305,6 +345,7 @@ func (h *Hub) serve(ln net.Listener, handler http.Handler) {
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			h.log.Error("http server stopped", "addr", ln.Addr(), "err", err)
+			h.listenerStopped("http " + ln.Addr().String())
 		}
 	}()
 }
@@ -384,7 +425,7 @@ func (h *Hub) ensureAdminKey() error {
 	if err := os.WriteFile(path, []byte(h.adminKey+"\n"), 0o600); err != nil {
 		return err
 	}
-	h.log.Info("bootstrap admin API key created; it is shown once and kept in "+path, "key", h.adminKey)
+	h.log.Info("bootstrap admin API key created in " + path + " (mode 0600); the CLI reads it from there")
 	return nil
 }
 

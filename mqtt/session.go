@@ -44,7 +44,9 @@ type session struct {
 	refusals    atomic.Int32 // posts refused in a row for want of storage
 	// closeAfterReply ends the session once the current request is answered.
 	closeAfterReply atomic.Bool
-	timer           *time.Timer // certificate expiry or activation deadline
+	answersOnce     sync.Once
+	answerQ         *answerQueue // see answers()
+	timer           *time.Timer  // certificate expiry or activation deadline
 
 	// gateway is set on a sub-device's session: the gateway session whose
 	// connection (cl) it uses.

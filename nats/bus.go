@@ -192,3 +192,11 @@ func (b *Bus) deliver(e iothub.Event) {
 		fn(e)
 	}
 }
+
+// Ready reports whether the connection to NATS is up, for readiness checks.
+func (b *Bus) Ready(context.Context) error {
+	if s := b.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("nats connection is %v", s)
+	}
+	return nil
+}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -56,6 +57,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"AttributeCaps", testAttributeCaps},
 		{"Audit", testAudit},
 		{"AuditBatch", testAuditBatch},
+		{"SearchAudit", testSearchAudit},
 		{"Telemetry", testTelemetry},
 		{"TelemetryHistoryBound", testTelemetryHistoryBound},
 		{"Attributes", testAttributes},
@@ -1146,5 +1148,43 @@ func testCAFiles(t *testing.T, db iothub.Store) {
 	got, err = db.CAFiles(ctx)
 	if err != nil || len(got) != 2 || string(got["root.pem"]) != "cert" || string(got["root.key"]) != "key3" {
 		t.Fatalf("CA files %q (%v)", got, err)
+	}
+}
+
+func testSearchAudit(t *testing.T, db iothub.Store) {
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	must(t, db.AuditBatch(ctx, []iothub.AuditEvent{
+		{Time: t0, OrgID: "a", Kind: "login.ok", ProductKey: "pk", DeviceKey: "d1"},
+		{Time: t0.Add(time.Second), OrgID: "a", Kind: "login.refused", ProductKey: "pk", DeviceKey: "d2"},
+		{Time: t0.Add(2 * time.Second), OrgID: "b", Kind: "login_x.ok", ProductKey: "pk", DeviceKey: "d1"},
+		{Time: t0.Add(3 * time.Second), OrgID: "a", Kind: "device.disabled", ProductKey: "pk", DeviceKey: "d1"},
+	}))
+	ids := func(f iothub.AuditFilter) string {
+		t.Helper()
+		events, err := db.SearchAudit(ctx, f)
+		must(t, err)
+		var out []string
+		for _, e := range events {
+			out = append(out, strconv.FormatInt(e.ID, 10))
+		}
+		return strings.Join(out, ",")
+	}
+	for _, c := range []struct {
+		f    iothub.AuditFilter
+		want string
+	}{
+		{iothub.AuditFilter{}, "4,3,2,1"},
+		{iothub.AuditFilter{Kind: "login."}, "2,1"}, // a prefix: not login_x.
+		{iothub.AuditFilter{Kind: "login.refused"}, "2"},
+		{iothub.AuditFilter{OrgID: "a", DeviceKey: "d1"}, "4,1"},
+		{iothub.AuditFilter{ProductKey: "pk", Since: t0.Add(time.Second), Until: t0.Add(3 * time.Second)}, "3,2"},
+		{iothub.AuditFilter{Limit: 2}, "4,3"},
+		{iothub.AuditFilter{Limit: 2, Before: 3}, "2,1"},
+		{iothub.AuditFilter{After: 2}, "3,4"},
+		{iothub.AuditFilter{DeviceKey: "nobody"}, ""},
+	} {
+		if got := ids(c.f); got != c.want {
+			t.Errorf("SearchAudit(%+v) = %s, want %s", c.f, got, c.want)
+		}
 	}
 }

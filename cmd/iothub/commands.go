@@ -1,9 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
 
+	"github.com/iothub/iothub/client"
 	"github.com/spf13/cobra"
 )
 
@@ -14,12 +23,12 @@ var (
 )
 
 func orgCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "org", Short: "Manage organisations"}
+	cmd := groupCmd("org", "Manage organisations")
 	cmd.AddCommand(
 		apiCmd(g, "create NAME", "Create an organisation (bootstrap key)", cobra.ExactArgs(1), func(a []string) (call, error) {
 			return call{method: "POST", path: "/api/v1/orgs", body: map[string]any{"name": a[0]}, columns: []string{"id", "name"}}, nil
 		}),
-		apiCmd(g, "list", "List organisations", cobra.NoArgs, func([]string) (call, error) {
+		listCmd(g, "list", "List organisations", "orgs", func() (call, error) {
 			return call{method: "GET", path: "/api/v1/orgs", list: "orgs", columns: []string{"id", "name"}}, nil
 		}),
 	)
@@ -27,7 +36,7 @@ func orgCmd(g *globals) *cobra.Command {
 }
 
 func apikeyCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "apikey", Short: "Manage API keys"}
+	cmd := groupCmd("apikey", "Manage API keys")
 	var org, name, role string
 	create := apiCmd(g, "create", "Create an API key (shown once)", cobra.NoArgs, func([]string) (call, error) {
 		return call{method: "POST", path: "/api/v1/orgs/" + org + "/apikeys", body: map[string]any{"name": name, "role": role}, columns: []string{"id", "role", "key"}}, nil
@@ -40,7 +49,13 @@ func apikeyCmd(g *globals) *cobra.Command {
 		return call{method: "DELETE", path: "/api/v1/orgs/" + revokeOrg + "/apikeys/" + a[0]}, nil
 	})
 	revoke.Flags().StringVar(&revokeOrg, "org", "default", "organisation id")
-	cmd.AddCommand(create, revoke)
+	var listOrg string
+	list := listCmd(g, "list", "List an organisation's API keys (never the keys themselves)", "apikeys", func() (call, error) {
+		return call{method: "GET", path: "/api/v1/orgs/" + url.PathEscape(listOrg) + "/apikeys", list: "apikeys",
+			columns: []string{"id", "name", "role", "bootstrap", "createdAt", "revokedAt"}}, nil
+	})
+	list.Flags().StringVar(&listOrg, "org", "default", "organisation id")
+	cmd.AddCommand(create, list, revoke)
 	return cmd
 }
 
@@ -72,7 +87,7 @@ func productFlags(cmd *cobra.Command) func(body map[string]any) {
 }
 
 func productCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "product", Short: "Manage products"}
+	cmd := groupCmd("product", "Manage products")
 	var org, key, nodeType string
 	var createBody, updateBody func(map[string]any)
 	create := apiCmd(g, "create", "Create a product (its ProductSecret is shown once)", cobra.NoArgs, func([]string) (call, error) {
@@ -100,7 +115,7 @@ func productCmd(g *globals) *cobra.Command {
 	})
 	updateBody = productFlags(update)
 	cmd.AddCommand(create, update,
-		apiCmd(g, "list", "List products", cobra.NoArgs, func([]string) (call, error) {
+		listCmd(g, "list", "List products", "products", func() (call, error) {
 			return call{method: "GET", path: "/api/v1/products", list: "products", columns: productCols}, nil
 		}),
 		apiCmd(g, "get PK", "Show a product", cobra.ExactArgs(1), func(a []string) (call, error) {
@@ -117,73 +132,102 @@ func productCmd(g *globals) *cobra.Command {
 }
 
 func deviceCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "device", Short: "Manage devices and talk to them"}
+	cmd := groupCmd("device", "Manage devices and talk to them")
 	var pk string
-	cmd.PersistentFlags().StringVarP(&pk, "product", "p", "", "product key")
-	cmd.MarkPersistentFlagRequired("product")
-	dev := func(dk string) string { return "/api/v1/products/" + pk + "/devices/" + dk }
+	cmd.PersistentFlags().StringVarP(&pk, "product", "p", "", "product key (required)")
+	// devCall builds a call on the product's devices, or on device a[0]
+	// with suffix when one is given.
+	devCall := func(method string, a []string, suffix string, c call) (call, error) {
+		if pk == "" {
+			return call{}, usageErrorf("--product (-p) is required")
+		}
+		c.method, c.path = method, "/api/v1/products/"+url.PathEscape(pk)+"/devices"
+		if len(a) > 0 {
+			c.path += "/" + url.PathEscape(a[0]) + suffix
+		}
+		return c, nil
+	}
 	var key, name, state string
 	create := apiCmd(g, "create", "Register a device (its DeviceSecret is shown once)", cobra.NoArgs, func([]string) (call, error) {
-		return call{method: "POST", path: "/api/v1/products/" + pk + "/devices", body: map[string]any{"deviceKey": key, "name": name},
-			columns: []string{"productKey", "deviceKey", "deviceSecret", "assetId", "state"}}, nil
+		return devCall("POST", nil, "", call{body: map[string]any{"deviceKey": key, "name": name},
+			columns: []string{"productKey", "deviceKey", "deviceSecret", "assetId", "state"}})
 	})
 	create.Flags().StringVar(&key, "device-key", "", "device key, e.g. the serial number (default: generated)")
 	create.Flags().StringVar(&name, "name", "", "device name")
-	list := apiCmd(g, "list", "List a product's devices", cobra.NoArgs, func([]string) (call, error) {
-		path := "/api/v1/products/" + pk + "/devices?limit=1000"
+	list := listCmd(g, "list", "List a product's devices", "devices", func() (call, error) {
+		c, err := devCall("GET", nil, "", call{list: "devices", columns: deviceCols})
 		if state != "" {
-			path += "&state=" + state
+			c.path += "?state=" + url.QueryEscape(state)
 		}
-		return call{method: "GET", path: path, list: "devices", columns: deviceCols}, nil
+		return c, err
 	})
 	list.Flags().StringVar(&state, "state", "", "only devices in this state")
 	lifecycle := func(verb, short string) *cobra.Command {
 		return apiCmd(g, verb+" DK", short, cobra.ExactArgs(1), func(a []string) (call, error) {
-			return call{method: "POST", path: dev(a[0]) + "/" + verb, columns: append(deviceCols, "deviceSecret")}, nil
+			return devCall("POST", a, "/"+verb, call{columns: append(deviceCols, "deviceSecret")})
+		})
+	}
+	// read is a GET of one device's data.
+	read := func(use, short, suffix, list string, cols ...string) *cobra.Command {
+		return apiCmd(g, use, short, cobra.ExactArgs(1), func(a []string) (call, error) {
+			return devCall("GET", a, suffix, call{list: list, columns: cols})
 		})
 	}
 	var params string
 	var timeoutMs int
 	invoke := apiCmd(g, "invoke DK SERVICE", "Invoke a service on a connected device and print its reply", cobra.ExactArgs(2), func(a []string) (call, error) {
 		if !json.Valid([]byte(params)) {
-			return call{}, fmt.Errorf("--params is not valid JSON")
+			return call{}, usageErrorf("--params is not valid JSON")
 		}
-		return call{method: "POST", path: dev(a[0]) + "/services/" + a[1], body: map[string]any{"params": json.RawMessage(params), "timeoutMs": timeoutMs}, columns: []string{"code", "data", "message"}}, nil
+		return devCall("POST", a, "/services/"+url.PathEscape(a[1]), call{body: map[string]any{"params": json.RawMessage(params), "timeoutMs": timeoutMs},
+			columns: []string{"code", "data", "message"}})
 	})
 	invoke.Flags().StringVar(&params, "params", "{}", "service parameters as JSON")
 	invoke.Flags().IntVar(&timeoutMs, "timeout-ms", 10000, "how long to wait for the reply")
+	var recentLimit int
+	history := func(use, short, suffix, list string, cols ...string) *cobra.Command {
+		c := apiCmd(g, use, short, cobra.ExactArgs(1), func(a []string) (call, error) {
+			c, err := devCall("GET", a, suffix, call{list: list, columns: cols})
+			c.path += "?limit=" + strconv.Itoa(recentLimit)
+			return c, err
+		})
+		c.Flags().IntVar(&recentLimit, "limit", 100, "how many of the newest to show (at most 1000)")
+		return c
+	}
 	cmd.AddCommand(create, list, invoke,
-		apiCmd(g, "get DK", "Show a device and its state", cobra.ExactArgs(1), func(a []string) (call, error) {
-			return call{method: "GET", path: dev(a[0]), columns: deviceCols}, nil
-		}),
+		read("get DK", "Show a device and its state", "", "", deviceCols...),
 		apiCmd(g, "delete DK", "Delete a device (closes its session)", cobra.ExactArgs(1), func(a []string) (call, error) {
-			return call{method: "DELETE", path: dev(a[0])}, nil
+			return devCall("DELETE", a, "", call{})
 		}),
 		lifecycle("enable", "Enable a disabled device"),
 		lifecycle("disable", "Disable a device (closes its session, refuses logins)"),
 		lifecycle("reset", "Reset a device to inactive with a new DeviceSecret"),
-		apiCmd(g, "measurepoints DK", "Show the latest value of each measurepoint", cobra.ExactArgs(1), func(a []string) (call, error) {
-			return call{method: "GET", path: dev(a[0]) + "/measurepoints", list: "points", columns: []string{"name", "value", "time"}}, nil
-		}),
+		read("measurepoints DK", "Show the latest value of each measurepoint", "/measurepoints", "points", "name", "value", "time"),
+		history("telemetry DK", "Show a device's newest measurepoint posts", "/telemetry", "samples"),
+		history("events DK", "Show a device's newest events", "/events", "events"),
+		read("attributes DK", "Show a device's attributes", "/attributes", ""),
+		read("tags DK", "Show a device's tags", "/tags", ""),
 	)
 	return cmd
 }
 
 func certCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "cert", Short: "Issue, list and revoke device certificates"}
-	var pk, dk, csrFile, reason string
+	cmd := groupCmd("cert", "Issue, list, show, download and revoke device certificates")
+	var pk, dk, csrFile, reason, issueOut, getOut string
 	var days int
 	issue := apiCmd(g, "issue", "Issue a certificate from a CSR, bound to a device", cobra.NoArgs, func([]string) (call, error) {
 		csr, err := readFile(csrFile)
 		if err != nil {
 			return call{}, err
 		}
-		return call{method: "POST", path: "/api/v1/products/" + pk + "/devices/" + dk + "/certificates", body: map[string]any{"csr": csr, "validDays": days}, columns: []string{"serial", "notAfter", "cert"}}, nil
+		return call{method: "POST", path: "/api/v1/products/" + url.PathEscape(pk) + "/devices/" + url.PathEscape(dk) + "/certificates",
+			body: map[string]any{"csr": csr, "validDays": days}, columns: []string{"serial", "notAfter"}, saveField: "cert", saveTo: issueOut}, nil
 	})
 	issue.Flags().StringVar(&csrFile, "csr", "", "PEM CSR file")
 	issue.Flags().IntVar(&days, "days", 365, "validity in days (capped by the product)")
+	issue.Flags().StringVar(&issueOut, "out", "", "write the PEM certificate to this file")
 	list := apiCmd(g, "list", "List a device's certificates", cobra.NoArgs, func([]string) (call, error) {
-		return call{method: "GET", path: "/api/v1/products/" + pk + "/devices/" + dk + "/certificates", list: "certificates", columns: certCols}, nil
+		return call{method: "GET", path: "/api/v1/products/" + url.PathEscape(pk) + "/devices/" + url.PathEscape(dk) + "/certificates", list: "certificates", columns: certCols}, nil
 	})
 	for _, c := range []*cobra.Command{issue, list} {
 		c.Flags().StringVarP(&pk, "product", "p", "", "product key")
@@ -192,16 +236,145 @@ func certCmd(g *globals) *cobra.Command {
 		c.MarkFlagRequired("device")
 	}
 	issue.MarkFlagRequired("csr")
+	get := apiCmd(g, "get SERIAL", "Show a certificate; --out writes its PEM to a file", cobra.ExactArgs(1), func(a []string) (call, error) {
+		return call{method: "GET", path: "/api/v1/certificates/" + url.PathEscape(a[0]), columns: append(certCols, "productKey"), saveField: "cert", saveTo: getOut}, nil
+	})
+	get.Flags().StringVar(&getOut, "out", "", "write the PEM certificate to this file")
 	revoke := apiCmd(g, "revoke SERIAL", "Revoke a certificate by serial number", cobra.ExactArgs(1), func(a []string) (call, error) {
-		return call{method: "POST", path: "/api/v1/certificates/" + a[0] + "/revoke", body: map[string]any{"reason": reason}, columns: certCols}, nil
+		return call{method: "POST", path: "/api/v1/certificates/" + url.PathEscape(a[0]) + "/revoke", body: map[string]any{"reason": reason}, columns: certCols}, nil
 	})
 	revoke.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 reason, e.g. keyCompromise, superseded, cessationOfOperation")
-	cmd.AddCommand(issue, list, revoke)
+	cmd.AddCommand(issue, list, get, revoke)
+	return cmd
+}
+
+// auditCols are the columns of an audit listing.
+var auditCols = []string{"id", "time", "orgId", "kind", "productKey", "deviceKey", "remote", "reason"}
+
+// auditCmd reads the security audit log, newest first, or follows it.
+func auditCmd(g *globals) *cobra.Command {
+	var org, kind, product, device, since, until string
+	var follow bool
+	var page *paging
+	filter := func() url.Values {
+		q := url.Values{}
+		for k, v := range map[string]string{"orgId": org, "kind": kind, "productKey": product, "deviceKey": device, "since": since, "until": until} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		return q
+	}
+	cmd := apiCmd(g, "audit", "Show security events (logins, refusals, revocations, management writes), newest first", cobra.NoArgs, func([]string) (call, error) {
+		return call{method: "GET", path: "/api/v1/audit?" + filter().Encode(), list: "events", columns: auditCols, page: page}, nil
+	})
+	list := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if !follow {
+			return list(cmd, args)
+		}
+		if err := g.checkOutput(); err != nil {
+			return err
+		}
+		cl, err := g.client(cmd)
+		if err != nil {
+			return err
+		}
+		return followAudit(cmd.Context(), cl, filter(), g.output, cmd.OutOrStdout())
+	}
+	f := cmd.Flags()
+	f.StringVar(&org, "org", "", "only this organisation (bootstrap key; default every org the key sees)")
+	f.StringVar(&kind, "kind", "", "only this kind (login.refused), or kinds with this prefix ending in a dot (login.)")
+	f.StringVar(&product, "product", "", "only this product key")
+	f.StringVar(&device, "device", "", "only this device key")
+	f.StringVar(&since, "since", "", "only events at or after this RFC 3339 time")
+	f.StringVar(&until, "until", "", "only events before this RFC 3339 time")
+	f.BoolVarP(&follow, "follow", "f", false, "print events as they happen, oldest first, until interrupted")
+	page = listFlags(cmd, "events")
+	cmd.MarkFlagsMutuallyExclusive("follow", "cursor")
+	return cmd
+}
+
+// followAudit prints the events q selects as they are recorded, one line
+// each, polling every second until ctx ends.
+func followAudit(ctx context.Context, cl *client.Client, q url.Values, format string, w io.Writer) error {
+	var after int64
+	for {
+		if after > 0 {
+			q.Set("after", strconv.FormatInt(after, 10))
+		}
+		q.Set("limit", strconv.Itoa(pageSize))
+		var page struct{ Events []map[string]any }
+		if err := cl.Do(ctx, "GET", "/api/v1/audit?"+q.Encode(), nil, &page); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if after == 0 { // the first answer is newest first: show it oldest first
+			slices.Reverse(page.Events)
+		}
+		for _, e := range page.Events {
+			if id, ok := e["id"].(float64); ok {
+				after = max(after, int64(id))
+			}
+			if format == outJSON {
+				b, _ := json.Marshal(e)
+				fmt.Fprintf(w, "%s\n", b)
+				continue
+			}
+			vals := make([]string, len(auditCols))
+			for i, c := range auditCols {
+				vals[i] = cell(e[c])
+			}
+			fmt.Fprintln(w, strings.Join(vals, "\t"))
+		}
+		if len(page.Events) == pageSize {
+			continue // more are waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// crlCmd downloads the hub CA's certificate revocation list.
+func crlCmd(g *globals) *cobra.Command {
+	var out string
+	var der bool
+	cmd := &cobra.Command{
+		Use:   "crl",
+		Short: "Download the CA's certificate revocation list (PEM, or DER with --der)",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := g.publicClient("")
+			if err != nil {
+				return err
+			}
+			path := "/crl.pem"
+			if der {
+				path = "/crl"
+			}
+			var raw json.RawMessage // the body as it came
+			if err := cl.Do(cmd.Context(), "GET", path, nil, &raw); err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			return os.WriteFile(out, raw, 0o644)
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "write to this file instead of stdout")
+	cmd.Flags().BoolVar(&der, "der", false, "DER instead of PEM")
 	return cmd
 }
 
 func caCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "ca", Short: "Register external CAs, proved by possession"}
+	cmd := groupCmd("ca", "Register external CAs, proved by possession")
 	var pk, certFile, proofFile string
 	register := apiCmd(g, "register", "Register a CA certificate for a product; prints the verification code", cobra.NoArgs, func([]string) (call, error) {
 		cert, err := readFile(certFile)

@@ -1,15 +1,20 @@
 // Command iothub runs the hub (serve) and administers it through the REST
-// API (org, apikey, product, device, cert, ca).
+// API (org, apikey, product, device, cert, ca, audit, crl).
 package main
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/spf13/cobra"
 )
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	root := newRootCmd()
+	ran := false
+	root.PersistentPreRun = func(*cobra.Command, []string) { ran = true }
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "iothub:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err, ran))
 	}
 }

@@ -167,7 +167,7 @@ func (c *Core) RevokeAPIKey(ctx context.Context, orgID, id string) error {
 			return c.wrap("revoke api key", err)
 		}
 		if bootstrap != 0 {
-			return iothub.Errorf(iothub.EFORBIDDEN, "the bootstrap key cannot be revoked; rotate it offline with: iothub admin-key rotate --data DIR")
+			return iothub.Errorf(iothub.EFORBIDDEN, "the bootstrap key cannot be revoked; rotate it offline with: iothub admin-key rotate --data-dir DIR")
 		}
 		if revoked.Valid {
 			return Conflict("api key %q is already revoked", id)
