@@ -125,6 +125,7 @@ func NewServer(cfg Config) *Server {
 		ocspLimit: newPerAddress(OCSPPerSecond, OCSPBurst)}
 	s.registerPublic()
 	s.registerIAM()
+	s.registerAuthority()
 	s.registerProducts()
 	s.registerDevices()
 	s.registerTopology()

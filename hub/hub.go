@@ -179,14 +179,14 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 	}
 
-	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL}); err != nil {
+	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL, Shared: h.db}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
 	if cfg.ServerKey == "" {
 		cfg.ServerKey = ServerKeyClient
 	}
-	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates(), cfg.ServerKey); err != nil {
+	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates, cfg.ServerKey); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
@@ -252,6 +252,8 @@ func Open(cfg Config) (h *Hub, err error) {
 			h.listenerStopped("mqtt")
 		}
 	}()
+
+	h.followAuthority(bus)
 
 	// In a cluster, calls reach devices connected to other nodes over NATS.
 	var gateway iothub.DeviceGateway = h.broker
@@ -524,6 +526,27 @@ func (h *Hub) MQTTAddr() string { return h.mqttAddr }
 
 // MQTTSAddr is the MQTT-over-TLS listener's address ("" when off).
 func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
+
+// followAuthority makes every node feel a CA rotation or retirement made
+// on any node: it reloads the CAs (from the cluster's copy in the store),
+// then closes the sessions whose certificates they no longer admit and
+// tells the others to refresh their trust. In this order, so the re-check
+// never runs against the old CAs.
+func (h *Hub) followAuthority(bus iothub.Bus) {
+	bus.Subscribe(func(e iothub.Event) {
+		if e.Kind != iothub.EventAuthorityChanged {
+			return
+		}
+		go func() {
+			if err := h.certs.ReloadAuthority(); err != nil {
+				h.log.Error("reload CAs", "err", err)
+			}
+			if h.broker != nil {
+				h.broker.AuthorityChanged()
+			}
+		}()
+	})
+}
 
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"crypto/x509"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type session struct {
 	loginAt        time.Time
 	secretVersion  int
 	serial         string // client certificate serial, "" when none
+	product        *iothub.Product
+	peer           []*x509.Certificate // client certificate chain, kept to re-check it when the hub's CAs change
 	certNotAfter   time.Time
 	offlineTimeout time.Duration // 0: mochi's keepalive deadline only
 	actInfo        []byte        // activation: the thing.activate.info push

@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Supersessions", testSupersessions},
 		{"UseRequest", testUseRequest},
 		{"BootstrapKey", testBootstrapKey},
+		{"CAFiles", testCAFiles},
 		{"AttributeCaps", testAttributeCaps},
 		{"Audit", testAudit},
 		{"AuditBatch", testAuditBatch},
@@ -1215,6 +1216,32 @@ func testThingModelAndRaw(t *testing.T, db iothub.Store) {
 	must(t, db.DeleteDevice(ctx, "pk", "a"))
 	if msgs, _ := db.RecentRaw(ctx, a, 0); len(msgs) != 0 {
 		t.Fatalf("raw messages outlive their device: %d", len(msgs))
+	}
+}
+
+// testCAFiles: shared CA files are written, replaced and read back whole;
+// a nameless file changes nothing.
+func testCAFiles(t *testing.T, db iothub.Store) {
+	ctx := context.Background()
+	got, err := db.CAFiles(ctx)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("a new store has CA files %v (%v)", got, err)
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.pem": []byte("cert"), "root.key": []byte("key")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.key": []byte("key2"), "": []byte("x")}); iothub.ErrorCode(err) != iothub.EINVALID {
+		t.Fatalf("nameless file: %v, want EINVALID", err)
+	}
+	if got, _ := db.CAFiles(ctx); string(got["root.key"]) != "key" {
+		t.Fatalf("a refused write changed root.key to %q", got["root.key"])
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.key": []byte("key3")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = db.CAFiles(ctx)
+	if err != nil || len(got) != 2 || string(got["root.pem"]) != "cert" || string(got["root.key"]) != "key3" {
+		t.Fatalf("CA files %q (%v)", got, err)
 	}
 }
 
