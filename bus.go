@@ -21,6 +21,9 @@ const (
 	// EventCertRenewed: the certificate with Serial was issued by a renewal;
 	// what it supersedes is stored, and every node loads it.
 	EventCertRenewed EventKind = "cert.renewed"
+	// EventAuthorityChanged: the hub's CAs were rotated or one was retired;
+	// every node reloads them and closes the sessions they no longer admit.
+	EventAuthorityChanged EventKind = "authority.changed"
 	// EventSessionOpened: the device logged in on node Node at At; other
 	// nodes close their older session of it (one session per device).
 	EventSessionOpened EventKind = "session.opened"

@@ -116,6 +116,16 @@ type RequestLog interface {
 	UseRequest(ctx context.Context, digest string, expires time.Time) error
 }
 
+// CAFileStore keeps the files of the hub's CA directory that every node
+// of a cluster shares (CA certificates, their keys sealed, the record of
+// CA generations), so a CA rotated or retired on one node reaches the others.
+type CAFileStore interface {
+	// CAFiles returns every shared file by name.
+	CAFiles(ctx context.Context) (map[string][]byte, error)
+	// PutCAFiles creates or replaces files (name → content) at once.
+	PutCAFiles(ctx context.Context, files map[string][]byte) error
+}
+
 // Store is everything the hub persists. The sqlite and postgres adapters
 // implement it with one schema.
 type Store interface {
@@ -125,7 +135,11 @@ type Store interface {
 	DeviceStore
 	TelemetryStore
 	TopologyStore
+	OTAStore
+	ThingModelStore
+	RawStore
 	CertStore
+	CAFileStore
 	RequestLog
 	AuditLog
 	ChangeLog

@@ -25,10 +25,32 @@ type CertificateService interface {
 	// Certificates lists the certificates of the device with assetID.
 	Certificates(ctx context.Context, assetID string) ([]*Certificate, error)
 
-	// ChainPEM is the chain devices trust: issuing CA then root.
+	// ChainPEM is the active chain: the active issuing CA then its root.
 	ChainPEM() []byte
-	// CRL is the issuing CA's current CRL in DER.
+	// CRL is the active issuing CA's current CRL in DER.
 	CRL() []byte
+	// CRLOf is the current CRL in DER of the hub's issuing CA id (not
+	// retired): the one its certificates name.
+	CRLOf(id string) ([]byte, bool)
+	// AuthorityPEM is the certificate of the hub's CA id, PEM.
+	AuthorityPEM(id string) ([]byte, bool)
+	// BundlePEM is every CA a device should trust now.
+	BundlePEM() []byte
+	// BundleSignature is BundlePEM's detached signature by the active root,
+	// followed by the root's certificate and its cross certificate.
+	BundleSignature() []byte
+	// Authorities lists the hub's own CAs, oldest first.
+	Authorities() []Authority
+	// RotateAuthority makes a new issuing CA active (with root, a new root
+	// cross-signed by the old one and an issuing CA under it) and re-issues
+	// the hub's server certificates. It returns the new CA's id and the
+	// new issuing CA's id.
+	RotateAuthority(ctx context.Context, root bool) (id, issuingID string, err error)
+	// RetireAuthority stops trusting CA id (and, for a root, the issuing CAs
+	// under it) and returns the ids retired.
+	RetireAuthority(ctx context.Context, id string) ([]string, error)
+	// ReloadAuthority re-reads the CAs after another node changed them.
+	ReloadAuthority() error
 	// OCSP answers a DER OCSP request with a signed DER response.
 	OCSP(request []byte) ([]byte, error)
 
@@ -56,4 +78,14 @@ type CertificateService interface {
 	IsRevoked(serial string) bool
 	// NoteUsed tells the service a certificate logged in, so the ones it superseded can be revoked.
 	NoteUsed(ctx context.Context, serial string)
+}
+
+// Authority is one of the hub's own CAs (GET /api/v1/authority).
+type Authority struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"` // root or issuing
+	Subject   string    `json:"subject"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	Status    string    `json:"status"` // active, trusted or retired
 }

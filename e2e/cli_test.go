@@ -171,6 +171,26 @@ func TestCLIServeAndAdminCommands(t *testing.T) {
 	if out := cli("product", "get", prod.ProductKey, "-o", "json"); strings.Contains(out, prod.ProductSecret) {
 		t.Fatal("product get shows the secret again")
 	}
+	// The hub's CA lifecycle: rotate, list, retire the replaced issuing CA.
+	before := cli("authority", "list", "-o", "json")
+	var rot struct{ ID string }
+	json.Unmarshal([]byte(cli("authority", "rotate", "-o", "json")), &rot)
+	var list struct {
+		Authorities []struct{ ID, Kind, Status string }
+	}
+	json.Unmarshal([]byte(cli("authority", "list", "-o", "json")), &list)
+	var trusted string
+	for _, a := range list.Authorities {
+		if a.Kind == "issuing" && a.Status == "trusted" {
+			trusted = a.ID
+		}
+	}
+	if rot.ID == "" || trusted == "" || !strings.Contains(before, trusted) {
+		t.Fatalf("authority rotate gave %q; list: %+v", rot.ID, list)
+	}
+	if out := cli("authority", "retire", trusted); !strings.Contains(out, trusted) {
+		t.Fatalf("authority retire:\n%s", out)
+	}
 	stop()
 
 	// A second start on the same dir reuses keys and rows.

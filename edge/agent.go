@@ -66,7 +66,7 @@ type Agent struct {
 	ks       KeyStore
 	ownKS    bool
 	caPEM    []byte
-	roots    *x509.CertPool
+	trusted  atomic.Pointer[trustState] // roots, bundle CAs and their CRLs; replaced whole on refresh
 	broker   string
 	brokerTL bool
 	buf      *Buffer
@@ -80,6 +80,8 @@ type Agent struct {
 	pending   map[string]chan reply
 	nextID    atomic.Uint64
 	reconnect chan struct{}
+	renewNow  chan struct{} // the certificate's CA is no longer active: renew in the live session
+	trustNow  chan struct{} // the hub said its CAs changed: refresh the trust
 }
 
 type reply struct {
@@ -101,20 +103,30 @@ func New(cfg Config) (*Agent, error) {
 		setPoints: map[string]any{},
 		pending:   map[string]chan reply{},
 		reconnect: make(chan struct{}, 1),
+		renewNow:  make(chan struct{}, 1),
+		trustNow:  make(chan struct{}, 1),
 	}
 	a.broker, a.brokerTL, _ = brokerURL(cfg.Broker)
+	if a.state, err = OpenState(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	a.trusted.Store(&trustState{})
 	if cfg.CAFile != "" {
 		a.caPEM, err = os.ReadFile(cfg.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("edge: pinned CA: %w", err)
 		}
-		a.roots = x509.NewCertPool()
-		if !a.roots.AppendCertsFromPEM(a.caPEM) {
+		// A bundle accepted before (signed by a CA the agent trusted then)
+		// takes the pinned file's place.
+		trustPEM := a.caPEM
+		if b, err := a.state.Read(FileTrustBundle); err == nil && b != "" {
+			trustPEM = []byte(b)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(trustPEM) {
 			return nil, fmt.Errorf("edge: pinned CA file %s holds no certificate", cfg.CAFile)
 		}
-	}
-	if a.state, err = OpenState(cfg.StateDir); err != nil {
-		return nil, err
+		a.trusted.Store(&trustState{roots: roots, pem: trustPEM})
 	}
 	a.ks = cfg.KeyStore
 	if a.ks == nil {
@@ -145,7 +157,7 @@ func (a *Agent) emit(state string) {
 func (a *Agent) deviceClient(secret string) *DeviceClient {
 	return &DeviceClient{
 		API: a.cfg.API, ProductKey: a.cfg.ProductKey, DeviceKey: a.cfg.DeviceKey,
-		DeviceSecret: secret, HTTP: NewHTTPClient(a.roots),
+		DeviceSecret: secret, HTTP: NewHTTPClient(a.trust().roots),
 	}
 }
 
@@ -178,14 +190,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	collectCtx, stopCollect := context.WithCancel(ctx)
-	collected := make(chan struct{})
+	collected := make(chan struct{}, 2)
+	loops := 1
 	go func() {
-		defer close(collected)
+		defer func() { collected <- struct{}{} }()
 		a.collectLoop(collectCtx)
 	}()
+	if a.cfg.TrustRefresh > 0 && a.cfg.API != "" && a.trust().roots != nil {
+		// At start, before enrolling: after a CA rollover a certificate
+		// from the new CA must be checked against the new bundle.
+		a.refreshTrustLogged(ctx)
+		loops++
+		go func() {
+			defer func() { collected <- struct{}{} }()
+			a.trustLoop(collectCtx)
+		}()
+	}
 	defer func() {
 		stopCollect()
-		<-collected
+		for range loops {
+			<-collected
+		}
 	}()
 	bo := Backoff{Min: a.cfg.BackoffMin, Max: a.cfg.BackoffMax}
 	retriedEnroll, refusals := false, 0
@@ -306,7 +331,7 @@ func (a *Agent) connect(ctx context.Context, mode int, secret string, withCert b
 		})
 	}
 	if a.brokerTL {
-		tc := &tls.Config{RootCAs: a.roots, MinVersion: tls.VersionTLS12}
+		tc := &tls.Config{RootCAs: a.trust().roots, MinVersion: tls.VersionTLS12, VerifyConnection: a.serverRevoked}
 		if withCert {
 			cert, err := a.tlsCertificate()
 			if err != nil {
@@ -468,7 +493,7 @@ func (a *Agent) checkIssued(key crypto.Signer, certPEM, chainPEM string) (*x509.
 	}
 	inter := x509.NewCertPool()
 	inter.AppendCertsFromPEM([]byte(chainPEM))
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.trust().roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("edge: the hub's certificate does not chain to the pinned CA: %w", err)
 	}
 	return cert, nil
@@ -537,6 +562,8 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			return true, fmt.Errorf("connection lost: %w", err)
 		case <-a.reconnect:
 			return true, errReconnect
+		case <-a.renewNow:
+			renewTimer.Reset(0)
 		case <-renewC:
 			if err := a.renew(ctx, c); err != nil {
 				a.log.Warn("certificate renewal failed, will retry", "err", err)
@@ -658,7 +685,7 @@ func (a *Agent) Reset(ctx context.Context, force bool) error {
 		var rerr error
 		if secret == "" {
 			rerr = errors.New("edge: no DeviceSecret to sign the revocation with")
-		} else if a.cfg.API == "" || a.roots == nil {
+		} else if a.cfg.API == "" || a.trust().roots == nil {
 			rerr = errors.New("edge: the API URL and the pinned CA are needed to revoke the certificate")
 		} else {
 			rerr = a.deviceClient(secret).Revoke(ctx, serial)

@@ -63,6 +63,9 @@ type Config struct {
 	OnSet func(ctx context.Context, points map[string]any) error
 	// BufferBytes bounds the offline buffer; default DefaultBufferBytes.
 	BufferBytes int64
+	// TrustRefresh is how often the trust bundle and CRLs are refreshed
+	// from the API (also at start); default DefaultTrustRefresh, negative: never.
+	TrustRefresh time.Duration
 	// RenewFraction of a certificate's life after which it is renewed; default 2/3.
 	RenewFraction float64
 	// RequestTimeout bounds the wait for the hub's reply to a request
@@ -150,6 +153,9 @@ func (c Config) check() (Config, error) {
 	}
 	if c.RenewFraction <= 0 || c.RenewFraction >= 1 {
 		errs = append(errs, fmt.Errorf("renew fraction %v must be in (0, 1)", c.RenewFraction))
+	}
+	if c.TrustRefresh == 0 {
+		c.TrustRefresh = DefaultTrustRefresh
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 30 * time.Second

@@ -22,6 +22,13 @@ func (a *Agent) onMessage(c mqtt.Client, m mqtt.Message) {
 		return
 	}
 	rest := topic[len(prefix):]
+	if rest == trustUpdateTopic {
+		select {
+		case a.trustNow <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if strings.HasSuffix(rest, "_reply") {
 		var r struct {
 			ID json.RawMessage `json:"id"`

@@ -133,9 +133,12 @@ func NewServer(cfg Config) *Server {
 		ocspLimit: newPerAddress(OCSPPerSecond, OCSPBurst)}
 	s.registerPublic()
 	s.registerIAM()
+	s.registerAuthority()
 	s.registerProducts()
 	s.registerDevices()
 	s.registerTopology()
+	s.registerOTA()
+	s.registerThingModel()
 	s.registerCertificates()
 	s.registerDeviceAPI()
 	s.registerStream()
@@ -424,6 +427,7 @@ type errorBody struct {
 
 var statusOf = map[string]int{
 	iothub.EINVALID:      http.StatusBadRequest,
+	iothub.EMODEL:        http.StatusBadRequest,
 	iothub.EUNAUTHORIZED: http.StatusUnauthorized,
 	iothub.EFORBIDDEN:    http.StatusForbidden,
 	iothub.ENOTFOUND:     http.StatusNotFound,

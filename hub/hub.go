@@ -185,14 +185,14 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 	}
 
-	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL}); err != nil {
+	if h.auth, err = pki.OpenAuthority(filepath.Join(cfg.DataDir, "ca"), pki.AuthorityOptions{Hostnames: cfg.Hostnames, PublicURL: publicURL, Shared: h.db}); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
 	if cfg.ServerKey == "" {
 		cfg.ServerKey = ServerKeyClient
 	}
-	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates(), cfg.ServerKey); err != nil {
+	if h.chooseCert, err = certificateChooser(h.auth.ServerCertificates, cfg.ServerKey); err != nil {
 		closeAll(httpLn, httpsLn)
 		return nil, err
 	}
@@ -229,7 +229,7 @@ func Open(cfg Config) (h *Hub, err error) {
 		natsForward = h.natsBus.Forward
 	}
 	h.forwarder = feed.NewForwarder(h.feed, natsForward)
-	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Feed: h.feed, Logger: h.log})
+	mgr := manage.New(manage.Config{Store: h.db, Certs: h.certs, Bus: bus, Feed: h.feed, Logger: h.log, DeviceURL: publicURL})
 	node, err := nodeID(filepath.Join(cfg.DataDir, "node.id"))
 	if err != nil {
 		closeAll(httpLn, httpsLn)
@@ -264,6 +264,8 @@ func Open(cfg Config) (h *Hub, err error) {
 			h.listenerStopped("mqtt")
 		}
 	}()
+
+	h.followAuthority(bus)
 
 	// In a cluster, calls reach devices connected to other nodes over NATS.
 	var gateway iothub.DeviceGateway = h.broker
@@ -537,6 +539,27 @@ func (h *Hub) MQTTAddr() string { return h.mqttAddr }
 
 // MQTTSAddr is the MQTT-over-TLS listener's address ("" when off).
 func (h *Hub) MQTTSAddr() string { return h.mqttsAddr }
+
+// followAuthority makes every node feel a CA rotation or retirement made
+// on any node: it reloads the CAs (from the cluster's copy in the store),
+// then closes the sessions whose certificates they no longer admit and
+// tells the others to refresh their trust. In this order, so the re-check
+// never runs against the old CAs.
+func (h *Hub) followAuthority(bus iothub.Bus) {
+	bus.Subscribe(func(e iothub.Event) {
+		if e.Kind != iothub.EventAuthorityChanged {
+			return
+		}
+		go func() {
+			if err := h.certs.ReloadAuthority(); err != nil {
+				h.log.Error("reload CAs", "err", err)
+			}
+			if h.broker != nil {
+				h.broker.AuthorityChanged()
+			}
+		}()
+	})
+}
 
 // ChainPEM is the CA chain devices trust.
 func (h *Hub) ChainPEM() []byte { return h.auth.ChainPEM() }

@@ -21,24 +21,22 @@ const (
 // the hub's RSA and ECDSA certificates by policy. A client that cannot use
 // the preferred one gets the other; Go's own choice would always be the
 // first certificate the client accepts, whatever the client prefers.
-func certificateChooser(certs []tls.Certificate, policy string) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
-	var rsaCert, ecCert *tls.Certificate
-	for i := range certs {
-		if _, ok := certs[i].PrivateKey.(*ecdsa.PrivateKey); ok {
-			ecCert = &certs[i]
-		} else {
-			rsaCert = &certs[i]
-		}
-	}
-	if rsaCert == nil || ecCert == nil {
-		return nil, fmt.Errorf("hub: need an RSA and an ECDSA server certificate, have %d certificates", len(certs))
-	}
+// current is asked at every handshake, so certificates renewed or
+// re-issued after a CA rotation are served without a restart.
+func certificateChooser(current func() []tls.Certificate, policy string) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
 	switch policy {
 	case ServerKeyClient, ServerKeyRSA, ServerKeyECDSA:
 	default:
 		return nil, fmt.Errorf("hub: server key preference %q is not client, rsa or ecdsa", policy)
 	}
+	if _, _, err := splitByKey(current()); err != nil {
+		return nil, err
+	}
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		rsaCert, ecCert, err := splitByKey(current())
+		if err != nil {
+			return nil, err
+		}
 		first, second := rsaCert, ecCert
 		if policy == ServerKeyECDSA || (policy == ServerKeyClient && prefersECDSA(hello.SignatureSchemes)) {
 			first, second = ecCert, rsaCert
@@ -48,6 +46,21 @@ func certificateChooser(certs []tls.Certificate, policy string) (func(*tls.Clien
 		}
 		return first, nil
 	}, nil
+}
+
+// splitByKey returns the RSA and the ECDSA certificate of certs.
+func splitByKey(certs []tls.Certificate) (rsaCert, ecCert *tls.Certificate, err error) {
+	for i := range certs {
+		if _, ok := certs[i].PrivateKey.(*ecdsa.PrivateKey); ok {
+			ecCert = &certs[i]
+		} else {
+			rsaCert = &certs[i]
+		}
+	}
+	if rsaCert == nil || ecCert == nil {
+		return nil, nil, fmt.Errorf("hub: need an RSA and an ECDSA server certificate, have %d certificates", len(certs))
+	}
+	return rsaCert, ecCert, nil
 }
 
 // prefersECDSA reports whether an ECDSA scheme comes before any RSA one in

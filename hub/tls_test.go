@@ -38,7 +38,7 @@ func TestServerKeyPreference(t *testing.T) {
 		{ServerKeyECDSA, rsaOnly, "rsa"},
 		{ServerKeyRSA, ecdsaOnly, "ecdsa"},
 	} {
-		choose, err := certificateChooser(auth.ServerCertificates(), tc.policy)
+		choose, err := certificateChooser(auth.ServerCertificates, tc.policy)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,7 +46,7 @@ func TestServerKeyPreference(t *testing.T) {
 			t.Errorf("policy %s: client got %s, want %s", tc.policy, got, tc.want)
 		}
 	}
-	if _, err := certificateChooser(auth.ServerCertificates(), "dsa"); err == nil {
+	if _, err := certificateChooser(auth.ServerCertificates, "dsa"); err == nil {
 		t.Error("unknown policy accepted")
 	}
 }

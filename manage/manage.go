@@ -29,6 +29,9 @@ type Config struct {
 	Feed   *feed.Feed
 	Logger *slog.Logger
 	Now    func() time.Time // nil: time.Now
+	// DeviceURL is the base of the HTTPS device API (https://host:port),
+	// put in the download URLs of firmware.
+	DeviceURL string
 }
 
 // Service carries out management operations.

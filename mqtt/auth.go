@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"math"
 	"net"
 	"strconv"
@@ -165,6 +166,7 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 	}
 	var serial string
 	var notAfter time.Time
+	var peer []*x509.Certificate
 	if p.AuthMode == iothub.AuthCertificate {
 		// Checked before the device is looked up, so the answer does not
 		// depend on whether the device exists.
@@ -172,7 +174,7 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		if !ok {
 			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: certificate product must log in over TLS"}
 		}
-		peer := tc.ConnectionState().PeerCertificates
+		peer = tc.ConnectionState().PeerCertificates
 		if len(peer) == 0 {
 			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: no client certificate"}
 		}
@@ -207,6 +209,9 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 		secretVersion: d.SecretVersion,
 		serial:        serial,
 		certNotAfter:  notAfter,
+	}
+	if peer != nil {
+		ss.product, ss.peer = p, peer
 	}
 	if p.OfflineTimeoutSec > 0 {
 		ss.offlineTimeout = time.Duration(p.OfflineTimeoutSec) * time.Second

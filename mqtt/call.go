@@ -25,6 +25,9 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	if topic == "" || topic[0] == '/' || bytes.ContainsAny([]byte(topic), "+#") || method == "" {
 		return nil, iothub.Errorf(iothub.EINVALID, "bad downstream topic or method")
 	}
+	if topic == downRawTopic {
+		return s.callRaw(ctx, iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}, params)
+	}
 	if len(params) == 0 {
 		params = json.RawMessage(`{}`)
 	} else if !json.Valid(params) {
@@ -51,13 +54,25 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	if len(payload) > s.maxPay {
 		return nil, iothub.Errorf(iothub.ETOOLARGE, "request is larger than %d bytes", s.maxPay)
 	}
+	return s.send(ctx, ss, dev, id, topic, payload)
+}
+
+// send writes payload on dev's topic through its session ss and waits
+// for the reply that deliverReply hands over under id.
+func (s *Server) send(ctx context.Context, ss *session, dev iothub.DeviceID, id, topic string, payload []byte) (*iothub.Reply, error) {
 	pc := &pendingCall{dev: dev, topic: topic, ch: make(chan *iothub.Reply, 1)}
 	s.pmu.Lock()
+	if s.pending[id] != nil {
+		s.pmu.Unlock()
+		return nil, iothub.Errorf(iothub.ECONFLICT, "a request to this device awaits its reply")
+	}
 	s.pending[id] = pc
 	s.pmu.Unlock()
 	defer func() {
 		s.pmu.Lock()
-		delete(s.pending, id)
+		if s.pending[id] == pc {
+			delete(s.pending, id)
+		}
 		s.pmu.Unlock()
 	}()
 	// The write runs apart so the call ends at its deadline even when the
@@ -100,6 +115,10 @@ func (s *Server) deliverReply(ss *session, topic string, payload []byte) bool {
 		Data    json.RawMessage `json:"data"`
 		Message string          `json:"message"`
 	}
+	if topic == downRawTopic {
+		s.deliverRaw(ss, payload)
+		return true
+	}
 	if len(payload) > s.maxPay || json.Unmarshal(payload, &r) != nil || len(r.ID) == 0 {
 		return true
 	}
@@ -122,4 +141,46 @@ func (s *Server) deliverReply(ss *session, topic string, payload []byte) bool {
 		pc.ch <- &iothub.Reply{ID: id, Code: r.Code, Data: r.Data, Message: r.Message}
 	}
 	return true
+}
+
+// rawCallID is the pending-call key of a device's down_raw call: raw
+// payloads carry no id, so a device has one raw call in flight at a time.
+func rawCallID(dev iothub.DeviceID) string { return "raw " + dev.ProductKey + "/" + dev.DeviceKey }
+
+// callRaw writes params, a JSON string of base64 bytes, raw on
+// thing/model/down_raw and waits for the device's down_raw_reply, whose
+// bytes come back base64 in the Reply's Data. Riding on Call, it reaches a
+// device on any node of a cluster.
+func (s *Server) callRaw(ctx context.Context, dev iothub.DeviceID, params json.RawMessage) (*iothub.Reply, error) {
+	var payload []byte
+	if json.Unmarshal(params, &payload) != nil || len(payload) == 0 {
+		return nil, iothub.Errorf(iothub.EINVALID, "a raw payload is non-empty bytes, base64 in a JSON string")
+	}
+	if len(payload) > s.maxPay {
+		return nil, iothub.Errorf(iothub.ETOOLARGE, "raw payload is larger than %d bytes", s.maxPay)
+	}
+	ss := s.deviceSession(dev)
+	if ss == nil || ss.cl.Closed() {
+		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
+	}
+	return s.send(ctx, ss, dev, rawCallID(dev), downRawTopic, payload)
+}
+
+// deliverRaw hands a device's down_raw_reply to the raw call waiting for it.
+func (s *Server) deliverRaw(ss *session, payload []byte) {
+	id := rawCallID(ss.dev)
+	s.pmu.Lock()
+	pc := s.pending[id]
+	if pc != nil {
+		delete(s.pending, id)
+	}
+	s.pmu.Unlock()
+	switch {
+	case pc == nil:
+	case len(payload) > s.maxPay:
+		pc.ch <- &iothub.Reply{ID: id, Code: codeTooLarge, Message: "reply too large"}
+	default:
+		data, _ := json.Marshal(payload) // base64 string: cannot fail
+		pc.ch <- &iothub.Reply{ID: id, Code: codeOK, Data: data}
+	}
 }

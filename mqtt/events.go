@@ -40,7 +40,46 @@ func (s *Server) onEvent(e iothub.Event) {
 		if s.reg != nil {
 			s.reg.dropProduct(e.ProductKey)
 		}
+		s.models.drop(e.ProductKey)
 		go s.recheckProduct(e.ProductKey)
+	}
+}
+
+// trustUpdateTopic is the notice, under a device's /sys/ prefix, that the
+// hub's CAs changed: the device refreshes its trust bundle and CRLs.
+const trustUpdateTopic = "thing/trust/update"
+
+// trustUpdateNotice is its payload (no reply is expected).
+var trustUpdateNotice = []byte(`{"id":"0","version":"1.0","method":"thing.trust.update","params":{}}`)
+
+// AuthorityChanged is called once the hub's CAs changed and were
+// reloaded: it closes the certificate sessions whose chain the certificate
+// service no longer admits (issued by a retired CA) and tells the others
+// to refresh their trust.
+func (s *Server) AuthorityChanged() {
+	var hit, rest []*session
+	now := time.Now()
+	s.mu.RLock()
+	for _, ss := range s.byDevice {
+		if ss.gateway != nil || !ss.established.Load() {
+			continue // a sub-device rides on its gateway's connection; a login not yet answered is checked against the new CAs already
+		}
+		if ss.peer != nil && s.cfg.Certs != nil {
+			if _, err := s.cfg.Certs.AuthorizeClient(ss.product, ss.dev.DeviceKey, ss.peer, now); err != nil {
+				hit = append(hit, ss)
+				continue
+			}
+		}
+		rest = append(rest, ss)
+	}
+	s.mu.RUnlock()
+	for _, ss := range hit {
+		s.kick(ss, codeNotAuthorized, "ca_retired")
+	}
+	for _, ss := range rest {
+		if err := s.writePublish(ss.cl, ss.sysPrefix+trustUpdateTopic, trustUpdateNotice); err != nil {
+			s.log.Debug("mqtt: trust update notice not written", "productKey", ss.dev.ProductKey, "deviceKey", ss.dev.DeviceKey, "error", err)
+		}
 	}
 }
 

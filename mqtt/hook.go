@@ -96,17 +96,10 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	if ss == nil {
 		return pk, packets.ErrRejectPacket
 	}
-	switch h.s.handlePublish(ss, pk.TopicName, pk.Payload) {
-	case answered:
-		// Served by the hub, and stored if it carried data: acknowledged,
-		// not routed to subscribers.
-		return pk, packets.CodeSuccessIgnore
-	case notStored:
-		// MQTT 5 says why in the PUBACK; MQTT 3.1.1 has no negative
-		// PUBACK, so none is sent and the client resends the message.
-		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 {
-			return pk, packets.ErrUnspecifiedError
-		}
+	if h.s.handlePublish(ss, pk) {
+		// Served by the hub, which sends its own reply and PUBACK (after
+		// the commit, for what it stores): mochi must neither acknowledge
+		// nor route it.
 		return pk, packets.ErrRejectPacket
 	}
 	return pk, nil

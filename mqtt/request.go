@@ -111,27 +111,35 @@ type replyEnvelope struct {
 // /sys/ prefix) must carry: "thing/event/x/post" → "thing.event.x.post".
 func methodFor(rel string) string { return strings.ReplaceAll(rel, "/", ".") }
 
-// outcome is what became of a device's publish.
-type outcome int
+// codePending is what a handler returns with a pendingWrite: it started a
+// write, and the request is answered when the write ends.
+const codePending = -1
 
-const (
-	// routed: not for the hub; mochi routes it to subscribers.
-	routed outcome = iota
-	// answered: served by the hub (whatever the reply code); acknowledged.
-	answered
-	// notStored: the store could not take it; the device was told to retry
-	// and the publish is not acknowledged.
-	notStored
-)
+// pendingWrite is a write a handler started; start hands it the callback
+// that answers the request, and data is the answer's data on success.
+type pendingWrite struct {
+	start func(done func(error))
+	data  any
+}
 
-// handlePublish serves a publish from a device. A request that stores
-// data returns only once the data is committed (or refused), so that its
-// reply and its PUBACK, sent after, mean "stored".
-func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcome {
+// pending returns what a handler returns when its answer waits for a write.
+func pending(start func(done func(error)), data any) (any, int, string) {
+	return pendingWrite{start: start, data: data}, codePending, ""
+}
+
+// handlePublish serves a publish from a device and reports whether the
+// hub took it (false: mochi routes it to subscribers). The hub answers
+// what it takes through the connection's answer queue: the reply, then
+// the PUBACK, in the order the requests arrived. A request that stores
+// data is answered only once its commit ends, so that both mean "stored";
+// the connection meanwhile goes on reading (up to maxPendingAnswers).
+func (s *Server) handlePublish(ss *session, pk packets.Packet) bool {
+	topic, payload := pk.TopicName, pk.Payload
 	if ss.activation {
 		// The only topic an activation session may publish to is the
 		// activation reply, which needs no action.
-		return answered
+		s.complete(ss, s.acknowledge(ss, pk))
+		return true
 	}
 	// target is the device the request is for: the session's own, or a
 	// sub-device logged in through it (a gateway).
@@ -144,57 +152,108 @@ func (s *Server) handlePublish(ss *session, topic string, payload []byte) outcom
 		rel = topic[len(ss.extPrefix):]
 		var ok bool
 		if handler, ok = sessionRequest(rel); !ok {
-			return routed
+			return false
 		}
 	default:
 		if target = ss.subFor(topic); target == nil {
-			return routed
+			return false
 		}
 		target.touch(s.now())
 		rel = topic[len(target.sysPrefix):]
 	}
 	if handler == nil {
+		if rel == upRawTopic {
+			s.upRaw(ss, target, pk)
+			return true
+		}
 		if strings.HasSuffix(rel, replySuffix) {
 			if s.deliverReply(target, strings.TrimSuffix(rel, replySuffix), payload) {
-				return answered
+				s.complete(ss, s.acknowledge(ss, pk))
+				return true
 			}
-			return routed
+			return false
 		}
 		var ok bool
 		if handler, ok = upstream(rel); !ok {
-			return routed
+			return false
 		}
 	}
+	a := s.acknowledge(ss, pk)
 	req, err := parseRequest(payload, s.maxPay)
 	if err != nil {
 		re := err.(*requestError)
-		s.reply(ss, topic, req.ID, re.Code, nil, re.Msg)
-		return answered
+		s.answerRequest(ss, pk, a, req.ID, re.Code, nil, re.Msg)
+		return true
 	}
 	if want := methodFor(rel); req.Method != want {
-		// The topic is authoritative for event posts: the Python SDK 0.1.1
-		// sends "thing.event.%s.post" unformatted.
-		if !strings.HasPrefix(rel, "thing/event/") || !strings.HasPrefix(req.Method, "thing.event.") {
-			s.reply(ss, topic, req.ID, codeMismatch, nil, "method does not match topic")
-			return answered
+		if !topicDecides(rel, req.Method) {
+			s.answerRequest(ss, pk, a, req.ID, codeMismatch, nil, "method does not match topic")
+			return true
 		}
-		s.log.Debug("mqtt: event post method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
+		s.log.Debug("mqtt: request method disagrees with its topic; the topic decides", "method", req.Method, "want", want)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ctx = context.WithValue(ctx, flagsKey{}, req.batchFlags)
 	data, code, msg := handler(s, ctx, target, req.Params)
-	s.reply(ss, topic, req.ID, code, data, msg)
-	if ss.closeAfterReply.Load() {
-		s.kick(ss, codeBusy, "throttled")
-		return answered
+	if w, ok := data.(pendingWrite); ok && code == codePending {
+		w.start(func(err error) {
+			code, msg := storeCode(err)
+			var data any
+			if code == codeOK {
+				data = w.data
+			}
+			// On a writer's goroutine: the answer is written elsewhere.
+			go s.answerRequest(ss, pk, a, req.ID, code, data, msg)
+		})
+		return true
 	}
-	if code == codeNotStored {
-		s.refused(ss)
-		return notStored
+	s.answerRequest(ss, pk, a, req.ID, code, data, msg)
+	return true
+}
+
+// acknowledge takes the publish's place in the connection's answer queue,
+// with a PUBACK for QoS 1.
+func (s *Server) acknowledge(ss *session, pk packets.Packet) *answer {
+	a := ss.answers().reserve()
+	a.ack, a.ackID = pk.FixedHeader.Qos > 0, pk.PacketID
+	return a
+}
+
+// answerRequest completes a request's answer: its reply, and its PUBACK
+// unless nothing was stored for want of storage (MQTT 3.1.1 has no
+// negative PUBACK, so the client resends; MQTT 5 gets reason 0x80).
+func (s *Server) answerRequest(ss *session, pk packets.Packet, a *answer, id json.RawMessage, code int, data any, msg string) {
+	a.replyTopic, a.replyPayload = pk.TopicName+replySuffix, replyPayload(id, code, data, msg)
+	switch {
+	case ss.closeAfterReply.Load():
+		a.after = func() { s.kick(ss, codeBusy, "throttled") }
+	case code == codeNotStored:
+		if ss.cl.Properties.ProtocolVersion == 5 {
+			a.ackCode = packets.ErrUnspecifiedError.Code
+		} else {
+			a.ack = false
+		}
+		a.after = func() { s.refused(ss) }
+	default:
+		ss.refusals.Store(0)
 	}
-	ss.refusals.Store(0)
-	return answered
+	s.complete(ss, a)
+}
+
+// topicDecides reports whether a request whose method disagrees with its
+// topic is served as the topic says: the dialects of SDKs known to send
+// other methods. The Python SDK 0.1.1 sends event posts as
+// "thing.event.%s.post" unformatted and OTA requests as
+// "Ota.device.getversion", "ota.progress", "ota.inform", "ota.request".
+func topicDecides(rel, method string) bool {
+	switch {
+	case strings.HasPrefix(rel, "thing/event/"):
+		return strings.HasPrefix(method, "thing.event.")
+	case strings.HasPrefix(rel, "ota/device/"):
+		return strings.HasPrefix(strings.ToLower(method), "ota.")
+	}
+	return false
 }
 
 // refusalsBeforeDisconnect is how many posts in a row a session may see
@@ -222,6 +281,8 @@ func storeCode(err error) (int, string) {
 		return codeTooLarge, iothub.ErrorMessage(err)
 	case iothub.ENOTFOUND:
 		return codeNotFound, "device not found"
+	case iothub.EMODEL:
+		return codeModelMismatch, iothub.ErrorMessage(err)
 	default:
 		return codeNotStored, msgNotStored
 	}
@@ -258,6 +319,11 @@ func upstream(rel string) (handlerFn, bool) {
 		return (*Server).registerSubDevices, true
 	case "thing/certificate/renew":
 		return (*Server).renewCertificate, true
+	case "thing/tsltemplate/get":
+		return (*Server).tslTemplate, true
+	}
+	if h, ok := otaHandler(rel); ok {
+		return h, true
 	}
 	if id, ok := strings.CutPrefix(rel, "thing/event/"); ok {
 		if id, ok := strings.CutSuffix(id, "/post"); ok && id != "" && !strings.Contains(id, "/") {
@@ -267,8 +333,8 @@ func upstream(rel string) (handlerFn, bool) {
 	return nil, false
 }
 
-// reply writes the answer on topic + "_reply" to the device's connection.
-func (s *Server) reply(ss *session, topic string, id json.RawMessage, code int, data any, msg string) {
+// replyPayload is the JSON answer to an upstream request.
+func replyPayload(id json.RawMessage, code int, data any, msg string) []byte {
 	if id == nil {
 		id = json.RawMessage(`""`)
 	}
@@ -276,9 +342,7 @@ func (s *Server) reply(ss *session, topic string, id json.RawMessage, code int, 
 	if err != nil {
 		b, _ = json.Marshal(replyEnvelope{ID: id, Code: codeInternal, Message: "internal error"})
 	}
-	if err := s.writePublish(ss.cl, topic+replySuffix, b); err != nil {
-		s.log.Debug("mqtt: reply not written", "topic", topic, "error", err)
-	}
+	return b
 }
 
 // writePublish writes a QoS 0 PUBLISH straight to a client's connection,
@@ -321,6 +385,9 @@ func (s *Server) sample(ss *session, p postParams) (iothub.Sample, int, string) 
 		code, msg := storeCode(err)
 		return iothub.Sample{}, code, msg
 	}
+	if code, msg := s.checkModel(dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckMeasurepoints(mp) }); code != codeOK {
+		return iothub.Sample{}, code, msg
+	}
 	return iothub.Sample{ProductKey: dev.ProductKey, DeviceKey: dev.DeviceKey, Time: s.postTime(p.Time),
 		Measurepoints: json.RawMessage(mp.Body)}, codeOK, ""
 }
@@ -342,8 +409,7 @@ func (s *Server) postMeasurepoints(_ context.Context, ss *session, params json.R
 	if code != codeOK {
 		return nil, code, msg
 	}
-	code, msg = storeCode(s.samples.Write([]iothub.Sample{smp}))
-	return nil, code, msg
+	return pending(func(done func(error)) { s.samples.WriteAsync([]iothub.Sample{smp}, done) }, nil)
 }
 
 // maxBatchEntries caps the entries of one batch post.
@@ -377,11 +443,11 @@ func (s *Server) postMeasurepointBatch(ctx context.Context, ss *session, params 
 	if len(out) == 0 {
 		return nil, codeBadFormat, "no valid entry in the batch"
 	}
-	code, msg := storeCode(s.samples.Write(out))
-	if code != codeOK || skipped == 0 {
-		return nil, code, msg
+	var data any
+	if skipped > 0 {
+		data = map[string]int{"skipped": skipped}
 	}
-	return map[string]int{"skipped": skipped}, codeOK, ""
+	return pending(func(done func(error)) { s.samples.WriteAsync(out, done) }, data)
 }
 
 // offlineSubSample makes a batch entry of a sub-device that is in the
@@ -413,10 +479,12 @@ func eventHandler(eventID string) handlerFn {
 		if err != nil {
 			return nil, codeBadFormat, "events: " + iothub.ErrorMessage(err)
 		}
+		if code, msg := s.checkModel(ss.dev.ProductKey, func(m *iothub.ThingModel) error { return m.CheckEvent(eventID, fields) }); code != codeOK {
+			return nil, code, msg
+		}
 		e := iothub.DeviceEvent{ProductKey: ss.dev.ProductKey, DeviceKey: ss.dev.DeviceKey, EventID: eventID,
 			Time: s.postTime(p.Time), Events: json.RawMessage(fields.Body)}
-		code, msg := storeCode(s.events.Write([]iothub.DeviceEvent{e}))
-		return nil, code, msg
+		return pending(func(done func(error)) { s.events.WriteAsync([]iothub.DeviceEvent{e}, done) }, nil)
 	}
 }
 

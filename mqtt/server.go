@@ -97,6 +97,7 @@ type Server struct {
 	relay    appRelay       // the change log to applications, while any is connected
 	side     *sideWriter    // login/logout states and audit rows, batched
 	reg      *registryCache // nil without a bus: nothing would invalidate it
+	models   modelCache     // products' thing models
 
 	instance   string // this run's lease token
 	draining   atomic.Bool

@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"crypto/x509"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,8 @@ type session struct {
 	loginAt        time.Time
 	secretVersion  int
 	serial         string // client certificate serial, "" when none
+	product        *iothub.Product
+	peer           []*x509.Certificate // client certificate chain, kept to re-check it when the hub's CAs change
 	certNotAfter   time.Time
 	offlineTimeout time.Duration // 0: mochi's keepalive deadline only
 	actInfo        []byte        // activation: the thing.activate.info push
@@ -42,7 +45,9 @@ type session struct {
 	refusals    atomic.Int32 // posts refused in a row for want of storage
 	// closeAfterReply ends the session once the current request is answered.
 	closeAfterReply atomic.Bool
-	timer           *time.Timer // certificate expiry or activation deadline
+	answersOnce     sync.Once
+	answerQ         *answerQueue // see answers()
+	timer           *time.Timer  // certificate expiry or activation deadline
 
 	// gateway is set on a sub-device's session: the gateway session whose
 	// connection (cl) it uses.

@@ -39,7 +39,7 @@ type groupWriter[T any] struct {
 // groupWrite is one caller's items and where its outcome goes.
 type groupWrite[T any] struct {
 	items []T
-	done  chan error
+	done  func(error) // called on the writer's goroutine: must not block
 }
 
 // newGroupWriter starts a writer that stores through commit, at most
@@ -57,18 +57,27 @@ func newGroupWriter[T any](commit func(context.Context, []T) error, maxItems int
 }
 
 // Write stores items and returns once they are committed, or the error
-// that kept them out. It blocks while the queue is full (back-pressure on
-// the device's connection), and fails with errWriterClosed after Close.
+// that kept them out.
 func (w *groupWriter[T]) Write(items []T) error {
-	gw := &groupWrite[T]{items: items, done: make(chan error, 1)}
+	ch := make(chan error, 1)
+	w.WriteAsync(items, func(err error) { ch <- err })
+	return <-ch
+}
+
+// WriteAsync queues items and calls done with the outcome once the
+// transaction holding them has committed (nil) or failed; done runs on the
+// writer's goroutine and must not block. WriteAsync blocks while the queue
+// is full (back-pressure on the device's connection); after Close, done
+// gets errWriterClosed at once.
+func (w *groupWriter[T]) WriteAsync(items []T, done func(error)) {
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
-		return errWriterClosed
+		done(errWriterClosed)
+		return
 	}
-	w.in <- gw
+	w.in <- &groupWrite[T]{items: items, done: done}
 	w.mu.RUnlock()
-	return <-gw.done
 }
 
 // Close stops accepting writes and returns once every queued one has been
@@ -125,14 +134,14 @@ func (w *groupWriter[T]) flush(batch []*groupWrite[T], n int) {
 		cancel()
 		if err == nil {
 			for _, gw := range part {
-				gw.done <- nil
+				gw.done(nil)
 			}
 			return
 		}
 		if len(part) == 1 || time.Now().After(deadline) {
 			w.onFailure(len(items), err)
 			for _, gw := range part {
-				gw.done <- err
+				gw.done(err)
 			}
 			return
 		}

@@ -2,11 +2,16 @@ package mqtt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // A batch that fails is split until only the write the store refuses
@@ -97,5 +102,55 @@ func TestGroupWriterRefusesWhileTheStoreIsDownAndResumes(t *testing.T) {
 	}
 	if stored.Load() != 1 {
 		t.Fatalf("%d items stored, want 1", stored.Load())
+	}
+}
+
+// A device that sends many posts without waiting gets every one stored
+// and answered, in the order it sent them, although their commits end in
+// groups: the connection keeps reading while posts wait for their commit.
+func TestPipelinedPostsAreAnsweredInOrder(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkpipe", nil)
+	d := h.device(p, "dev")
+	c := h.connect(t, "pkpipe", "dev", d.DeviceSecret)
+	const n = 300
+	ids := make(chan int, n)
+	topic := "/sys/pkpipe/dev/thing/measurepoint/post"
+	if tok := c.Subscribe(topic+"_reply", 0, func(_ paho.Client, m paho.Message) {
+		var r struct {
+			ID   string
+			Code int
+		}
+		json.Unmarshal(m.Payload(), &r)
+		if r.Code != 200 {
+			t.Errorf("post %s answered %d", r.ID, r.Code)
+		}
+		id, _ := strconv.Atoi(r.ID)
+		ids <- id
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = c.Publish(topic, 1, false, fmt.Sprintf(`{"id":"%d","version":"1.0","method":"thing.measurepoint.post","params":{"measurepoints":{"n":%d}}}`, i, i))
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("post %d not acknowledged: %v", i, tok.Error())
+		}
+	}
+	for want := range n {
+		select {
+		case got := <-ids:
+			if got != want {
+				t.Fatalf("reply %d arrived in place of %d", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("reply %d missing", want)
+		}
+	}
+	samples, err := h.db.RecentSamples(context.Background(), "pkpipe", "dev", 1000)
+	if err != nil || len(samples) != n {
+		t.Fatalf("%d posts stored (%v), want %d", len(samples), err, n)
 	}
 }

@@ -7,15 +7,12 @@ package pki
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -29,7 +26,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/iothub/iothub"
 )
 
 // Key sizes and lifetimes of the CA hierarchy. The root is RSA-3072: it
@@ -75,24 +75,24 @@ type AuthorityOptions struct {
 	// Device certificates point their CRL, CA issuers and OCSP URLs at it;
 	// empty leaves those extensions out.
 	PublicURL string
+	// Shared, when set, is the cluster's copy of the CA directory: the CAs
+	// are taken from it at open and after a change on another node
+	// (Reload), and every rotation and retirement is written to it.
+	Shared iothub.CAFileStore
 }
 
-// Authority is the hub's certificate authority: a root CA, an issuing CA
-// signed by it and the hub's own TLS server certificates, all kept as PEM
-// files in one directory.
+// Authority is the hub's certificate authority: generations of root and
+// issuing CAs (one of each active, older ones trusted until retired) and
+// the hub's own TLS server certificates, all kept as PEM files in one
+// directory. Readers see one consistent snapshot (trust) without a lock.
 type Authority struct {
-	dir        string
-	publicURL  string
-	root       *x509.Certificate
-	issuing    *x509.Certificate
-	issuingKey crypto.Signer
-	rootPool   *x509.CertPool
-	interPool  *x509.CertPool
-	chainPEM   []byte
-	server     []tls.Certificate
-	// issuingKeyBits is the issuing CA's SubjectPublicKeyInfo bit string,
-	// the input of an OCSP CertID's issuerKeyHash.
-	issuingKeyBits []byte
+	dir       string
+	publicURL string
+	names     hostnames
+	shared    iothub.CAFileStore // nil: the directory is this node's alone
+
+	mu  sync.Mutex // rotation, retirement, server renewal and reload
+	cur atomic.Pointer[trust]
 
 	crlMu     sync.Mutex
 	crlNumber *big.Int
@@ -123,64 +123,55 @@ func OpenAuthority(dir string, opts AuthorityOptions) (*Authority, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki: restrict CA dir: %w", err)
 	}
-	a := &Authority{dir: dir, publicURL: pub}
+	a := &Authority{dir: dir, publicURL: pub, names: names, shared: opts.Shared}
+	if err := a.pull(); err != nil {
+		return nil, err
+	}
 	now := time.Now()
 
 	rootKey, root, err := a.loadOrCreateRoot(now)
 	if err != nil {
 		return nil, err
 	}
-	if err := a.loadOrCreateIssuing(rootKey, root, now); err != nil {
+	issuingKey, issuing, err := a.loadOrCreateIssuing(rootKey, root, now)
+	if err != nil {
 		return nil, err
 	}
-	a.root = root
-	a.rootPool = x509.NewCertPool()
-	a.rootPool.AddCert(root)
-	a.interPool = x509.NewCertPool()
-	a.interPool.AddCert(a.issuing)
-	a.chainPEM = append(pemCert(a.issuing.Raw), pemCert(root.Raw)...)
-	var spki struct {
-		Algorithm pkix.AlgorithmIdentifier
-		PublicKey asn1.BitString
-	}
-	if _, err := asn1.Unmarshal(a.issuing.RawSubjectPublicKeyInfo, &spki); err != nil {
-		return nil, fmt.Errorf("pki: issuing CA public key: %w", err)
-	}
-	a.issuingKeyBits = spki.PublicKey.RightAlign()
 	if a.crlNumber, err = a.readCRLNumber(); err != nil {
 		return nil, err
 	}
-	for _, s := range []struct {
-		key, cert string
-		gen       func() (crypto.Signer, error)
-	}{
-		{serverRSAKey, serverRSACert, func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, serverKeyBits) }},
-		{serverECDSAKey, serverECDSACert, func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }},
-	} {
-		tc, err := a.loadOrIssueServer(s.key, s.cert, s.gen, names, now)
-		if err != nil {
-			return nil, err
-		}
-		a.server = append(a.server, tc)
+	gens, err := a.loadGenerations(&caGen{ID: keyID(root), Kind: KindRoot, Status: StatusActive, KeyFile: rootKeyFile, CertFile: rootCertFile, cert: root, key: rootKey},
+		&caGen{ID: keyID(issuing), Kind: KindIssuing, Status: StatusActive, Parent: keyID(root), KeyFile: issuingKeyFile, CertFile: issuingCertFile, cert: issuing, key: issuingKey})
+	if err != nil {
+		return nil, err
 	}
+	t, err := a.build(gens, now, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.push(sharedNames(gens)...); err != nil {
+		return nil, err
+	}
+	a.cur.Store(t)
 	return a, nil
 }
 
-// ServerCertificates returns the hub's TLS server certificates, RSA first,
-// each with its chain (leaf, issuing CA).
-func (a *Authority) ServerCertificates() []tls.Certificate { return slices.Clone(a.server) }
+// ServerCertificates returns the hub's current TLS server certificates,
+// RSA first, each with its chain (leaf, active issuing CA, and the cross
+// certificate of the active root when it has one).
+func (a *Authority) ServerCertificates() []tls.Certificate { return slices.Clone(a.cur.Load().server) }
 
-// ChainPEM is the chain devices trust: the issuing CA then the root, PEM.
-func (a *Authority) ChainPEM() []byte { return bytes.Clone(a.chainPEM) }
+// ChainPEM is the active chain: the active issuing CA then its root, PEM.
+func (a *Authority) ChainPEM() []byte { return bytes.Clone(a.cur.Load().chainPEM) }
 
-// IssuingCA is the CA that signs device certificates, CRLs and OCSP responses.
-func (a *Authority) IssuingCA() *x509.Certificate { return a.issuing }
+// IssuingCA is the active CA: it signs new device and server certificates.
+func (a *Authority) IssuingCA() *x509.Certificate { return a.cur.Load().issuing.cert }
 
-// Root is the self-signed root CA.
-func (a *Authority) Root() *x509.Certificate { return a.root }
+// Root is the active self-signed root CA.
+func (a *Authority) Root() *x509.Certificate { return a.cur.Load().root.cert }
 
-// Roots returns a pool holding the root CA, for verifying hub-issued chains.
-func (a *Authority) Roots() *x509.CertPool { return a.rootPool.Clone() }
+// Roots returns a pool of every root CA not retired, for verifying hub-issued chains.
+func (a *Authority) Roots() *x509.CertPool { return a.cur.Load().roots.Clone() }
 
 // PublicURL is the public HTTP base device certificates point at ("" if none).
 func (a *Authority) PublicURL() string { return a.publicURL }
@@ -200,7 +191,7 @@ type profile struct {
 
 // issue signs a certificate for the public key of an already checked CSR.
 // Device and server certificates both go through it.
-func (a *Authority) issue(csr *x509.CertificateRequest, p profile) (*x509.Certificate, error) {
+func (a *Authority) issue(ca *caGen, csr *x509.CertificateRequest, p profile) (*x509.Certificate, error) {
 	serial, err := randomSerial()
 	if err != nil {
 		return nil, err
@@ -210,8 +201,8 @@ func (a *Authority) issue(csr *x509.CertificateRequest, p profile) (*x509.Certif
 		usage |= x509.KeyUsageKeyEncipherment
 	}
 	notAfter := p.notAfter
-	if notAfter.After(a.issuing.NotAfter) {
-		notAfter = a.issuing.NotAfter
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -226,11 +217,11 @@ func (a *Authority) issue(csr *x509.CertificateRequest, p profile) (*x509.Certif
 		URIs:                  p.uris,
 	}
 	if p.withURLs && a.publicURL != "" {
-		tmpl.CRLDistributionPoints = []string{a.publicURL + "/crl"}
-		tmpl.IssuingCertificateURL = []string{a.publicURL + "/ca.pem"}
+		tmpl.CRLDistributionPoints = []string{a.publicURL + "/crl/" + ca.ID}
+		tmpl.IssuingCertificateURL = []string{a.publicURL + "/ca/" + ca.ID + ".pem"}
 		tmpl.OCSPServer = []string{a.publicURL + "/ocsp"}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.issuing, csr.PublicKey, a.issuingKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("pki: sign certificate: %w", err)
 	}
@@ -244,7 +235,7 @@ func deviceURI(pk, dk string) *url.URL {
 
 // issueDevice issues a client certificate for device dk of product pk.
 func (a *Authority) issueDevice(csr *x509.CertificateRequest, pk, dk string, notBefore, notAfter time.Time) (*x509.Certificate, error) {
-	return a.issue(csr, profile{
+	return a.issue(a.cur.Load().issuing, csr, profile{
 		subject:   pkix.Name{CommonName: dk, Organization: []string{pk}},
 		uris:      []*url.URL{deviceURI(pk, dk)},
 		extUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -269,6 +260,18 @@ func (a *Authority) loadOrCreateRoot(now time.Time) (crypto.Signer, *x509.Certif
 		return nil, nil, fmt.Errorf("pki: %s exists without a root CA; restore %s and %s or move the CA files away",
 			a.path(issuingCertFile), rootKeyFile, rootCertFile)
 	}
+	k, cert, err := newRoot(now)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.savePair(rootKeyFile, rootCertFile, k, cert.Raw); err != nil {
+		return nil, nil, err
+	}
+	return k, cert, nil
+}
+
+// newRoot generates a self-signed root CA.
+func newRoot(now time.Time) (crypto.Signer, *x509.Certificate, error) {
 	k, err := rsa.GenerateKey(rand.Reader, rootKeyBits)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: generate root key: %w", err)
@@ -291,41 +294,50 @@ func (a *Authority) loadOrCreateRoot(now time.Time) (crypto.Signer, *x509.Certif
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: sign root CA: %w", err)
 	}
-	cert, err = x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := a.savePair(rootKeyFile, rootCertFile, k, der); err != nil {
 		return nil, nil, err
 	}
 	return k, cert, nil
 }
 
-func (a *Authority) loadOrCreateIssuing(rootKey crypto.Signer, root *x509.Certificate, now time.Time) error {
+func (a *Authority) loadOrCreateIssuing(rootKey crypto.Signer, root *x509.Certificate, now time.Time) (crypto.Signer, *x509.Certificate, error) {
 	key, cert, err := a.loadPair(issuingKeyFile, issuingCertFile)
 	if err == nil {
 		if !cert.IsCA || cert.CheckSignatureFrom(root) != nil {
-			return fmt.Errorf("pki: %s is not a CA certificate signed by %s", a.path(issuingCertFile), rootCertFile)
+			return nil, nil, fmt.Errorf("pki: %s is not a CA certificate signed by %s", a.path(issuingCertFile), rootCertFile)
 		}
-		a.issuing, a.issuingKey = cert, key
-		return nil
+		return key, cert, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return nil, nil, err
 	}
+	k, cert, err := newIssuing(rootKey, root, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, cert, a.savePair(issuingKeyFile, issuingCertFile, k, cert.Raw)
+}
+
+// newIssuing generates an issuing CA signed by root.
+func newIssuing(rootKey crypto.Signer, root *x509.Certificate, now time.Time) (crypto.Signer, *x509.Certificate, error) {
 	k, err := rsa.GenerateKey(rand.Reader, issuingKeyBits)
 	if err != nil {
-		return fmt.Errorf("pki: generate issuing key: %w", err)
+		return nil, nil, fmt.Errorf("pki: generate issuing key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return err
+		return nil, nil, err
+	}
+	notAfter := now.AddDate(issuingYears, 0, 0)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "iothub Issuing CA " + shortID(), Organization: []string{"iothub"}},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(issuingYears, 0, 0),
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -333,24 +345,24 @@ func (a *Authority) loadOrCreateIssuing(rootKey crypto.Signer, root *x509.Certif
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, &k.PublicKey, rootKey)
 	if err != nil {
-		return fmt.Errorf("pki: sign issuing CA: %w", err)
+		return nil, nil, fmt.Errorf("pki: sign issuing CA: %w", err)
 	}
-	if a.issuing, err = x509.ParseCertificate(der); err != nil {
-		return err
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
 	}
-	a.issuingKey = k
-	return a.savePair(issuingKeyFile, issuingCertFile, k, der)
+	return k, cert, nil
 }
 
 // loadOrIssueServer returns the server certificate kept in keyFile and
 // certFile, issuing a new one from a fresh key and CSR when it is missing,
 // names other hosts, is not signed by the issuing CA or nears expiry.
-func (a *Authority) loadOrIssueServer(keyFile, certFile string, gen func() (crypto.Signer, error), names hostnames, now time.Time) (tls.Certificate, error) {
+func (a *Authority) loadOrIssueServer(ca *caGen, chain [][]byte, keyFile, certFile string, gen func() (crypto.Signer, error), names hostnames, now time.Time) (tls.Certificate, error) {
 	key, cert, err := a.loadPair(keyFile, certFile)
 	switch {
 	case err == nil:
-		if cert.CheckSignatureFrom(a.issuing) == nil && names.equal(cert) && cert.NotAfter.Sub(now) > serverRenewBefore {
-			return a.tlsCert(key, cert), nil
+		if cert.CheckSignatureFrom(ca.cert) == nil && names.equal(cert) && cert.NotAfter.Sub(now) > serverRenewBefore {
+			return tlsCert(key, cert, chain), nil
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return tls.Certificate{}, err
@@ -369,7 +381,7 @@ func (a *Authority) loadOrIssueServer(keyFile, certFile string, gen func() (cryp
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	cert, err = a.issue(csr, profile{
+	cert, err = a.issue(ca, csr, profile{
 		subject:   pkix.Name{CommonName: names.first, Organization: []string{"iothub"}},
 		dnsNames:  names.dns,
 		ips:       names.ips,
@@ -383,12 +395,13 @@ func (a *Authority) loadOrIssueServer(keyFile, certFile string, gen func() (cryp
 	if err := a.savePair(keyFile, certFile, key, cert.Raw); err != nil {
 		return tls.Certificate{}, err
 	}
-	return a.tlsCert(key, cert), nil
+	return tlsCert(key, cert, chain), nil
 }
 
-func (a *Authority) tlsCert(key crypto.Signer, leaf *x509.Certificate) tls.Certificate {
+// tlsCert is leaf and key with chain (the CA certificates above leaf) for a TLS listener.
+func tlsCert(key crypto.Signer, leaf *x509.Certificate, chain [][]byte) tls.Certificate {
 	return tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, a.issuing.Raw},
+		Certificate: append([][]byte{leaf.Raw}, chain...),
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}
@@ -477,10 +490,10 @@ func (a *Authority) readCRLNumber() (*big.Int, error) {
 	return n, nil
 }
 
-// signCRL signs a CRL of the issuing CA listing entries. Its number is one
+// signCRL signs a CRL of issuing CA ca listing entries. Its number is one
 // more than the last, written to disk before signing so that a number is
 // never used twice, even across restarts.
-func (a *Authority) signCRL(entries []x509.RevocationListEntry, thisUpdate, nextUpdate time.Time) ([]byte, error) {
+func (a *Authority) signCRL(ca *caGen, entries []x509.RevocationListEntry, thisUpdate, nextUpdate time.Time) ([]byte, error) {
 	a.crlMu.Lock()
 	defer a.crlMu.Unlock()
 	n := new(big.Int).Add(a.crlNumber, big.NewInt(1))
@@ -493,7 +506,7 @@ func (a *Authority) signCRL(entries []x509.RevocationListEntry, thisUpdate, next
 		ThisUpdate:                thisUpdate,
 		NextUpdate:                nextUpdate,
 		RevokedCertificateEntries: entries,
-	}, a.issuing, a.issuingKey)
+	}, ca.cert, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("pki: sign CRL: %w", err)
 	}

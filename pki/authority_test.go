@@ -133,7 +133,7 @@ func TestOpenAuthority(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	short, err := c.issue(csr, profile{dnsNames: []string{"other.example"}, extUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	short, err := c.issue(c.cur.Load().issuing, csr, profile{dnsNames: []string{"other.example"}, extUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		notBefore: now.Add(-time.Minute), notAfter: now.Add(serverRenewBefore - time.Hour)})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"time"
@@ -36,10 +35,10 @@ func (s *Service) AuthorizeClient(p *iothub.Product, deviceKey string, peer []*x
 	}
 
 	var chainErr error
-	if bytes.Equal(leaf.RawIssuer, s.a.issuing.RawSubject) {
-		// The issuing CA was checked against the root at open: one
-		// signature check stands for x509's chain building here.
-		chainErr = s.a.checkIssued(leaf, now)
+	if ca := s.a.cur.Load().trustedIssuer(leaf); ca != nil {
+		// The issuing CA was checked against its root when it was made:
+		// one signature check stands for x509's chain building here.
+		chainErr = checkIssued(ca.cert, leaf, now)
 		if chainErr == nil {
 			if s.IsRevoked(serial) {
 				return serial, refuse("certificate revoked")
@@ -83,15 +82,15 @@ func (s *Service) AuthorizeClient(p *iothub.Product, deviceKey string, peer []*x
 	return serial, refuse(chainFailure(chainErr))
 }
 
-// checkIssued checks that the issuing CA signed leaf, that both are valid
+// checkIssued checks that issuing CA ca signed leaf, that both are valid
 // at now and that leaf allows client authentication. Errors have the types
 // x509.Certificate.Verify would return.
-func (a *Authority) checkIssued(leaf *x509.Certificate, now time.Time) error {
-	if err := leaf.CheckSignatureFrom(a.issuing); err != nil {
+func checkIssued(ca, leaf *x509.Certificate, now time.Time) error {
+	if err := leaf.CheckSignatureFrom(ca); err != nil {
 		return x509.UnknownAuthorityError{Cert: leaf}
 	}
-	if now.Before(a.issuing.NotBefore) || now.After(a.issuing.NotAfter) {
-		return x509.CertificateInvalidError{Cert: a.issuing, Reason: x509.Expired}
+	if now.Before(ca.NotBefore) || now.After(ca.NotAfter) {
+		return x509.CertificateInvalidError{Cert: ca, Reason: x509.Expired}
 	}
 	if len(leaf.UnhandledCriticalExtensions) > 0 {
 		return x509.CertificateInvalidError{Cert: leaf, Reason: x509.NotAuthorizedToSign, Detail: "unhandled critical extension"}

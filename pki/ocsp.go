@@ -22,12 +22,13 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 	if err != nil {
 		return nil, iothub.Errorf(iothub.EINVALID, "malformed OCSP request")
 	}
-	if !s.a.isIssuer(req) {
+	ca := s.a.cur.Load().issuerOf(req)
+	if ca == nil {
 		return ocsp.UnauthorizedErrorResponse, nil
 	}
 	now := s.now()
 	serial := serialHex(req.SerialNumber)
-	if der := s.ocspCache.get(serial, req.HashAlgorithm, now); der != nil {
+	if der := s.ocspCache.get(serial, req.HashAlgorithm, ca.ID, now); der != nil {
 		return der, nil
 	}
 	tmpl := ocsp.Response{
@@ -51,15 +52,17 @@ func (s *Service) OCSP(request []byte) ([]byte, error) {
 			tmpl.Status = ocsp.Unknown
 		case err != nil:
 			return nil, err
+		case issuerID(c.CertPEM) != ca.ID:
+			tmpl.Status = ocsp.Unknown // issued by another of the hub's CAs
 		case c.RevokedAt != nil:
 			tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, *c.RevokedAt, reasonCodes[c.Reason]
 		default:
 			tmpl.Status = ocsp.Good
 		}
 	}
-	der, err := ocsp.CreateResponse(s.a.issuing, s.a.issuing, tmpl, s.a.issuingKey)
+	der, err := ocsp.CreateResponse(ca.cert, ca.cert, tmpl, ca.key)
 	if err == nil && tmpl.Status != ocsp.Unknown {
-		s.ocspCache.put(serial, req.HashAlgorithm, der, tmpl.NextUpdate)
+		s.ocspCache.put(serial, req.HashAlgorithm, ca.ID, der, tmpl.NextUpdate)
 		if tmpl.Status == ocsp.Good && s.IsRevoked(serial) {
 			s.ocspCache.drop(serial) // revoked while this answer was signed
 		}
@@ -79,21 +82,22 @@ type ocspCache struct {
 }
 
 type cachedOCSP struct {
+	ca         string // id of the issuing CA the response is about
 	der        []byte
 	nextUpdate time.Time
 }
 
-func (c *ocspCache) get(serial string, h crypto.Hash, now time.Time) []byte {
+func (c *ocspCache) get(serial string, h crypto.Hash, ca string, now time.Time) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[serial][h]
-	if !ok || !now.Before(e.nextUpdate) {
+	if !ok || e.ca != ca || !now.Before(e.nextUpdate) {
 		return nil
 	}
 	return e.der
 }
 
-func (c *ocspCache) put(serial string, h crypto.Hash, der []byte, nextUpdate time.Time) {
+func (c *ocspCache) put(serial string, h crypto.Hash, ca string, der []byte, nextUpdate time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxOCSPCached {
@@ -102,7 +106,7 @@ func (c *ocspCache) put(serial string, h crypto.Hash, der []byte, nextUpdate tim
 	if c.m[serial] == nil {
 		c.m[serial] = map[crypto.Hash]cachedOCSP{}
 	}
-	c.m[serial][h] = cachedOCSP{der, nextUpdate}
+	c.m[serial][h] = cachedOCSP{ca, der, nextUpdate}
 }
 
 // drop forgets the responses about serial.
@@ -112,17 +116,23 @@ func (c *ocspCache) drop(serial string) {
 	delete(c.m, serial)
 }
 
-// isIssuer reports whether an OCSP request's CertID names the issuing CA.
-func (a *Authority) isIssuer(req *ocsp.Request) bool {
+// issuerOf returns the issuing CA, not retired, an OCSP request's CertID
+// names, or nil.
+func (t *trust) issuerOf(req *ocsp.Request) *caGen {
 	if !req.HashAlgorithm.Available() {
-		return false
+		return nil
 	}
-	h := req.HashAlgorithm.New()
-	h.Write(a.issuing.RawSubject)
-	if !bytes.Equal(h.Sum(nil), req.IssuerNameHash) {
-		return false
+	for _, ca := range t.issuingCAs() {
+		h := req.HashAlgorithm.New()
+		h.Write(ca.cert.RawSubject)
+		if !bytes.Equal(h.Sum(nil), req.IssuerNameHash) {
+			continue
+		}
+		h.Reset()
+		h.Write(ca.keyBits)
+		if bytes.Equal(h.Sum(nil), req.IssuerKeyHash) {
+			return ca
+		}
 	}
-	h.Reset()
-	h.Write(a.issuingKeyBits)
-	return bytes.Equal(h.Sum(nil), req.IssuerKeyHash)
+	return nil
 }

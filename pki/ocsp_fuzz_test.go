@@ -31,14 +31,14 @@ func FuzzOCSP(f *testing.F) {
 		cert *string
 		h    crypto.Hash
 	}{{&c.CertPEM, crypto.SHA1}, {&c.CertPEM, crypto.SHA256}, {&revoked.CertPEM, crypto.SHA1}} {
-		req, err := ocsp.CreateRequest(parsePEMCert(f, *tc.cert), shared.issuing, &ocsp.RequestOptions{Hash: tc.h})
+		req, err := ocsp.CreateRequest(parsePEMCert(f, *tc.cert), shared.IssuingCA(), &ocsp.RequestOptions{Hash: tc.h})
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(req)
 	}
 	// About the issuing CA itself, as issued by the root: another issuer.
-	other, err := ocsp.CreateRequest(shared.issuing, shared.root, nil)
+	other, err := ocsp.CreateRequest(shared.IssuingCA(), shared.Root(), nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func FuzzOCSP(f *testing.F) {
 		if err != nil {
 			t.Fatalf("answered a request that does not parse: %x", b)
 		}
-		r, err := ocsp.ParseResponse(resp, shared.issuing)
+		r, err := ocsp.ParseResponse(resp, shared.IssuingCA())
 		if err != nil {
 			t.Fatalf("response to %x does not verify: %v", b, err)
 		}

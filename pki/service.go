@@ -58,12 +58,12 @@ type Service struct {
 	// extRevoked maps productKey → revoked leaves of its external CAs, by
 	// externalLeafKey. Replaced whole on change, read under mu.
 	extRevoked map[string]map[string]struct{}
-	reloadMu   sync.Mutex                // serializes reloadExternal
-	pending    map[string]pendingRenewal // new serial → what it supersedes
-	checked    map[string]struct{}       // serials storedRenewal asked the store about
-	ocspCache  ocspCache                 // signed OCSP responses until their nextUpdate
-	crl        atomic.Pointer[signedCRL] // current CRL
-	crlSign    sync.Mutex                // one CRL signing at a time, so a newer never loses to an older
+	reloadMu   sync.Mutex                            // serializes reloadExternal
+	pending    map[string]pendingRenewal             // new serial → what it supersedes
+	checked    map[string]struct{}                   // serials storedRenewal asked the store about
+	ocspCache  ocspCache                             // signed OCSP responses until their nextUpdate
+	crl        atomic.Pointer[map[string]*signedCRL] // current CRL of each issuing CA not retired, by CA id
+	crlSign    sync.Mutex                            // one CRL signing at a time, so a newer never loses to an older
 
 	seed     maphash.Seed
 	devLocks [64]sync.Mutex // striped per device: the valid-certificate cap is checked and kept under it
@@ -77,6 +77,9 @@ type Service struct {
 }
 
 type revokedEntry struct {
+	// issuer is the id (authority key identifier) of the CA that signed
+	// the certificate, "" when unknown: then every CRL lists it.
+	issuer   string
 	serial   *big.Int
 	at       time.Time
 	reason   int
@@ -183,7 +186,8 @@ func (s *Service) tick(now time.Time) {
 		s.log.Error("pki: load supersessions", "err", err)
 	}
 	s.supersedeDue(ctx, now)
-	if cur := s.crl.Load(); cur == nil || now.Sub(cur.signedAt) >= CRLValidity/2 {
+	s.renewServer(now)
+	if s.crlDue(now) {
 		if err := s.signCRL(); err != nil {
 			s.log.Error("pki: re-sign CRL", "err", err)
 		}
@@ -266,7 +270,7 @@ func (s *Service) remember(certs ...*iothub.Certificate) bool {
 		if set == nil {
 			set = maps.Clone(old)
 		}
-		set[c.Serial] = revokedEntry{serial: n, at: *c.RevokedAt, reason: reasonCodes[c.Reason], notAfter: c.NotAfter}
+		set[c.Serial] = revokedEntry{issuer: issuerID(c.CertPEM), serial: n, at: *c.RevokedAt, reason: reasonCodes[c.Reason], notAfter: c.NotAfter}
 		delete(s.pending, c.Serial)
 		s.ocspCache.drop(c.Serial)
 	}
@@ -277,16 +281,17 @@ func (s *Service) remember(certs ...*iothub.Certificate) bool {
 	return true
 }
 
-// signCRL signs a CRL of every revoked certificate that has not expired
-// and makes it current. Expired entries leave the set: a certificate past
-// its notAfter is refused for that reason alone.
+// signCRL signs, for each issuing CA not retired, a CRL of every revoked
+// certificate it issued that has not expired, and makes them current.
+// Expired entries leave the set: a certificate past its notAfter is
+// refused for that reason alone.
 func (s *Service) signCRL() error {
 	s.crlSign.Lock()
 	defer s.crlSign.Unlock()
 	now := s.now()
 	s.mu.Lock()
 	set := *s.revoked.Load()
-	entries := make([]x509.RevocationListEntry, 0, len(set))
+	entries := make([]revokedEntry, 0, len(set))
 	var kept revokedSet
 	for k, e := range set {
 		if now.After(e.notAfter) {
@@ -296,23 +301,66 @@ func (s *Service) signCRL() error {
 			delete(kept, k)
 			continue
 		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: e.serial, RevocationTime: e.at, ReasonCode: e.reason})
+		entries = append(entries, e)
 	}
 	if kept != nil {
 		s.revoked.Store(&kept)
 	}
 	s.mu.Unlock()
-	slices.SortFunc(entries, func(x, y x509.RevocationListEntry) int { return x.SerialNumber.Cmp(y.SerialNumber) })
-	der, err := s.a.signCRL(entries, now, now.Add(CRLValidity))
-	if err != nil {
-		return err
+	slices.SortFunc(entries, func(x, y revokedEntry) int { return x.serial.Cmp(y.serial) })
+	crls := map[string]*signedCRL{}
+	for _, ca := range s.a.cur.Load().issuingCAs() {
+		var list []x509.RevocationListEntry
+		for _, e := range entries {
+			if e.issuer == "" || e.issuer == ca.ID {
+				list = append(list, x509.RevocationListEntry{SerialNumber: e.serial, RevocationTime: e.at, ReasonCode: e.reason})
+			}
+		}
+		der, err := s.a.signCRL(ca, list, now, now.Add(CRLValidity))
+		if err != nil {
+			return err
+		}
+		crls[ca.ID] = &signedCRL{der: der, signedAt: now}
 	}
-	s.crl.Store(&signedCRL{der: der, signedAt: now})
+	s.crl.Store(&crls)
 	return nil
 }
 
-// CRL is the issuing CA's current CRL in DER.
-func (s *Service) CRL() []byte { return bytes.Clone(s.crl.Load().der) }
+// crlDue reports whether the CRLs must be re-signed at now: half their
+// validity passed, or the issuing CAs changed since.
+func (s *Service) crlDue(now time.Time) bool {
+	cur := s.crl.Load()
+	if cur == nil {
+		return true
+	}
+	cas := s.a.cur.Load().issuingCAs()
+	if len(cas) != len(*cur) {
+		return true
+	}
+	for _, ca := range cas {
+		c, ok := (*cur)[ca.ID]
+		if !ok || now.Sub(c.signedAt) >= CRLValidity/2 {
+			return true
+		}
+	}
+	return false
+}
+
+// CRL is the active issuing CA's current CRL in DER.
+func (s *Service) CRL() []byte {
+	der, _ := s.CRLOf(s.a.cur.Load().issuing.ID)
+	return der
+}
+
+// CRLOf is the current CRL in DER of the issuing CA with id (not retired),
+// the one its certificates name.
+func (s *Service) CRLOf(id string) ([]byte, bool) {
+	c, ok := (*s.crl.Load())[id]
+	if !ok {
+		return nil, false
+	}
+	return bytes.Clone(c.der), true
+}
 
 // ChainPEM is the chain devices trust: the issuing CA then the root.
 func (s *Service) ChainPEM() []byte { return s.a.ChainPEM() }

@@ -150,7 +150,8 @@ func checkDeviceCert(t *testing.T, leaf *x509.Certificate, c *iothub.Certificate
 	if leaf.KeyUsage != wantKU {
 		t.Fatalf("key usage %v, want %v", leaf.KeyUsage, wantKU)
 	}
-	if !equalStrings(leaf.CRLDistributionPoints, testURL+"/crl") || !equalStrings(leaf.IssuingCertificateURL, testURL+"/ca.pem") || !equalStrings(leaf.OCSPServer, testURL+"/ocsp") {
+	id := hex.EncodeToString(leaf.AuthorityKeyId)
+	if !equalStrings(leaf.CRLDistributionPoints, testURL+"/crl/"+id) || !equalStrings(leaf.IssuingCertificateURL, testURL+"/ca/"+id+".pem") || !equalStrings(leaf.OCSPServer, testURL+"/ocsp") {
 		t.Fatalf("URLs: CRL %v, AIA %v, OCSP %v", leaf.CRLDistributionPoints, leaf.IssuingCertificateURL, leaf.OCSPServer)
 	}
 	if d := time.Since(leaf.NotBefore); d < time.Minute-5*time.Second || d > time.Minute+time.Minute {

@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Supersessions", testSupersessions},
 		{"UseRequest", testUseRequest},
 		{"BootstrapKey", testBootstrapKey},
+		{"CAFiles", testCAFiles},
 		{"AttributeCaps", testAttributeCaps},
 		{"Audit", testAudit},
 		{"AuditBatch", testAuditBatch},
@@ -62,6 +63,8 @@ func Run(t *testing.T, open func(t *testing.T) iothub.Store) {
 		{"Attributes", testAttributes},
 		{"EventsAndTags", testEventsAndTags},
 		{"Topology", testTopology},
+		{"OTA", testOTA},
+		{"ThingModelAndRaw", testThingModelAndRaw},
 		{"DeleteDeviceRemovesDataKeepsCertificates", testDeleteDeviceRemovesDataKeepsCertificates},
 		{"ConcurrentWritersAndReaders", testConcurrentWritersAndReaders},
 		{"ChangeLog", testChangeLog},
@@ -1121,6 +1124,124 @@ func testAttributeCaps(t *testing.T, db iothub.Store) {
 	must(t, err)
 	if len(got) != iothub.MaxAttributesPerDevice || string(got["a0"]) != "2" {
 		t.Fatalf("%d attributes, a0 = %s", len(got), got["a0"])
+	}
+}
+
+func testOTA(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "a")
+	mkDevice(t, db, "pk", "b")
+	now := time.UnixMilli(1_700_000_000_000).UTC()
+	content := bytes.Repeat([]byte{0, 1, 2, 0xff}, 1000)
+	fw := &iothub.Firmware{ID: "fw1", OrgID: iothub.DefaultOrgID, ProductKey: "pk", Version: "1.1", Size: int64(len(content)), SHA256: "x", CreatedAt: now}
+	must(t, db.CreateFirmware(ctx, fw, content))
+	dup := *fw
+	dup.ID = "fw2"
+	wantCode(t, db.CreateFirmware(ctx, &dup, content), iothub.ECONFLICT)
+	got, err := db.FirmwareContent(ctx, "pk", "fw1")
+	must(t, err)
+	if !bytes.Equal(got, content) {
+		t.Fatal("firmware content changed in the store")
+	}
+	_, err = db.Firmware(ctx, "other", "fw1")
+	wantCode(t, err, iothub.ENOTFOUND)
+	if list, err := db.Firmwares(ctx, "pk"); err != nil || len(list) != 1 || *list[0] != *fw {
+		t.Fatalf("Firmwares = %+v, %v", list, err)
+	}
+
+	job := func(id string, dks ...string) *iothub.OTAJob {
+		j := &iothub.OTAJob{ID: id, OrgID: iothub.DefaultOrgID, ProductKey: "pk", FirmwareID: "fw1", CreatedAt: now}
+		for _, dk := range dks {
+			j.Devices = append(j.Devices, iothub.OTADevice{DeviceKey: dk, Status: iothub.OTAPending})
+		}
+		return j
+	}
+	wantCode(t, db.CreateOTAJob(ctx, job("j0", "a", "ghost")), iothub.ENOTFOUND)
+	_, err = db.OTAJob(ctx, "pk", "j0")
+	wantCode(t, err, iothub.ENOTFOUND) // nothing written
+	must(t, db.CreateOTAJob(ctx, job("j1", "a", "b")))
+	a := iothub.DeviceID{ProductKey: "pk", DeviceKey: "a"}
+	must(t, db.UpdateOTADevice(ctx, "j1", a, iothub.OTADevice{Status: iothub.OTAUpgrading, Step: 40, Desc: "half", UpdatedAt: now}))
+	// A late acceptance does not undo progress.
+	wantCode(t, db.UpdateOTADevice(ctx, "j1", a, iothub.OTADevice{Status: iothub.OTANotified, UpdatedAt: now}), iothub.ENOTFOUND)
+	p, err := db.PendingOTA(ctx, a)
+	must(t, err)
+	if p.ID != "j1" || p.Version != "1.1" || len(p.Devices) != 1 || p.Devices[0].Step != 40 || p.Devices[0].Desc != "half" {
+		t.Fatalf("PendingOTA = %+v", p)
+	}
+	// A newer job supersedes the unfinished entries of a.
+	must(t, db.CreateOTAJob(ctx, job("j2", "a")))
+	j1, err := db.OTAJob(ctx, "pk", "j1")
+	must(t, err)
+	if j1.Devices[0].Status != iothub.OTASuperseded || j1.Devices[1].Status != iothub.OTAPending || j1.Status() != "running" {
+		t.Fatalf("j1 after j2: %+v", j1)
+	}
+	must(t, db.UpdateOTADevice(ctx, "j2", a, iothub.OTADevice{Status: iothub.OTADone, Step: 100, UpdatedAt: now}))
+	wantCode(t, db.UpdateOTADevice(ctx, "j2", a, iothub.OTADevice{Status: iothub.OTAFailed, UpdatedAt: now}), iothub.ENOTFOUND)
+	_, err = db.PendingOTA(ctx, a)
+	wantCode(t, err, iothub.ENOTFOUND)
+	// Deleting a device takes it out of its jobs.
+	must(t, db.DeleteDevice(ctx, "pk", "b"))
+	if j1, _ := db.OTAJob(ctx, "pk", "j1"); len(j1.Devices) != 1 || j1.Status() != "superseded" {
+		t.Fatalf("j1 after deleting b: %+v", j1)
+	}
+}
+
+func testThingModelAndRaw(t *testing.T, db iothub.Store) {
+	mkProduct(t, db, "pk")
+	mkDevice(t, db, "pk", "a")
+	now := time.UnixMilli(1_700_000_000_000).UTC()
+	_, err := db.ThingModel(ctx, "pk")
+	wantCode(t, err, iothub.ENOTFOUND)
+	must(t, db.SetThingModel(ctx, "pk", json.RawMessage(`{"measurepoints":{"t":{"dataType":"int"}}}`), now))
+	must(t, db.SetThingModel(ctx, "pk", json.RawMessage(`{"measurepoints":{"u":{"dataType":"int"}}}`), now))
+	if m, err := db.ThingModel(ctx, "pk"); err != nil || string(m) != `{"measurepoints":{"u":{"dataType":"int"}}}` {
+		t.Fatalf("ThingModel = %s, %v", m, err)
+	}
+	must(t, db.SetThingModel(ctx, "pk", nil, now))
+	_, err = db.ThingModel(ctx, "pk")
+	wantCode(t, err, iothub.ENOTFOUND)
+
+	a := iothub.DeviceID{ProductKey: "pk", DeviceKey: "a"}
+	wantCode(t, db.AppendRaw(ctx, iothub.DeviceID{ProductKey: "pk", DeviceKey: "ghost"}, []byte{1}, now), iothub.ENOTFOUND)
+	wantCode(t, db.AppendRaw(ctx, a, make([]byte, iothub.MaxRawBytes+1), now), iothub.ETOOLARGE)
+	for i := range iothub.RawPerDevice + 5 {
+		must(t, db.AppendRaw(ctx, a, []byte{byte(i), 0, 0xff}, now.Add(time.Duration(i)*time.Millisecond)))
+	}
+	msgs, err := db.RecentRaw(ctx, a, 0)
+	must(t, err)
+	if len(msgs) != iothub.RawPerDevice || !bytes.Equal(msgs[0].Payload, []byte{iothub.RawPerDevice + 4, 0, 0xff}) {
+		t.Fatalf("RecentRaw: %d messages, newest %v", len(msgs), msgs[0].Payload)
+	}
+	must(t, db.DeleteDevice(ctx, "pk", "a"))
+	if msgs, _ := db.RecentRaw(ctx, a, 0); len(msgs) != 0 {
+		t.Fatalf("raw messages outlive their device: %d", len(msgs))
+	}
+}
+
+// testCAFiles: shared CA files are written, replaced and read back whole;
+// a nameless file changes nothing.
+func testCAFiles(t *testing.T, db iothub.Store) {
+	ctx := context.Background()
+	got, err := db.CAFiles(ctx)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("a new store has CA files %v (%v)", got, err)
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.pem": []byte("cert"), "root.key": []byte("key")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.key": []byte("key2"), "": []byte("x")}); iothub.ErrorCode(err) != iothub.EINVALID {
+		t.Fatalf("nameless file: %v, want EINVALID", err)
+	}
+	if got, _ := db.CAFiles(ctx); string(got["root.key"]) != "key" {
+		t.Fatalf("a refused write changed root.key to %q", got["root.key"])
+	}
+	if err := db.PutCAFiles(ctx, map[string][]byte{"root.key": []byte("key3")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = db.CAFiles(ctx)
+	if err != nil || len(got) != 2 || string(got["root.pem"]) != "cert" || string(got["root.key"]) != "key3" {
+		t.Fatalf("CA files %q (%v)", got, err)
 	}
 }
 

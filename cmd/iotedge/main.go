@@ -61,6 +61,7 @@ type options struct {
 	tpmDevice, tpmSWTPM, logLevel           string
 	metricsCommand, serviceCommand          string
 	interval                                time.Duration
+	trustRefresh                            time.Duration
 }
 
 func (o *options) flags(f *pflag.FlagSet) {
@@ -81,6 +82,7 @@ func (o *options) flags(f *pflag.FlagSet) {
 	f.StringVar(&o.metricsCommand, "metrics-command", "", "command printing one JSON object of measurepoints (default: load, memory, uptime)")
 	f.StringVar(&o.serviceCommand, "service-command", "", "command answering other service calls: gets the service id as last argument and params on stdin, prints JSON")
 	f.DurationVar(&o.interval, "interval", 5*time.Second, "measurepoint period")
+	f.DurationVar(&o.trustRefresh, "trust-refresh", edge.DefaultTrustRefresh, "how often to refresh the hub's signed trust bundle and CRLs (also at start; negative: never)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 }
 
@@ -140,7 +142,7 @@ func (o *options) agentConfig(log *slog.Logger) (edge.Config, error) {
 	cfg := edge.Config{
 		StateDir: o.state, CAFile: o.ca, Broker: o.broker, API: o.api,
 		ProductKey: o.productKey, ProductSecret: firstOf(o.productSecret, os.Getenv("IOTEDGE_PRODUCT_SECRET")),
-		DeviceKey: o.deviceKey, Auth: o.auth, Interval: o.interval, KeyType: edge.KeyType(o.keyType),
+		DeviceKey: o.deviceKey, Auth: o.auth, Interval: o.interval, TrustRefresh: o.trustRefresh, KeyType: edge.KeyType(o.keyType),
 		Logger: log,
 	}
 	if o.metricsCommand != "" {

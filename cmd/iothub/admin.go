@@ -40,7 +40,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(), newAdminKeyCmd(), newSignCmd(), newVersionCmd())
-	for _, c := range []*cobra.Command{orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g), auditCmd(g), crlCmd(g), streamCmd(g), ruleCmd(g)} {
+	for _, c := range []*cobra.Command{orgCmd(g), apikeyCmd(g), productCmd(g), deviceCmd(g), certCmd(g), caCmd(g), auditCmd(g), crlCmd(g), authorityCmd(g), streamCmd(g), ruleCmd(g)} {
 		g.register(c)
 		root.AddCommand(c)
 	}

@@ -410,3 +410,23 @@ func caCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(register, verify, remove, revokeLeaf)
 	return cmd
 }
+
+func authorityCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "authority", Short: "Rotate and retire the hub's own CAs (bootstrap key)"}
+	cols := []string{"id", "kind", "status", "subject", "notAfter"}
+	var root bool
+	rotate := apiCmd(g, "rotate", "Make a new issuing CA active (--root: a new root, cross-signed by the old one)", cobra.NoArgs, func([]string) (call, error) {
+		return call{method: "POST", path: "/api/v1/authority/rotate", body: map[string]any{"root": root}, columns: []string{"id", "issuingId"}}, nil
+	})
+	rotate.Flags().BoolVar(&root, "root", false, "rotate the root CA too")
+	cmd.AddCommand(
+		apiCmd(g, "list", "List the hub's CAs and their status", cobra.NoArgs, func([]string) (call, error) {
+			return call{method: "GET", path: "/api/v1/authority", list: "authorities", columns: cols}, nil
+		}),
+		rotate,
+		apiCmd(g, "retire ID", "Stop trusting a CA: its certificates are refused, its sessions closed", cobra.ExactArgs(1), func(a []string) (call, error) {
+			return call{method: "POST", path: "/api/v1/authority/" + a[0] + "/retire", columns: []string{"retired"}}, nil
+		}),
+	)
+	return cmd
+}

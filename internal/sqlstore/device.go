@@ -90,7 +90,7 @@ func (c *Core) DeleteDevice(ctx context.Context, productKey, deviceKey string) e
 		if n, _ := res.RowsAffected(); n == 0 {
 			return NotFound("device %q not found in product %q", deviceKey, productKey)
 		}
-		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes", "device_events", "device_tags"} {
+		for _, table := range []string{"telemetry_samples", "telemetry_points", "attributes", "device_events", "device_tags", "ota_job_devices", "raw_messages"} {
 			if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM `+table+` WHERE product_key = ? AND device_key = ?`),
 				productKey, deviceKey); err != nil {
 				return c.wrap("delete device", err)

@@ -118,6 +118,12 @@ func (c *Core) DeleteProduct(ctx context.Context, productKey string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return NotFound("product %q not found", productKey)
 		}
+		// Its devices are gone, and their upgrade entries with them.
+		for _, table := range []string{"ota_jobs", "firmwares", "thing_models"} {
+			if _, err := tx.ExecContext(ctx, c.q(`DELETE FROM `+table+` WHERE product_key = ?`), productKey); err != nil {
+				return c.wrap("delete product", err)
+			}
+		}
 		return nil
 	})
 }
