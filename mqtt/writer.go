@@ -56,14 +56,6 @@ func newGroupWriter[T any](commit func(context.Context, []T) error, maxItems int
 	return w
 }
 
-// Write stores items and returns once they are committed, or the error
-// that kept them out.
-func (w *groupWriter[T]) Write(items []T) error {
-	ch := make(chan error, 1)
-	w.WriteAsync(items, func(err error) { ch <- err })
-	return <-ch
-}
-
 // WriteAsync queues items and calls done with the outcome once the
 // transaction holding them has committed (nil) or failed; done runs on the
 // writer's goroutine and must not block. WriteAsync blocks while the queue
@@ -114,18 +106,18 @@ func (w *groupWriter[T]) run() {
 				break drain
 			}
 		}
-		w.flush(batch, n)
+		w.flush(batch)
 		clear(batch)
 	}
 }
 
 // flush commits batch, splitting it on failure within the split budget,
 // and answers every write in it.
-func (w *groupWriter[T]) flush(batch []*groupWrite[T], n int) {
+func (w *groupWriter[T]) flush(batch []*groupWrite[T]) {
 	deadline := time.Now().Add(w.splitBudget)
-	var attempt func(part []*groupWrite[T], n int)
-	attempt = func(part []*groupWrite[T], n int) {
-		items := make([]T, 0, n)
+	var attempt func(part []*groupWrite[T])
+	attempt = func(part []*groupWrite[T]) {
+		items := make([]T, 0, countItems(part))
 		for _, gw := range part {
 			items = append(items, gw.items...)
 		}
@@ -146,10 +138,10 @@ func (w *groupWriter[T]) flush(batch []*groupWrite[T], n int) {
 			return
 		}
 		half := len(part) / 2
-		attempt(part[:half], countItems(part[:half]))
-		attempt(part[half:], countItems(part[half:]))
+		attempt(part[:half])
+		attempt(part[half:])
 	}
-	attempt(batch, n)
+	attempt(batch)
 }
 
 func countItems[T any](part []*groupWrite[T]) int {

@@ -43,7 +43,7 @@ func TestGroupWriterIsolatesTheWriteTheStoreRefuses(t *testing.T) {
 	results := make([]error, 41)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); results[0] = w.Write([]int{1000}) }()
+	go func() { defer wg.Done(); results[0] = writeSync(w, []int{1000}) }()
 	<-started
 	for i := 1; i <= 40; i++ {
 		item := i
@@ -51,7 +51,7 @@ func TestGroupWriterIsolatesTheWriteTheStoreRefuses(t *testing.T) {
 			item = -17
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); results[i] = w.Write([]int{item}) }()
+		go func() { defer wg.Done(); results[i] = writeSync(w, []int{item}) }()
 	}
 	for len(w.in) < 40 {
 		time.Sleep(time.Millisecond)
@@ -89,15 +89,15 @@ func TestGroupWriterRefusesWhileTheStoreIsDownAndResumes(t *testing.T) {
 		return nil
 	}
 	w := newGroupWriter(commit, 100, func(int, error) {})
-	if err := w.Write([]int{1, 2}); err == nil {
+	if err := writeSync(w, []int{1, 2}); err == nil {
 		t.Fatal("a write was acknowledged while the store was down")
 	}
 	down.Store(false)
-	if err := w.Write([]int{3}); err != nil {
+	if err := writeSync(w, []int{3}); err != nil {
 		t.Fatalf("write after recovery: %v", err)
 	}
 	w.Close()
-	if err := w.Write([]int{4}); !errors.Is(err, errWriterClosed) {
+	if err := writeSync(w, []int{4}); !errors.Is(err, errWriterClosed) {
 		t.Fatalf("write after Close: %v, want errWriterClosed", err)
 	}
 	if stored.Load() != 1 {
@@ -153,4 +153,11 @@ func TestPipelinedPostsAreAnsweredInOrder(t *testing.T) {
 	if err != nil || len(samples) != n {
 		t.Fatalf("%d posts stored (%v), want %d", len(samples), err, n)
 	}
+}
+
+// writeSync writes items through w and waits for their outcome.
+func writeSync[T any](w *groupWriter[T], items []T) error {
+	ch := make(chan error, 1)
+	w.WriteAsync(items, func(err error) { ch <- err })
+	return <-ch
 }
