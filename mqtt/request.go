@@ -111,12 +111,9 @@ type replyEnvelope struct {
 // /sys/ prefix) must carry: "thing/event/x/post" → "thing.event.x.post".
 func methodFor(rel string) string { return strings.ReplaceAll(rel, "/", ".") }
 
-// codePending is what a handler returns with a pendingWrite: it started a
-// write, and the request is answered when the write ends.
-const codePending = -1
-
-// pendingWrite is a write a handler started; start hands it the callback
-// that answers the request, and data is the answer's data on success.
+// pendingWrite is what a handler returns as its data when it started a
+// write: the request is answered when the write ends. start hands the
+// write the callback that answers; data is the answer's data on success.
 type pendingWrite struct {
 	start func(done func(error))
 	data  any
@@ -124,7 +121,7 @@ type pendingWrite struct {
 
 // pending returns what a handler returns when its answer waits for a write.
 func pending(start func(done func(error)), data any) (any, int, string) {
-	return pendingWrite{start: start, data: data}, codePending, ""
+	return pendingWrite{start: start, data: data}, codeOK, ""
 }
 
 // handlePublish serves a publish from a device and reports whether the
@@ -196,7 +193,7 @@ func (s *Server) handlePublish(ss *session, pk packets.Packet) bool {
 	defer cancel()
 	ctx = context.WithValue(ctx, flagsKey{}, req.batchFlags)
 	data, code, msg := handler(s, ctx, target, req.Params)
-	if w, ok := data.(pendingWrite); ok && code == codePending {
+	if w, ok := data.(pendingWrite); ok {
 		w.start(func(err error) {
 			code, msg := storeCode(err)
 			var data any
