@@ -3,6 +3,7 @@ package http
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -74,11 +75,9 @@ func (s *Server) listRaw(w http.ResponseWriter, r *http.Request, p iothub.Princi
 	if err != nil {
 		return err
 	}
-	limit := 0
-	if v := r.URL.Query().Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 {
-			return iothub.Errorf(iothub.EINVALID, "limit must be a positive integer")
-		}
+	limit, err := queryInt(r, "limit", 0, math.MaxInt32) // the store caps it at iothub.RawPerDevice
+	if err != nil {
+		return err
 	}
 	msgs, err := s.Store.RecentRaw(r.Context(), iothub.DeviceID{ProductKey: d.ProductKey, DeviceKey: d.DeviceKey}, limit)
 	if err != nil {
