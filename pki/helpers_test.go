@@ -131,6 +131,21 @@ func (e *env) device(t testing.TB, p *iothub.Product, dk string) *iothub.Device 
 }
 
 // deviceCerts lists what the store holds for a device.
+// enrollAndRenew enrolls a P-256 key for d in e.p, renews it with a new
+// key, and returns the first certificate and its renewal.
+func (e *env) enrollAndRenew(t testing.TB, d *iothub.Device) (first, renewed *iothub.Certificate) {
+	t.Helper()
+	first, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err = e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return first, renewed
+}
+
 func (e *env) deviceCerts(t testing.TB, p *iothub.Product, dk string) []*iothub.Certificate {
 	t.Helper()
 	d, err := e.db.Device(ctx, p.ProductKey, dk)

@@ -321,14 +321,7 @@ func TestBinding(t *testing.T) {
 func TestRenew(t *testing.T) {
 	e := newEnv(t)
 	d := e.device(t, e.p, "dev1")
-	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := e.enrollAndRenew(t, d)
 	if e.svc.IsRevoked(a.Serial) {
 		t.Fatal("old certificate revoked before the new one was used")
 	}
@@ -593,14 +586,7 @@ func TestCertificateLookup(t *testing.T) {
 func TestAuditF8SupersessionSurvivesRestart(t *testing.T) {
 	e := newEnv(t)
 	d := e.device(t, e.p, "dev1")
-	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := e.enrollAndRenew(t, d)
 	e.svc.Close()
 	restarted := e.service(t)
 	restarted.NoteUsed(ctx, b.Serial)
@@ -677,14 +663,7 @@ func TestAuditF8SupersessionReachesANodeThatMissedTheEvent(t *testing.T) {
 	}
 	t.Cleanup(func() { other.Close() })
 	d := e.device(t, e.p, "dev1")
-	a, err := e.svc.Enroll(ctx, e.p, d, goCSR(t, p256Key(t)), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := e.svc.Renew(ctx, e.p, d, goCSR(t, p256Key(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := e.enrollAndRenew(t, d)
 	other.NoteUsed(ctx, b.Serial)
 	if !other.IsRevoked(a.Serial) {
 		t.Fatal("the other node did not supersede the old certificate when the new one logged in there")
