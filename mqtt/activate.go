@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
-
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/manage"
 	"github.com/iothub/iothub/sign"
@@ -26,7 +24,7 @@ type activateInfo struct {
 // ProductSecret. Every refusal after a valid product signature carries the
 // same code (770 semantics), whether the device is unknown, already
 // activated or disabled, so the answer does not tell whether it exists.
-func (s *Server) loginActivation(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
+func (s *Server) loginActivation(ctx context.Context, cl *conn, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
 	if !s.limits.actAddr.take(remote, now) || !s.limits.actProduct.take(l.ProductKey, now) {
 		return nil, &refusal{code: codeBusy, reason: "activation throttled"}
 	}

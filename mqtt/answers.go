@@ -96,7 +96,7 @@ func (s *Server) write(ss *session, a *answer) {
 	}
 	if a.ack {
 		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: a.ackID, ReasonCode: a.ackCode}
-		if err := ss.cl.WritePacket(ack); err != nil {
+		if err := ss.cl.writePacket(ack); err != nil {
 			s.log.Debug("mqtt: PUBACK not written", "error", err)
 		}
 	}

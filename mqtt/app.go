@@ -10,7 +10,6 @@ import (
 	"github.com/iothub/iothub"
 	hubhttp "github.com/iothub/iothub/http"
 	"github.com/iothub/iothub/sign"
-	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -167,13 +166,8 @@ func (s *Server) runRelay(ctx context.Context) {
 	_ = s.cfg.Feed.Follow(ctx, iothub.DataFilter{After: after}, func(changes []iothub.DataChange) error {
 		for _, ch := range changes {
 			topic := changeTopic(ch)
-			subs := s.broker.Topics.Subscribers(topic)
-			for id := range subs.Subscriptions {
-				cl, ok := s.broker.Clients.Get(id)
-				if !ok {
-					continue
-				}
-				ss := s.lookup(cl)
+			for _, t := range s.topics.match(topic) {
+				ss := s.lookup(t.c)
 				if ss == nil || ss.app == nil || (ss.orgID != "" && ss.orgID != ch.OrgID) {
 					continue
 				}
@@ -204,15 +198,15 @@ func (s *Server) revokeKey(keyID string) {
 }
 
 // connectApp decides an application's CONNECT, like connect for devices.
-func (s *Server) connectApp(ctx context.Context, cl *mochi.Client, pk packets.Packet, remote string, now time.Time) error {
+func (s *Server) connectApp(ctx context.Context, cl *conn, pk packets.Packet, remote string, now time.Time) error {
 	ss, ref := s.loginApp(ctx, string(pk.Connect.Password), remote, now)
 	if ref != nil {
 		return s.refuse(cl, sign.Login{}, false, remote, now, ref)
 	}
 	ss.cl, ss.remote = cl, remote
 	ss.touch(now)
-	cl.ID = "app|" + ss.app.keyID + "|" + cl.ID // apps cannot take a device's session over
-	cl.Properties.Will = mochi.Will{}           // an application publishes nothing, not even a will
+	cl.id = "app|" + ss.app.keyID + "|" + cl.id // apps cannot take a device's session over
+	cl.will = nil                               // an application publishes nothing, not even a will
 	s.startApp(ss)
 	s.met.logins.WithLabelValues("ok").Inc()
 	s.audit(iothub.AuditEvent{Time: now, OrgID: ss.orgID, Kind: "app.login", Remote: remote, Reason: "apikey " + ss.app.keyID})

@@ -2,14 +2,12 @@ package mqtt
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"math"
 	"net"
 	"strconv"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
@@ -43,9 +41,9 @@ const loginTimeout = 5 * time.Second
 
 // connect decides a CONNECT. It returns nil to accept, or the code it
 // refused with after writing the CONNACK.
-func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
+func (s *Server) connect(cl *conn, pk packets.Packet) error {
 	now := s.now()
-	remote := cl.Net.Remote
+	remote := cl.remote
 	if h, _, err := net.SplitHostPort(remote); err == nil {
 		remote = h
 	}
@@ -74,7 +72,6 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 		return s.refuse(cl, l, err == nil, remote, now, ref)
 	}
 
-	clampKeepalive(cl)
 	ss.cl = cl
 	ss.remote = remote
 	ss.tls = overTLS(cl)
@@ -85,12 +82,12 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 	// (a device could otherwise pick another device's clientId to take its
 	// session over, since the cid part is free text).
 	if ss.activation {
-		cl.ID = "a|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
+		cl.id = "a|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
 	} else {
-		cl.ID = "d|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
+		cl.id = "d|" + ss.dev.ProductKey + "|" + ss.dev.DeviceKey
 	}
-	if cl.Properties.Will.Flag == 1 && !ss.allow(cl.Properties.Will.TopicName, true) {
-		cl.Properties.Will = mochi.Will{} // a will may not reach another device's topics
+	if cl.will != nil && !ss.allow(cl.will.TopicName, true) {
+		cl.will = nil // a will may not reach another device's topics
 	}
 	if !s.register(ss) {
 		return s.refuse(cl, l, true, remote, now, &refusal{code: codeNotAuthorized, orgID: ss.orgID, reason: "746: certificate refused: certificate revoked"})
@@ -132,7 +129,7 @@ func (s *Server) connect(cl *mochi.Client, pk packets.Packet) error {
 // refuse records a refused login (buckets, metric, audit) and writes the
 // CONNACK; it returns the code for mochi to close the connection with.
 // A failure over the failed-login buckets is answered as throttled (0x89).
-func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
+func (s *Server) refuse(cl *conn, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
 	if ref.failed {
 		device := ""
 		if parsed {
@@ -152,7 +149,7 @@ func (s *Server) refuse(cl *mochi.Client, l sign.Login, parsed bool, remote stri
 // loginStatic checks a securemode 2 login. The signature is checked
 // before any throttle: failed logins are counted (refuse), but the holder
 // of the right secret is never refused for others' failures.
-func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
+func (s *Server) loginStatic(ctx context.Context, cl *conn, l sign.Login, password, remote string, now time.Time) (*session, *refusal) {
 	p, err := s.product(ctx, l.ProductKey)
 	if err != nil {
 		if iothub.ErrorCode(err) != iothub.ENOTFOUND {
@@ -170,8 +167,8 @@ func (s *Server) loginStatic(ctx context.Context, cl *mochi.Client, l sign.Login
 	if p.AuthMode == iothub.AuthCertificate {
 		// Checked before the device is looked up, so the answer does not
 		// depend on whether the device exists.
-		tc, ok := cl.Net.Conn.(*tls.Conn)
-		if !ok {
+		tc := cl.tls
+		if tc == nil {
 			return nil, &refusal{code: codeNotAuthorized, orgID: p.OrgID, reason: "746: certificate product must log in over TLS"}
 		}
 		peer = tc.ConnectionState().PeerCertificates
@@ -233,9 +230,8 @@ func (s *Server) loginPolicy(p *iothub.Product, l sign.Login, now time.Time) *re
 }
 
 // overTLS reports whether a client is connected over TLS.
-func overTLS(cl *mochi.Client) bool {
-	_, ok := cl.Net.Conn.(*tls.Conn)
-	return ok
+func overTLS(cl *conn) bool {
+	return cl.tls != nil
 }
 
 // fresh reports whether a login's signed timestamp (ms since the epoch, a
@@ -256,10 +252,10 @@ func (s *Server) fresh(timestamp string, now time.Time) bool {
 // reason code, 3.1.1 clients return code 3 (server unavailable: try again
 // later) when the hub cannot decide (store down, shutting down), else 5
 // (not authorized).
-func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
+func (s *Server) writeConnackRefusal(cl *conn, code packets.Code) {
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
 	switch {
-	case cl.Properties.ProtocolVersion == 5:
+	case cl.version == 5:
 		ack.ReasonCode = code.Code
 		ack.Properties.ReasonString = code.Reason
 	case code == codeUnavailable:
@@ -267,7 +263,7 @@ func (s *Server) writeConnackRefusal(cl *mochi.Client, code packets.Code) {
 	default:
 		ack.ReasonCode = packets.Err3NotAuthorized.Code
 	}
-	_ = cl.WritePacket(ack)
+	_ = cl.writePacket(ack)
 }
 
 func refusalLabel(c packets.Code) string {
@@ -347,11 +343,7 @@ func (s *Server) kick(ss *session, code packets.Code, reason string) {
 		s.endSub(ss, notice)
 		return
 	}
-	if ss.cl.Properties.ProtocolVersion == 5 {
-		_ = s.broker.DisconnectClient(ss.cl, code)
-		return
-	}
-	ss.cl.Stop(code) // MQTT 3.1.1 has no server DISCONNECT
+	ss.cl.disconnect(code)
 }
 
 // endSession forgets a closed session and records the device offline

@@ -187,11 +187,9 @@ func (s *Server) sweep() {
 			s.mu.RUnlock()
 			for _, ss := range all {
 				switch {
-				case ss.cl.Closed() && ss.cl.StopTime() > 0 && now.Unix()-ss.cl.StopTime() > 5:
-					s.endSession(ss) // CONNACK write failed: mochi never calls OnDisconnect
 				case ss.offlineTimeout > 0 && now.Sub(time.Unix(0, ss.lastSeen.Load())) > ss.offlineTimeout:
 					s.kick(ss, codeNotAuthorized, "offline_timeout")
-				case ss.established.Load() && ss.cl.State.Inflight.Len() > maxUnacked:
+				case ss.established.Load() && ss.cl.unacked() > maxUnacked:
 					s.kick(ss, packets.ErrQuotaExceeded, "slow_consumer") // reads but does not acknowledge
 				}
 			}

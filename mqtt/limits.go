@@ -4,8 +4,6 @@ import (
 	"sync"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 )
 
@@ -106,31 +104,6 @@ func (l *limiters) prune(now time.Time) {
 }
 
 // maxSubscriptions caps the topic filters one session holds (F11): a
-// SUBSCRIBE past it gets a failure code for each filter over the cap.
+// SUBSCRIBE past it gets a failure code (0x97, quota exceeded; 0x80 in
+// MQTT 3.1.1) for each filter over the cap.
 const maxSubscriptions = 100
-
-// overCapFilter replaces a filter over the cap before mochi sees it: a
-// valid filter no device may subscribe to, so the access rule refuses it
-// and the SUBACK carries a failure for it.
-const overCapFilter = "$iothub/subscription-cap"
-
-// capSubscriptions lets a SUBSCRIBE add filters only up to
-// maxSubscriptions per session; re-subscribing a held filter is free.
-func capSubscriptions(cl *mochi.Client, pk packets.Packet) packets.Packet {
-	held := cl.State.Subscriptions.Len()
-	var added map[string]bool
-	for i, sub := range pk.Filters {
-		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || added[sub.Filter] {
-			continue
-		}
-		if held+len(added) >= maxSubscriptions {
-			pk.Filters[i].Filter = overCapFilter
-			continue
-		}
-		if added == nil {
-			added = map[string]bool{}
-		}
-		added[sub.Filter] = true
-	}
-	return pk
-}

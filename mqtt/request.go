@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
@@ -226,7 +225,7 @@ func (s *Server) answerRequest(ss *session, pk packets.Packet, a *answer, id jso
 	case ss.closeAfterReply.Load():
 		a.after = func() { s.kick(ss, codeBusy, "throttled") }
 	case code == codeNotStored:
-		if ss.cl.Properties.ProtocolVersion == 5 {
+		if ss.cl.version == 5 {
 			a.ackCode = packets.ErrUnspecifiedError.Code
 		} else {
 			a.ack = false
@@ -344,8 +343,8 @@ func replyPayload(id json.RawMessage, code int, data any, msg string) []byte {
 
 // writePublish writes a QoS 0 PUBLISH straight to a client's connection,
 // whether or not it subscribed to topic.
-func (s *Server) writePublish(cl *mochi.Client, topic string, payload []byte) error {
-	err := cl.WritePacket(packets.Packet{
+func (s *Server) writePublish(cl *conn, topic string, payload []byte) error {
+	err := cl.writePacket(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish},
 		TopicName:   topic,
 		Payload:     payload,

@@ -286,7 +286,7 @@ func TestF11SubscriptionCap(t *testing.T) {
 	if got["/sys/pkf11/dev/t/7"] != 1 {
 		t.Fatalf("re-subscribing a held filter: %#x", got["/sys/pkf11/dev/t/7"])
 	}
-	if n := h.srv.deviceSession(iothub.DeviceID{ProductKey: "pkf11", DeviceKey: "dev"}).cl.State.Subscriptions.Len(); n != maxSubscriptions {
+	if n := h.srv.deviceSession(iothub.DeviceID{ProductKey: "pkf11", DeviceKey: "dev"}).cl.subscriptions(); n != maxSubscriptions {
 		t.Fatalf("session holds %d filters, want %d", n, maxSubscriptions)
 	}
 }

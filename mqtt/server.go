@@ -1,7 +1,10 @@
-// Package mqtt is the hub's MQTT adapter: it embeds mochi-mqtt and makes it
-// speak the EnOS device protocol (../shared/PROTOCOL.md): the signed login,
-// the per-device topic confinement, upstream request/reply, downstream calls
-// to devices that never subscribed, device states and dynamic activation.
+// Package mqtt is the hub's MQTT server. It speaks MQTT 3.1.1 and 5 with
+// a connection layer made for many idle devices (an epoll poller, no
+// goroutine or buffer per idle connection; mochi-mqtt's packets package
+// is the codec), and the EnOS device protocol (../shared/PROTOCOL.md) on
+// top: the signed login, the per-device topic confinement, upstream
+// request/reply, downstream calls to devices that never subscribed,
+// device states and dynamic activation.
 package mqtt
 
 import (
@@ -17,10 +20,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -73,14 +76,28 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	broker  *mochi.Server
+	poll    *poller
 	tlsConf *tls.Config
 	met     *metrics
 	now     func() time.Time
 	maxPay  int
+	// maxPacket caps an inbound packet: the payload cap, with room for
+	// the topic and properties.
+	maxPacket int
+
+	// The connection layer: live connections, sessions by client
+	// identifier, the persistent sessions of disconnected clients, and
+	// the subscriptions.
+	cmu       sync.Mutex
+	live      map[*conn]struct{}
+	clients   map[string]*conn
+	saved     map[string]*savedSession
+	connWG    sync.WaitGroup // one per accepted connection, until its session ended
+	topics    topicIndex
+	listeners []*listener
 
 	mu       sync.RWMutex
-	byClient map[*mochi.Client]*session
+	byClient map[*conn]*session
 	byDevice map[iothub.DeviceID]*session // static-login sessions
 	byAct    map[iothub.DeviceID]*session // activation (securemode 3) sessions
 	bySerial map[string]map[*session]struct{}
@@ -110,19 +127,12 @@ type Server struct {
 	closeOnce  sync.Once
 }
 
-// Tuning of the embedded broker for many small devices.
+// Tuning of the MQTT server for many small devices.
 const (
-	maxWritesPending = 128 // per-client outbound queue
-	// maxInflight is mochi's cap on stored outbound QoS 1 messages per
-	// client, past which it drops deliveries silently although their
-	// publisher has its PUBACK. It is the packet-id space, so that it never
-	// binds: a full outbound queue slows the publisher instead
-	// (deliverOverflow), and the sweep closes a client holding more than
-	// maxUnacked unacknowledged messages. Entries cost memory only while
-	// messages are unacknowledged, nothing on an idle connection.
-	maxInflight       = 65535
+	// maxUnacked is how many QoS 1 deliveries a client may leave
+	// unacknowledged: the sweep closes a client holding more.
 	maxUnacked        = 1024
-	receiveMaximum    = 64                    // concurrent inbound QoS 1 per client
+	receiveMaximum    = 64                    // concurrent inbound QoS 1 per client, said in the MQTT 5 CONNACK
 	sessionExpirySec  = 15 * 60               // persistent sessions live 15 min after disconnect
 	connectTimeout    = 10 * time.Second      // TLS handshake + CONNECT must arrive within this
 	activationSession = 60 * time.Second      // a mode-3 session is closed after this
@@ -156,37 +166,25 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	caps := mochi.NewDefaultServerCapabilities()
-	caps.MaximumClientWritesPending = maxWritesPending
-	caps.MaximumSessionExpiryInterval = sessionExpirySec
-	caps.MaximumInflight = maxInflight
-	caps.ReceiveMaximum = receiveMaximum
-	caps.MaximumMessageExpiryInterval = 60 * 60
-	caps.MaximumPacketSize = uint32(cfg.MaxPayload) + 64<<10 // headroom for topic and properties
-	caps.TopicAliasMaximum = 0                               // aliases would bypass the topic ACL
-	caps.SharedSubAvailable = 0
-	caps.RetainAvailable = 0
-	caps.MaximumQos = 1
-	caps.MinimumProtocolVersion = 4
-	brokerLog := cfg.Logger.With("component", "mochi")
-	b := mochi.New(&mochi.Options{
-		Capabilities:             caps,
-		Logger:                   slog.New(levelFloor{brokerLog.Handler(), slog.LevelError}),
-		ClientNetWriteBufferSize: 1024,
-		ClientNetReadBufferSize:  1024,
-		SysTopicResendInterval:   3600,
-	})
+	poll, err := thePoller()
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Node == "" {
 		cfg.Node = iothub.RandomString(16)
 	}
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Logger,
-		broker:     b,
+		poll:       poll,
+		maxPacket:  cfg.MaxPayload + 64<<10,
+		live:       map[*conn]struct{}{},
+		clients:    map[string]*conn{},
+		saved:      map[string]*savedSession{},
 		met:        met,
 		now:        cfg.Now,
 		maxPay:     cfg.MaxPayload,
-		byClient:   map[*mochi.Client]*session{},
+		byClient:   map[*conn]*session{},
 		byDevice:   map[iothub.DeviceID]*session{},
 		byAct:      map[iothub.DeviceID]*session{},
 		bySerial:   map[string]map[*session]struct{}{},
@@ -206,9 +204,6 @@ func New(cfg Config) (*Server, error) {
 		if cfg.LegacySuites {
 			s.log.Warn("mqtt: legacy TLS 1.2 suites with RSA key exchange are on (--tls-legacy-suites): no forward secrecy for the devices that use them")
 		}
-	}
-	if err := b.AddHook(&hook{s: s}, nil); err != nil {
-		return nil, err
 	}
 	if cfg.Bus != nil {
 		s.reg = newRegistryCache(cfg.Store, cfg.Now)
@@ -270,15 +265,10 @@ func (s *Server) listen(addr string, tc *tls.Config) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := "tcp-" + ln.Addr().String()
-	if tc != nil {
-		id = "tls-" + ln.Addr().String()
-	}
-	l := &listener{id: id, ln: ln, tls: tc, met: s.met, log: s.log}
-	if err := s.broker.AddListener(l); err != nil {
-		ln.Close()
-		return nil, err
-	}
+	l := &listener{ln: ln, tls: tc}
+	s.cmu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.cmu.Unlock()
 	return ln.Addr(), nil
 }
 
@@ -291,24 +281,29 @@ func (s *Server) Serve() error {
 	s.wg.Add(2)
 	go s.sweep()
 	go s.lease()
-	return s.broker.Serve()
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	for _, l := range s.listeners {
+		s.wg.Add(1)
+		go s.accept(l)
+	}
+	return nil
 }
 
 // Close disconnects every client, stops the listeners and flushes the
 // accepted samples, the queued state changes and audit rows, and the
 // last-seen times to the store.
 func (s *Server) Close() error {
-	var err error
 	s.closeOnce.Do(func() {
 		if s.unsub != nil {
 			s.unsub()
 		}
-		err = s.broker.Close()
+		s.closeConnections()
 		close(s.stop)
 		s.wg.Wait()
 		s.samples.Close()
 		s.events.Close()
-		s.side.Close() // after the broker: the sessions' offline changes are queued
+		s.side.Close() // after the connections: the sessions' offline changes are queued
 		s.flushTouches(context.Background())
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.cfg.Store.StopNode(ctx, s.cfg.Node, s.instance); err != nil {
@@ -316,36 +311,43 @@ func (s *Server) Close() error {
 		}
 		cancel()
 	})
-	return err
+	return nil
 }
 
-// listener is a mochi listener that does the TLS handshake itself (so
-// failures can be counted by reason) and bounds the time to CONNECT.
-type listener struct {
-	id   string
-	ln   net.Listener
-	tls  *tls.Config
-	met  *metrics
-	log  *slog.Logger
-	once sync.Once
-	end  atomic.Bool
-}
-
-func (l *listener) ID() string              { return l.id }
-func (l *listener) Address() string         { return l.ln.Addr().String() }
-func (l *listener) Init(*slog.Logger) error { return nil }
-func (l *listener) Protocol() string        { return map[bool]string{true: "tls", false: "tcp"}[l.tls != nil] }
-func (l *listener) Close(closeClients listeners.CloseFn) {
-	l.once.Do(func() {
+// closeConnections stops the listeners, then ends every connection (MQTT
+// 5: DISCONNECT 0x8B, server shutting down) and waits for their sessions
+// to end.
+func (s *Server) closeConnections() {
+	s.cmu.Lock()
+	for _, l := range s.listeners {
 		l.end.Store(true)
 		l.ln.Close()
-		closeClients(l.id)
-	})
+	}
+	all := make([]*conn, 0, len(s.live))
+	for c := range s.live {
+		all = append(all, c)
+	}
+	s.cmu.Unlock()
+	for _, c := range all {
+		go c.disconnect(packets.ErrServerShuttingDown) // a device that does not read holds only its own
+	}
+	s.connWG.Wait()
 }
 
-func (l *listener) Serve(establish listeners.EstablishFn) {
+// listener accepts MQTT connections, over TLS when tls is set.
+type listener struct {
+	ln  net.Listener
+	tls *tls.Config
+	end atomic.Bool
+}
+
+// accept takes connections until the listener closes. A plain connection
+// is handed to the poller at once, with no goroutine of its own; a TLS
+// one gets a goroutine for its handshake only.
+func (s *Server) accept(l *listener) {
+	defer s.wg.Done()
 	for {
-		c, err := l.ln.Accept()
+		nc, err := l.ln.Accept()
 		if err != nil {
 			if l.end.Load() {
 				return
@@ -355,37 +357,100 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("mqtt: accept", "error", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		s.cmu.Lock()
+		if l.end.Load() {
+			s.cmu.Unlock()
+			nc.Close()
 			return
 		}
-		go l.handle(c, establish)
+		s.connWG.Add(1)
+		s.cmu.Unlock()
+		if l.tls != nil {
+			go s.handshake(l, nc)
+			continue
+		}
+		s.attach(nc, nil, nil)
 	}
 }
 
-func (l *listener) handle(c net.Conn, establish listeners.EstablishFn) {
-	_ = c.SetDeadline(time.Now().Add(connectTimeout)) // mochi replaces it after CONNECT
-	c = &deadlineConn{Conn: c, stalled: func() { l.met.kicks.WithLabelValues("write_stalled").Inc() }}
-	if l.tls != nil {
-		tc := tls.Server(c, l.tls)
-		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			l.met.handshakeFailures.WithLabelValues(handshakeReason(err)).Inc()
-			c.Close()
-			return
-		}
-		l.met.handshakes.Inc()
-		if slices.Contains(iothub.LegacyTLS12CipherSuites, tc.ConnectionState().CipherSuite) {
-			l.met.legacyHandshakes.Inc()
-		}
-		c = tc
-	}
-	if l.end.Load() {
-		c.Close() // the server closed during the handshake
+// handshake runs a TLS handshake within connectTimeout, counting
+// failures by reason, and attaches the connection.
+func (s *Server) handshake(l *listener, nc net.Conn) {
+	_ = nc.SetDeadline(time.Now().Add(connectTimeout))
+	sock := s.socket(nc)
+	if sock == nil {
+		s.connWG.Done()
 		return
 	}
-	if err := establish(l.id, c); err != nil {
-		l.log.Debug("mqtt connection ended", "remote", c.RemoteAddr().String(), "error", err)
+	sock.blocking = true
+	tc := tls.Server(sock, l.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.met.handshakeFailures.WithLabelValues(handshakeReason(err)).Inc()
+		nc.Close()
+		s.connWG.Done()
+		return
+	}
+	s.met.handshakes.Inc()
+	if slices.Contains(iothub.LegacyTLS12CipherSuites, tc.ConnectionState().CipherSuite) {
+		s.met.legacyHandshakes.Inc()
+	}
+	sock.blocking = false
+	_ = nc.SetDeadline(time.Time{})
+	s.attach(nc, sock, tc)
+}
+
+// socket wraps an accepted connection for non-blocking reads and
+// deadline-bound writes; nil when it is not a socket.
+func (s *Server) socket(nc net.Conn) *nbSocket {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		nc.Close()
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		nc.Close()
+		return nil
+	}
+	return &nbSocket{raw: raw, w: &deadlineConn{Conn: nc, stalled: func() { s.met.kicks.WithLabelValues("write_stalled").Inc() }}}
+}
+
+// attach registers a connection with the poller, which starts its reader
+// when the CONNECT arrives.
+func (s *Server) attach(nc net.Conn, sock *nbSocket, tc *tls.Conn) {
+	if sock == nil {
+		if sock = s.socket(nc); sock == nil {
+			s.connWG.Done()
+			return
+		}
+	}
+	c := &conn{srv: s, raw: sock.raw, in: sock, out: sock, sock: nc, remote: nc.RemoteAddr().String()}
+	if tc != nil {
+		c.in, c.out, c.tls = tc, tc, tc
+	}
+	s.cmu.Lock()
+	s.live[c] = struct{}{}
+	s.cmu.Unlock()
+	c.watch()
+	// The handshake may have read input past its end (the CONNECT sent
+	// with the client's Finished): a TLS connection starts with a read.
+	if err := s.poll.add(c, tc == nil); err != nil {
+		s.log.Warn("mqtt: cannot watch a connection", "error", err)
+		c.close(err)
+		return
+	}
+	if tc != nil {
+		go c.readable()
 	}
 }
 
@@ -408,21 +473,4 @@ func handshakeReason(err error) string {
 	default:
 		return "other"
 	}
-}
-
-// levelFloor drops records below min: mochi logs every disconnect at
-// Warn/Info, which would flood the hub's log with many devices.
-type levelFloor struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h levelFloor) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-func (h levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelFloor{h.Handler.WithAttrs(a), h.min}
-}
-func (h levelFloor) WithGroup(n string) slog.Handler {
-	return levelFloor{h.Handler.WithGroup(n), h.min}
 }

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	mochi "github.com/mochi-mqtt/server/v2"
-
 	"github.com/iothub/iothub"
 )
 
@@ -16,7 +14,7 @@ import (
 // fields are fixed at login except the atomics, so the hot paths (ACL,
 // request routing) read them without locks.
 type session struct {
-	cl         *mochi.Client
+	cl         *conn
 	dev        iothub.DeviceID
 	orgID      string
 	remote     string      // source IP
@@ -88,7 +86,7 @@ func (s *session) allow(topic string, write bool) bool {
 func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
 
 // lookup returns the session of a mochi client.
-func (s *Server) lookup(cl *mochi.Client) *session {
+func (s *Server) lookup(cl *conn) *session {
 	s.mu.RLock()
 	ss := s.byClient[cl]
 	s.mu.RUnlock()

@@ -6,8 +6,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	mochi "github.com/mochi-mqtt/server/v2"
 )
 
 // What a device may not do to the hub: hold a connection without ever
@@ -15,8 +13,8 @@ import (
 const (
 	// maxKeepalive is the longest keepalive the hub grants, in seconds. A
 	// client asking for more, or for none (0), gets this; MQTT 5 clients
-	// are told so in the CONNACK (Server Keep Alive). mochi closes a
-	// connection silent for 1.5 keepalives.
+	// are told so in the CONNACK (Server Keep Alive). A connection silent
+	// for 1.5 keepalives is closed (conn.expire).
 	maxKeepalive = 300
 	// writeStall bounds how long a write to a device may make no
 	// progress: each writeChunk must be taken within it, so a device
@@ -26,19 +24,16 @@ const (
 )
 
 // clampKeepalive applies maxKeepalive to a connecting client.
-func clampKeepalive(cl *mochi.Client) {
-	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKeepalive {
-		cl.State.Keepalive = maxKeepalive
-		cl.State.ServerKeepalive = true
+func clampKeepalive(c *conn) {
+	if c.keepalive == 0 || c.keepalive > maxKeepalive {
+		c.keepalive = maxKeepalive
+		c.serverKeepalive = true
 	}
 }
 
 // deadlineConn gives every write to a device a deadline and closes the
 // connection when one passes: a peer that does not read cannot hold the
-// goroutines writing to it (mochi's writer, service calls, replies).
-// mochi sets the keepalive deadline with SetDeadline on each packet it
-// reads; here that moves only the read deadline, so a device that keeps
-// sending cannot extend a stuck write.
+// goroutines writing to it (routed messages, service calls, replies).
 type deadlineConn struct {
 	net.Conn
 	stalled   func() // counts the disconnection

@@ -1,0 +1,427 @@
+package mqtt
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// conn is one MQTT connection: a device's, a gateway's (with its
+// sub-devices riding on it) or an application's. It is built to cost
+// little while idle, which is what most devices are: no goroutine (the
+// poller starts a reader when bytes arrive and the reader ends when it
+// has read them all), no buffer (reads borrow a pooled one, writes encode
+// into a pooled one), and a partial packet is the only input it keeps.
+type conn struct {
+	srv    *Server
+	raw    syscall.RawConn // the socket, for readiness and non-blocking reads
+	in     io.Reader       // decrypted input: the tls.Conn, or the socket
+	out    io.Writer       // where packets are written: the tls.Conn, or the socket
+	sock   net.Conn        // closed to end the connection
+	tls    *tls.Conn       // nil for plain TCP
+	remote string
+	slot   uint32 // the poller's slot and its generation
+	gen    uint32
+
+	// Fixed by the CONNECT, before the session is visible to others.
+	id              string // client identifier (renamed after the device by the login)
+	version         byte   // 4: MQTT 3.1.1, 5: MQTT 5
+	clean           bool
+	keepalive       uint16
+	serverKeepalive bool   // keepalive imposed by the hub: said in an MQTT 5 CONNACK
+	sessionExpiry   uint32 // seconds the session outlives the connection
+	maxPacket       uint32 // the client's maximum packet size (0: no limit)
+	will            *packets.Packet
+
+	frame framer // input not yet a whole packet; its reader's only
+
+	wmu sync.Mutex // one packet written at a time
+
+	mu        sync.Mutex
+	connected bool // CONNACK sent: the session is live
+	reading   bool
+	closed    bool
+	finished  bool
+	takenOver bool // replaced by a login with the same client identifier
+	graceful  bool // ended by the client's DISCONNECT: no will
+	subs      map[string]packets.Subscription
+	inflight  map[uint16]packets.Packet // QoS 1 deliveries not yet acknowledged
+	nextID    uint16
+	lastRead  atomic.Int64 // unix nanoseconds of the last input
+	timer     *time.Timer  // the CONNECT or keepalive deadline
+}
+
+// errWouldBlock is a non-blocking read finding no input. It is a
+// temporary net.Error, which crypto/tls leaves the connection usable after.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "mqtt: no input" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// errConnClosed is a write to a closed connection.
+var errConnClosed = errors.New("mqtt: connection closed")
+
+// nbSocket reads the socket without waiting once the TLS handshake is
+// done (blocking is set only during it) and writes through w, which
+// bounds every write.
+type nbSocket struct {
+	raw      syscall.RawConn
+	w        net.Conn
+	blocking bool
+}
+
+func (s *nbSocket) Read(p []byte) (int, error) {
+	if s.blocking {
+		return s.w.Read(p)
+	}
+	var n int
+	var errno error
+	if err := s.raw.Read(func(fd uintptr) bool {
+		n, errno = syscall.Read(int(fd), p)
+		return true
+	}); err != nil {
+		return 0, err
+	}
+	switch {
+	case errno == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case errno != nil:
+		return 0, errno
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (s *nbSocket) Write(p []byte) (int, error)        { return s.w.Write(p) }
+func (s *nbSocket) Close() error                       { return s.w.Close() }
+func (s *nbSocket) LocalAddr() net.Addr                { return s.w.LocalAddr() }
+func (s *nbSocket) RemoteAddr() net.Addr               { return s.w.RemoteAddr() }
+func (s *nbSocket) SetDeadline(t time.Time) error      { return s.w.SetDeadline(t) }
+func (s *nbSocket) SetReadDeadline(t time.Time) error  { return s.w.SetReadDeadline(t) }
+func (s *nbSocket) SetWriteDeadline(t time.Time) error { return s.w.SetWriteDeadline(t) }
+
+// Pools of the buffers a connection borrows while it reads or writes.
+var (
+	readBufs   = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+	encodeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+)
+
+// readable reads everything the connection has, handles each complete
+// packet in order, and re-arms the connection; the poller runs it on a
+// goroutine of its own.
+func (c *conn) readable() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.reading = true
+	c.mu.Unlock()
+	buf := readBufs.Get().(*[]byte)
+	err := c.readAll(*buf)
+	readBufs.Put(buf)
+	if err != nil && !errors.Is(err, errWouldBlock) {
+		c.fail(err)
+	}
+	c.mu.Lock()
+	c.reading = false
+	closed := c.closed
+	if !closed {
+		if err := c.srv.poll.rearm(c); err != nil {
+			c.mu.Unlock()
+			c.close(err)
+			return
+		}
+	}
+	c.mu.Unlock()
+	if closed {
+		c.finish()
+	}
+}
+
+// readAll reads until the socket has nothing more; it returns
+// errWouldBlock then, or why the connection must end.
+func (c *conn) readAll(buf []byte) error {
+	for {
+		n, err := c.in.Read(buf)
+		if n > 0 {
+			c.lastRead.Store(time.Now().UnixNano())
+			if perr := c.frame.feed(buf[:n], c.srv.maxPacket, c.handle); perr != nil {
+				return perr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if c.isClosed() {
+			return errConnClosed
+		}
+	}
+}
+
+// framer splits a byte stream into MQTT packets. It keeps the start of
+// an incomplete packet, sized to the whole packet once its fixed header
+// is known, and nothing else.
+type framer struct {
+	partial []byte
+	need    int // the partial packet's full size, once known
+}
+
+// feed passes each complete packet in data to packet, in order: borrowed
+// packets point into data, the others are the framer's own copy. A
+// packet over limit bytes, or a malformed length, is an error.
+func (f *framer) feed(data []byte, limit int, packet func(b []byte, borrowed bool) error) error {
+	for len(data) > 0 {
+		if f.partial == nil {
+			size, _, ok, err := packetSize(data, limit)
+			if err != nil {
+				return err
+			}
+			if ok && size <= len(data) {
+				if err := packet(data[:size], true); err != nil {
+					return err
+				}
+				data = data[size:]
+				continue
+			}
+			f.partial, f.need = make([]byte, 0, max(size, len(data))), size
+		}
+		if f.need == 0 { // the fixed header is still incomplete
+			f.partial = append(f.partial, data[0])
+			data = data[1:]
+			size, _, ok, err := packetSize(f.partial, limit)
+			if err != nil {
+				return err
+			}
+			if ok {
+				grown := make([]byte, len(f.partial), size)
+				copy(grown, f.partial)
+				f.partial, f.need = grown, size
+			}
+		} else {
+			take := min(f.need-len(f.partial), len(data))
+			f.partial = append(f.partial, data[:take]...)
+			data = data[take:]
+		}
+		if f.need > 0 && len(f.partial) == f.need {
+			pk := f.partial
+			f.partial, f.need = nil, 0
+			if err := packet(pk, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// errPacketTooLarge ends a connection that sends a packet over the cap.
+var errPacketTooLarge = packets.ErrPacketTooLarge
+
+// packetSize reads a fixed header: the whole packet's size and the
+// header's, or ok false while the header is incomplete.
+func packetSize(b []byte, limit int) (size, header int, ok bool, err error) {
+	remaining, mul := 0, 1
+	for i := 1; i < 5; i++ {
+		if i >= len(b) {
+			return 0, 0, false, nil
+		}
+		remaining += int(b[i]&0x7f) * mul
+		if b[i]&0x80 == 0 {
+			size = 1 + i + remaining
+			if size > limit {
+				return 0, 0, false, errPacketTooLarge
+			}
+			return size, i + 1, true, nil
+		}
+		mul <<= 7
+	}
+	return 0, 0, false, packets.ErrMalformedVariableByteInteger
+}
+
+// handle decodes one whole packet and serves it. borrowed packets live
+// in a reused buffer and are copied first, since a packet's payload and
+// strings point into its bytes.
+func (c *conn) handle(b []byte, borrowed bool) error {
+	var fh packets.FixedHeader
+	if err := fh.Decode(b[0]); err != nil {
+		return err
+	}
+	_, hdr, _, _ := packetSize(b, len(b))
+	body := b[hdr:]
+	if borrowed {
+		body = append([]byte(nil), body...)
+	}
+	fh.Remaining = len(body)
+	return c.srv.serve(c, packets.Packet{FixedHeader: fh, ProtocolVersion: c.version}, body)
+}
+
+// writePacket encodes pk and writes it. A write that fails or stalls
+// ends the connection.
+func (c *conn) writePacket(pk packets.Packet) error {
+	if c.isClosed() {
+		return errConnClosed
+	}
+	pk.ProtocolVersion = c.version
+	buf := encodeBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			encodeBufs.Put(buf)
+		}
+	}()
+	if err := encode(&pk, buf); err != nil {
+		return err
+	}
+	if c.maxPacket > 0 && uint32(buf.Len()) > c.maxPacket {
+		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24]: not sent
+	}
+	c.wmu.Lock()
+	_, err := c.out.Write(buf.Bytes())
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(err)
+	}
+	return err
+}
+
+// encode serialises the packets the hub sends.
+func encode(pk *packets.Packet, buf *bytes.Buffer) error {
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		return pk.ConnackEncode(buf)
+	case packets.Publish:
+		return pk.PublishEncode(buf)
+	case packets.Puback:
+		return pk.PubackEncode(buf)
+	case packets.Suback:
+		return pk.SubackEncode(buf)
+	case packets.Unsuback:
+		return pk.UnsubackEncode(buf)
+	case packets.Pingresp:
+		return pk.PingrespEncode(buf)
+	case packets.Disconnect:
+		return pk.DisconnectEncode(buf)
+	}
+	return packets.ErrNoValidPacketAvailable
+}
+
+func (c *conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// Closed reports whether the connection has ended.
+func (c *conn) Closed() bool { return c.isClosed() }
+
+// close ends the connection; the session ends once no reader runs.
+func (c *conn) close(error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	reading := c.reading
+	c.mu.Unlock()
+	c.srv.poll.remove(c)
+	_ = c.sock.Close()
+	if !reading {
+		c.finish()
+	}
+}
+
+// disconnect ends the connection from the hub's side, telling an MQTT 5
+// client why (a 3.1.1 client has no server DISCONNECT).
+func (c *conn) disconnect(code packets.Code) {
+	if c.version == 5 {
+		_ = c.writePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  code.Code,
+		})
+	}
+	c.close(code)
+}
+
+// finish ends the session of a closed connection, once.
+func (c *conn) finish() {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return
+	}
+	c.finished = true
+	c.mu.Unlock()
+	c.srv.sessionEnded(c)
+}
+
+// watch arms the deadline: the CONNECT within connectTimeout, then input
+// at least every 1.5 keepalives. The timer is re-armed only when it
+// fires, so input costs nothing.
+func (c *conn) watch() {
+	c.lastRead.Store(time.Now().UnixNano())
+	c.timer = time.AfterFunc(connectTimeout, c.expire)
+}
+
+func (c *conn) expire() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	connected := c.connected
+	c.mu.Unlock()
+	if !connected {
+		c.srv.met.kicks.WithLabelValues("connect_timeout").Inc()
+		c.close(errors.New("mqtt: no CONNECT in time"))
+		return
+	}
+	limit := time.Duration(c.keepalive) * 1500 * time.Millisecond
+	silent := time.Since(time.Unix(0, c.lastRead.Load()))
+	if silent >= limit {
+		c.srv.met.kicks.WithLabelValues("keepalive").Inc()
+		c.disconnect(packets.ErrKeepAliveTimeout)
+		return
+	}
+	c.timer.Reset(limit - silent)
+}
+
+// nextPacketID returns a free packet id for a QoS 1 delivery; c.mu held.
+func (c *conn) nextPacketID() (uint16, bool) {
+	for range 65535 {
+		c.nextID++
+		if c.nextID == 0 {
+			c.nextID = 1
+		}
+		if _, used := c.inflight[c.nextID]; !used {
+			return c.nextID, true
+		}
+	}
+	return 0, false
+}
+
+// subscriptions counts the topic filters the connection holds.
+func (c *conn) subscriptions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.subs)
+}
+
+// unacked counts the QoS 1 deliveries waiting for their PUBACK.
+func (c *conn) unacked() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.inflight)
+}
