@@ -166,9 +166,9 @@ func (s *Server) recheckProduct(pk string) {
 	}
 }
 
-// sweep runs the periodic work: closing silent sessions, flushing
-// last-seen times, forgetting sessions whose connection died before
-// mochi reported it, pruning rate-limit buckets.
+// sweep runs the periodic work: closing silent sessions and those that
+// leave too much unacknowledged, flushing last-seen times, pruning
+// rate-limit buckets and expired persistent sessions.
 func (s *Server) sweep() {
 	defer s.wg.Done()
 	tick := time.NewTicker(time.Second)
@@ -179,29 +179,45 @@ func (s *Server) sweep() {
 		case <-s.stop:
 			return
 		case now := <-tick.C:
-			s.mu.RLock()
-			all := make([]*session, 0, len(s.byClient))
-			for _, ss := range s.byClient {
-				all = append(all, ss)
-			}
-			s.mu.RUnlock()
-			for _, ss := range all {
-				switch {
-				case ss.offlineTimeout > 0 && now.Sub(time.Unix(0, ss.lastSeen.Load())) > ss.offlineTimeout:
-					s.kick(ss, codeNotAuthorized, "offline_timeout")
-				case ss.established.Load() && ss.cl.unacked() > maxUnacked:
-					s.kick(ss, packets.ErrQuotaExceeded, "slow_consumer") // reads but does not acknowledge
-				}
+			for _, k := range s.dueKicks(now) {
+				s.kick(k.ss, k.code, k.reason)
 			}
 			if now.Sub(lastTouch) >= s.touchEvery {
 				lastTouch = now
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				s.flushTouches(ctx)
 				cancel()
+				s.pruneSaved(now)
 				s.limits.prune(now)
 			}
 		}
 	}
+}
+
+// dueKick is a session the sweep closes, and why.
+type dueKick struct {
+	ss     *session
+	code   packets.Code
+	reason string
+}
+
+// dueKicks finds the sessions silent past their product's offline
+// timeout and those holding more than maxUnacked deliveries. It walks the
+// index in place: an idle hub allocates nothing here however many
+// sessions it holds.
+func (s *Server) dueKicks(now time.Time) []dueKick {
+	var due []dueKick
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, ss := range s.byClient {
+		switch {
+		case ss.offlineTimeout > 0 && now.Sub(time.Unix(0, ss.lastSeen.Load())) > ss.offlineTimeout:
+			due = append(due, dueKick{ss, codeNotAuthorized, "offline_timeout"})
+		case ss.established.Load() && ss.cl.unacked() > maxUnacked:
+			due = append(due, dueKick{ss, packets.ErrQuotaExceeded, "slow_consumer"}) // reads but does not acknowledge
+		}
+	}
+	return due
 }
 
 // queueTouch keeps the last-seen time of an ended session for the next flush.
