@@ -228,7 +228,7 @@ func TestPersistentSessionKeepsSubscriptions(t *testing.T) {
 
 	got := newCollector()
 	cid, user, pass := creds(t, "pkps", "dev", d.DeviceSecret, sign.ModeStatic, sign.SHA256)
-	o := paho.NewClientOptions().AddBroker("tcp://"+h.addr).SetClientID(cid).SetUsername(user).SetPassword(pass).
+	o := paho.NewClientOptions().AddBroker("tcp://" + h.addr).SetClientID(cid).SetUsername(user).SetPassword(pass).
 		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(false).SetDefaultPublishHandler(got.handler)
 	again := paho.NewClient(o)
 	tok := again.Connect()
