@@ -77,7 +77,7 @@ func (s *Server) connect(cl *conn, pk packets.Packet) error {
 	ss.tls = overTLS(cl)
 	ss.loginAt = now
 	ss.touch(now)
-	// mochi takes over sessions by client id: naming the client after the
+	// Sessions are taken over by client id (takeOver): naming the client after the
 	// device makes a second login of the same device replace the first
 	// (a device could otherwise pick another device's clientId to take its
 	// session over, since the cid part is free text).
@@ -127,7 +127,7 @@ func (s *Server) connect(cl *conn, pk packets.Packet) error {
 }
 
 // refuse records a refused login (buckets, metric, audit) and writes the
-// CONNACK; it returns the code for mochi to close the connection with.
+// CONNACK; it returns the code, which closes the connection.
 // A failure over the failed-login buckets is answered as throttled (0x89).
 func (s *Server) refuse(cl *conn, l sign.Login, parsed bool, remote string, now time.Time, ref *refusal) error {
 	if ref.failed {

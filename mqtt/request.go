@@ -124,7 +124,7 @@ func pending(start func(done func(error)), data any) (any, int, string) {
 }
 
 // handlePublish serves a publish from a device and reports whether the
-// hub took it (false: mochi routes it to subscribers). The hub answers
+// hub took it (false: it is routed to subscribers). The hub answers
 // what it takes through the connection's answer queue: the reply, then
 // the PUBACK, in the order the requests arrived. A request that stores
 // data is answered only once its commit ends, so that both mean "stored";

@@ -32,14 +32,14 @@ type session struct {
 	product        *iothub.Product
 	peer           []*x509.Certificate // client certificate chain, kept to re-check it when the hub's CAs change
 	certNotAfter   time.Time
-	offlineTimeout time.Duration // 0: mochi's keepalive deadline only
+	offlineTimeout time.Duration // 0: the keepalive deadline only
 	actInfo        []byte        // activation: the thing.activate.info push
 
 	lastSeen    atomic.Int64 // unix nanoseconds of the last inbound packet
 	flushed     atomic.Int64 // lastSeen value last written by TouchDevices
 	quiet       atomic.Bool  // closed by the hub after a state change: leave the stored state alone
 	revoked     atomic.Int64 // unix nanoseconds when its certificate's revocation was heard
-	established atomic.Bool  // mochi finished attaching the client (its inflight store is final)
+	established atomic.Bool  // its CONNACK is written (its inflight set is final)
 	refusals    atomic.Int32 // posts refused in a row for want of storage
 	// closeAfterReply ends the session once the current request is answered.
 	closeAfterReply atomic.Bool
@@ -85,7 +85,7 @@ func (s *session) allow(topic string, write bool) bool {
 // touch records inbound activity.
 func (s *session) touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
 
-// lookup returns the session of a mochi client.
+// lookup returns the session of a connection.
 func (s *Server) lookup(cl *conn) *session {
 	s.mu.RLock()
 	ss := s.byClient[cl]
