@@ -56,10 +56,7 @@ func (s *Server) serve(c *conn, pk packets.Packet, body []byte) error {
 		if err := pk.PubackDecode(body); err != nil {
 			return err
 		}
-		c.mu.Lock()
-		delete(c.inflight, pk.PacketID)
-		c.mu.Unlock()
-		return nil
+		return c.acked(pk.PacketID)
 	case packets.Subscribe:
 		if err := pk.SubscribeDecode(body); err != nil {
 			return err
@@ -134,6 +131,7 @@ func (s *Server) onConnect(c *conn, pk packets.Packet, body []byte) error {
 	if c.version == 5 {
 		asked = pk.Properties.SessionExpiryInterval
 		c.maxPacket = pk.Properties.MaximumPacketSize
+		c.receiveMax = int(pk.Properties.ReceiveMaximum)
 	} else if !c.clean {
 		asked = sessionExpirySec
 	}
@@ -216,7 +214,7 @@ func (s *Server) takeOver(c *conn) (map[string]packets.Subscription, map[uint16]
 			subs, inflight, present = old.subs, old.inflight, true
 		}
 		gone := old.subs
-		old.subs, old.inflight = nil, nil
+		old.subs, old.inflight, old.waiting = nil, nil, nil
 		old.mu.Unlock()
 		for f := range gone {
 			s.topics.remove(old, f)
@@ -237,6 +235,7 @@ func (s *Server) sessionEnded(c *conn) {
 	}
 	c.mu.Lock()
 	connected, subs, inflight := c.connected, c.subs, c.inflight
+	c.waiting = nil // all of inflight is sent again on a resumed session
 	keep := !c.takenOver && c.sessionExpiry > 0 && len(c.subs)+len(c.inflight) > 0
 	will := c.will
 	if c.graceful {
@@ -369,11 +368,42 @@ func (s *Server) deliver(c *conn, sub packets.Subscription, pk packets.Packet) {
 		}
 		out.PacketID = id
 		c.inflight[id] = out
+		if c.receiveMax > 0 && (len(c.waiting) > 0 || len(c.inflight)-len(c.waiting) > c.receiveMax) {
+			c.waiting = append(c.waiting, out) // sent when an earlier one is acknowledged
+			c.mu.Unlock()
+			return
+		}
 		c.mu.Unlock()
 	}
-	if err := c.writePacket(out); err == nil {
+	switch err := c.writePacket(out); {
+	case err == nil:
 		s.met.messages.WithLabelValues("out").Inc()
+	case errors.Is(err, packets.ErrPacketTooLarge) && out.PacketID != 0:
+		c.mu.Lock()
+		delete(c.inflight, out.PacketID) // over the client's maximum: never sent
+		c.mu.Unlock()
 	}
+}
+
+// acked completes a QoS 1 delivery and sends the next one waiting for
+// room under the client's receive maximum.
+func (c *conn) acked(id uint16) error {
+	c.mu.Lock()
+	delete(c.inflight, id)
+	var next []packets.Packet
+	if len(c.waiting) > 0 {
+		next, c.waiting = c.waiting[:1], c.waiting[1:]
+		if len(c.waiting) == 0 {
+			c.waiting = nil
+		}
+	}
+	c.mu.Unlock()
+	for _, out := range next {
+		if err := c.writePacket(out); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // onSubscribe grants the filters the session may read, up to

@@ -39,6 +39,7 @@ type conn struct {
 	serverKeepalive bool   // keepalive imposed by the hub: said in an MQTT 5 CONNACK
 	sessionExpiry   uint32 // seconds the session outlives the connection
 	maxPacket       uint32 // the client's maximum packet size (0: no limit)
+	receiveMax      int    // QoS 1 deliveries the client takes unacknowledged (MQTT 5; 0: no limit)
 	will            *packets.Packet
 
 	frame framer // input not yet a whole packet; its reader's only
@@ -54,6 +55,7 @@ type conn struct {
 	graceful  bool // ended by the client's DISCONNECT: no will
 	subs      map[string]packets.Subscription
 	inflight  map[uint16]packets.Packet // QoS 1 deliveries not yet acknowledged
+	waiting   []packets.Packet          // those of them not yet sent: over the client's receive maximum
 	nextID    uint16
 	lastRead  atomic.Int64 // unix nanoseconds of the last input
 	timer     *time.Timer  // the CONNECT or keepalive deadline
@@ -158,7 +160,7 @@ func (c *conn) readAll(buf []byte) error {
 		n, err := c.in.Read(buf)
 		if n > 0 {
 			c.lastRead.Store(time.Now().UnixNano())
-			if perr := c.frame.feed(buf[:n], c.srv.maxPacket, c.handle); perr != nil {
+			if perr := c.frame.feed(buf[:n], c.inboundLimit, c.handle); perr != nil {
 				return perr
 			}
 		}
@@ -172,8 +174,7 @@ func (c *conn) readAll(buf []byte) error {
 }
 
 // framer splits a byte stream into MQTT packets. It keeps the start of
-// an incomplete packet, sized to the whole packet once its fixed header
-// is known, and nothing else.
+// an incomplete packet and nothing else.
 type framer struct {
 	partial []byte
 	need    int // the partial packet's full size, once known
@@ -181,11 +182,12 @@ type framer struct {
 
 // feed passes each complete packet in data to packet, in order: borrowed
 // packets point into data, the others are the framer's own copy. A
-// packet over limit bytes, or a malformed length, is an error.
-func (f *framer) feed(data []byte, limit int, packet func(b []byte, borrowed bool) error) error {
+// packet over limit() bytes (asked at each packet: it grows after the
+// login), or a malformed length, is an error.
+func (f *framer) feed(data []byte, limit func() int, packet func(b []byte, borrowed bool) error) error {
 	for len(data) > 0 {
 		if f.partial == nil {
-			size, _, ok, err := packetSize(data, limit)
+			size, _, ok, err := packetSize(data, limit())
 			if err != nil {
 				return err
 			}
@@ -196,19 +198,19 @@ func (f *framer) feed(data []byte, limit int, packet func(b []byte, borrowed boo
 				data = data[size:]
 				continue
 			}
-			f.partial, f.need = make([]byte, 0, max(size, len(data))), size
+			// Grown as bytes arrive, not to the size the header claims:
+			// a client must send a packet to make the hub hold it.
+			f.partial, f.need = make([]byte, 0, len(data)), size
 		}
 		if f.need == 0 { // the fixed header is still incomplete
 			f.partial = append(f.partial, data[0])
 			data = data[1:]
-			size, _, ok, err := packetSize(f.partial, limit)
+			size, _, ok, err := packetSize(f.partial, limit())
 			if err != nil {
 				return err
 			}
 			if ok {
-				grown := make([]byte, len(f.partial), size)
-				copy(grown, f.partial)
-				f.partial, f.need = grown, size
+				f.need = size
 			}
 		} else {
 			take := min(f.need-len(f.partial), len(data))
@@ -224,6 +226,20 @@ func (f *framer) feed(data []byte, limit int, packet func(b []byte, borrowed boo
 		}
 	}
 	return nil
+}
+
+// maxConnectPacket caps the packets of a connection not yet logged in:
+// a CONNECT is small, and a stranger may not make the hub hold more.
+const maxConnectPacket = 64 << 10
+
+// inboundLimit is the largest packet the connection may send now.
+func (c *conn) inboundLimit() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.connected {
+		return maxConnectPacket
+	}
+	return c.srv.maxPacket
 }
 
 // errPacketTooLarge ends a connection that sends a packet over the cap.

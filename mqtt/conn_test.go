@@ -30,7 +30,7 @@ func FuzzFramer(f *testing.F) {
 			var fr framer
 			var got []string
 			for _, p := range pieces {
-				if err := fr.feed(p, limit, func(b []byte, _ bool) error {
+				if err := fr.feed(p, func() int { return limit }, func(b []byte, _ bool) error {
 					got = append(got, string(b))
 					return nil
 				}); err != nil {
@@ -287,4 +287,120 @@ func TestGarbageEndsOnlyItsConnection(t *testing.T) {
 	}
 	eventually(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= baseline+5 })
 	h.connect(t, "pkgb", "dev", d.DeviceSecret)
+}
+
+// Before its login a connection may not announce a packet over
+// maxConnectPacket: the hub closes it at the fixed header, before any
+// of it is sent. After the login the payload cap applies.
+func TestOversizedPacketBeforeLoginIsRefused(t *testing.T) {
+	h := newTestHub(t)
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A CONNECT whose remaining length says 1 MiB.
+	if _, err := c.Write([]byte{0x10, 0x80, 0x80, 0x40}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read %v, want the hub to close the connection", err)
+	}
+
+	p := h.product("pkbig", nil)
+	d := h.device(p, "dev")
+	cid, user, pass := creds(t, "pkbig", "dev", d.DeviceSecret, sign.ModeStatic, sign.SHA256)
+	conn, code := dialV5(t, h.addr, nil, cid, user, pass)
+	defer conn.Close()
+	if code != 0 {
+		t.Fatalf("login refused: %#x", code)
+	}
+	big := bytes.Repeat([]byte("b"), 100<<10) // over maxConnectPacket, under the payload cap
+	topic := sysPrefix("pkbig", "dev") + "big"
+	var stream []byte
+	stream = append(stream, rawEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		ProtocolVersion: 5, PacketID: 1, Filters: packets.Subscriptions{{Filter: topic}}})...)
+	stream = append(stream, rawEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		ProtocolVersion: 5, TopicName: topic, Payload: big})...)
+	if _, err := conn.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	for {
+		typ, body := readPacket(t, r)
+		if typ == packets.Publish {
+			if !bytes.HasSuffix(body, big) {
+				t.Fatalf("delivery of %d bytes", len(body))
+			}
+			return
+		}
+	}
+}
+
+// An MQTT 5 client that takes at most 2 QoS 1 deliveries unacknowledged
+// (Receive Maximum) gets the third only after acknowledging one.
+func TestDeliveriesRespectTheClientsReceiveMaximum(t *testing.T) {
+	h := newTestHub(t)
+	p := h.product("pkrm", nil)
+	d := h.device(p, "dev")
+	cid, user, pass := creds(t, "pkrm", "dev", d.DeviceSecret, sign.ModeStatic, sign.SHA256)
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	login := connectPacket(5, cid, user, pass, 60)
+	login.Properties.ReceiveMaximum = 2
+	topic := sysPrefix("pkrm", "dev") + "t"
+	write := func(pk packets.Packet) {
+		t.Helper()
+		if _, err := c.Write(rawEncode(t, pk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(login)
+	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: topic, Qos: 1}}})
+	for i := range 3 {
+		write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 5,
+			PacketID: uint16(100 + i), TopicName: topic, Payload: []byte{byte('a' + i)}})
+	}
+	r := bufio.NewReader(c)
+	var ids []uint16
+	readUntil := func(deliveries int, within time.Duration) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(within))
+		for len(ids) < deliveries {
+			b, err := r.ReadByte()
+			if err != nil {
+				return // the deadline: fewer deliveries than asked
+			}
+			_ = r.UnreadByte()
+			if b>>4 != packets.Publish {
+				readPacket(t, r)
+				continue
+			}
+			_, body := readPacket(t, r)
+			tl := int(body[0])<<8 | int(body[1])
+			ids = append(ids, uint16(body[2+tl])<<8|uint16(body[3+tl]))
+		}
+	}
+	readUntil(3, 500*time.Millisecond)
+	if len(ids) != 2 {
+		t.Fatalf("%d deliveries before any PUBACK, want the receive maximum 2", len(ids))
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 5, PacketID: ids[0]}
+	var buf bytes.Buffer
+	if err := ack.PubackEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(3, 5*time.Second)
+	if len(ids) != 3 {
+		t.Fatalf("%d deliveries after one PUBACK, want 3", len(ids))
+	}
 }
