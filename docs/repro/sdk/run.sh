@@ -4,7 +4,7 @@
 # /tmp/sdk14b/node (the Node SDK built as described in issue-14b.md),
 # /usr/bin/python3 with python3-paho-mqtt, node, curl, jq.
 set -e
-WT=${WT:-$(cd "$(dirname "$0")/../.." && pwd)}; D=/tmp/sdk14b; N=$(cd "$(dirname "$0")" && pwd)
+WT=${WT:-$(cd "$(dirname "$0")/../../.." && pwd)}; D=/tmp/sdk14b; N=$(cd "$(dirname "$0")" && pwd)
 (cd $WT && go build -o $D/iothub ./cmd/iothub)
 [ -f $D/hub.pid ] && kill $(cat $D/hub.pid) 2>/dev/null && sleep 1 || true
 rm -rf $D/data
