@@ -224,7 +224,12 @@ func cmdHub(args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write the hub's CPU profile here")
 	memProfile := fs.String("memprofile", "", "on SIGUSR1, write a heap profile here and memory figures to stderr")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (127.0.0.1:PORT)")
+	memRate := fs.Int("memprofilerate", runtime.MemProfileRate, "sample one allocation per this many bytes in heap and allocs profiles (1: every allocation)")
 	fs.Parse(args)
+	if *memRate <= 0 {
+		return fmt.Errorf("hub: --memprofilerate must be positive")
+	}
+	runtime.MemProfileRate = *memRate
 	if *cpuProfile == "" && *pprofAddr == "" {
 		return fmt.Errorf("hub: --cpuprofile or --pprof is required (otherwise run iothub serve)")
 	}
