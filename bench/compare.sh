@@ -41,27 +41,14 @@ for tool in go curl python3 /usr/sbin/mosquitto mosquitto_passwd; do
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/iothub-compare.XXXXXX)
+. "$ROOT/bench/lib.sh"
 HUB_PID= MOSQ_PID=
 cleanup() {
-	local p
-	for p in $HUB_PID $MOSQ_PID; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in $HUB_PID $MOSQ_PID; do wait "$p" 2>/dev/null || true; done
-	if [[ -n $KEEP ]]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+	stop $HUB_PID $MOSQ_PID
+	finish
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-say() { echo "== $(date +%T) $*" >&2; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-waitport() { # waitport PORT SECONDS
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "nothing listens on 127.0.0.1:$1" >&2
-	return 1
-}
 
 # IDLE_N idle TCP connections must fit under the open-files cap of each
 # process (20,000 here): the hub's, Mosquitto's and the generator's.
@@ -75,12 +62,7 @@ fi
 SRC_IPS=8
 
 # Open files: the brokers and the generator inherit this shell's limit.
-FILES=$((IDLE_N + 500))
-if (($(ulimit -n) < FILES)); then ulimit -n "$FILES" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
-if (($(ulimit -n) < FILES)); then
-	echo "compare.sh: $IDLE_N idle connections need $FILES open files per process, ulimit -n allows $(ulimit -n) (hard $(ulimit -Hn))" >&2
-	exit 1
-fi
+need_files $((IDLE_N + 500))
 # Ephemeral ports: each of the SRC_IPS source addresses has its own range.
 read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
 if ((IDLE_N > (PORT_HI - PORT_LO + 1) * SRC_IPS)); then
@@ -176,8 +158,7 @@ start_mosquitto
 restart_brokers() {
 	if [[ -n $ONLY && $ONLY != idle ]]; then return 0; fi
 	say "restart both brokers"
-	kill -TERM "$HUB_PID" "$MOSQ_PID"
-	wait "$HUB_PID" "$MOSQ_PID" || true
+	stop "$HUB_PID" "$MOSQ_PID"
 	HUB_PID= MOSQ_PID=
 	start_hub
 	start_mosquitto

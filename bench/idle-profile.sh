@@ -55,36 +55,17 @@ done
 seconds() { python3 -c 'import sys; s=sys.argv[1]; u={"s":1,"m":60,"h":3600}; print(float(s[:-1])*u[s[-1]] if s[-1] in u else float(s))' "$1"; }
 WINDOW_S=$(seconds "$WINDOW") SETTLE_S=$(seconds "$SETTLE")
 
-FILES=$((N + 500))
-if (($(ulimit -n) < FILES)); then ulimit -n "$FILES" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
-if (($(ulimit -n) < FILES)); then
-	echo "idle-profile.sh: $N connections need $FILES open files per process, ulimit -n allows $(ulimit -n)" >&2
-	exit 1
-fi
-
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/iothub-idleprof.XXXXXX)
+. "$ROOT/bench/lib.sh"
 HUB_PID= IDLE_PID=
 cleanup() {
-	local p
-	for p in $IDLE_PID $HUB_PID; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in $IDLE_PID $HUB_PID; do wait "$p" 2>/dev/null || true; done
-	if [[ -n $KEEP ]]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+	stop $IDLE_PID $HUB_PID
+	finish
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-say() { echo "== $(date +%T) $*" >&2; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-waitport() { # waitport PORT SECONDS
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "nothing listens on 127.0.0.1:$1" >&2
-	return 1
-}
+need_files $((N + 500))
 
 say "build iothub-bench"
 (cd "$ROOT" && go build -o "$W/iothub-bench" ./cmd/iothub-bench)
@@ -153,8 +134,7 @@ if [[ -n $PPROF ]]; then
 	curl -fsS "$DBG/heap?gc=1" >"$W/allocs-end.pb.gz"
 fi
 memstats end
-kill -TERM "$IDLE_PID"
-wait "$IDLE_PID" || true
+stop "$IDLE_PID"
 IDLE_PID=
 
 echo
