@@ -236,7 +236,7 @@ func cmdHub(args []string) error {
 	var srv *http.Server
 	if *pprofAddr != "" {
 		var err error
-		if srv, err = servePprof(*pprofAddr); err != nil {
+		if srv, _, err = servePprof(*pprofAddr); err != nil {
 			return err
 		}
 		defer srv.Close()

@@ -13,18 +13,19 @@ import (
 // servePprof serves the Go runtime's profiles (net/http/pprof, under
 // /debug/pprof/) on addr, which must be a loopback address: the profiles
 // show the hub's internals and are for the benchmark tools on this machine
-// only. It returns the server so that the caller can close it.
-func servePprof(addr string) (*http.Server, error) {
+// only. It returns the server, for the caller to close, and the address it
+// listens on.
+func servePprof(addr string) (*http.Server, net.Addr, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--pprof %q: %w", addr, err)
+		return nil, nil, fmt.Errorf("--pprof %q: %w", addr, err)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--pprof %q: only a loopback address is allowed (127.0.0.1:PORT)", addr)
+		return nil, nil, fmt.Errorf("--pprof %q: only a loopback address is allowed (127.0.0.1:PORT)", addr)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -38,5 +39,5 @@ func servePprof(addr string) (*http.Server, error) {
 			log.Printf("pprof: %v", err)
 		}
 	}()
-	return srv, nil
+	return srv, ln.Addr(), nil
 }
