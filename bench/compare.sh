@@ -13,11 +13,12 @@
 #              and print the top of its CPU profile at the end
 #   --keep     keep the work directory (results, configs, logs, profile)
 #   --only S   run only the scenarios named S (idle, connect, publish, store, call)
+#   --hub-bin  run this iothub binary instead of building one (to compare commits)
 # Idle memory is measured over TCP (19,000 connections in full mode, the
 # most that fit under the 20,000 open files per process here, with the
 # memory of 1,000,000 projected from the slope), TLS with a secret login
-# and mutual TLS (2,000 each).
-#   --hub-bin  run this iothub binary instead of building one (to compare commits)
+# and mutual TLS (2,000 each), each on freshly restarted brokers (with
+# --profile, the CPU profile covers the run from the last restart on).
 # IOTHUB_SERVE_ARGS adds flags to `iothub serve`, e.g. "--durability power".
 # Both brokers run at once on the same 2 cores as the generator; only one
 # is loaded at a time.

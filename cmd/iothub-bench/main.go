@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -233,10 +232,9 @@ func cmdHub(args []string) error {
 	if *cpuProfile == "" && *pprofAddr == "" {
 		return fmt.Errorf("hub: --cpuprofile or --pprof is required (otherwise run iothub serve)")
 	}
-	var srv *http.Server
 	if *pprofAddr != "" {
-		var err error
-		if srv, _, err = servePprof(*pprofAddr); err != nil {
+		srv, _, err := servePprof(*pprofAddr)
+		if err != nil {
 			return err
 		}
 		defer srv.Close()
