@@ -14,6 +14,11 @@
 #   --keep     keep the work directory (results, configs, logs, profile)
 #   --only S   run only the scenarios named S (idle, connect, publish, store, call)
 #   --hub-bin  run this iothub binary instead of building one (to compare commits)
+# Idle memory is measured over TCP (19,000 connections in full mode, the
+# most that fit under the 20,000 open files per process here, with the
+# memory of 1,000,000 projected from the slope), TLS with a secret login
+# and mutual TLS (2,000 each), each on freshly restarted brokers (with
+# --profile, the CPU profile covers the run from the last restart on).
 # IOTHUB_SERVE_ARGS adds flags to `iothub serve`, e.g. "--durability power".
 # Both brokers run at once on the same 2 cores as the generator; only one
 # is loaded at a time.
@@ -37,51 +42,55 @@ for tool in go curl python3 /usr/sbin/mosquitto mosquitto_passwd; do
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/iothub-compare.XXXXXX)
-PIDS=()
+. "$ROOT/bench/lib.sh"
+HUB_PID= MOSQ_PID=
 cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	if [[ -n $KEEP ]]; then echo "work directory kept: $W" >&2; else rm -rf "$W"; fi
+	stop $HUB_PID $MOSQ_PID
+	finish
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say() { echo "== $(date +%T) $*" >&2; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-waitport() { # waitport PORT SECONDS
-	local i
-	for ((i = 0; i < $2 * 10; i++)); do
-		if (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "nothing listens on 127.0.0.1:$1" >&2
-	return 1
-}
-
+# IDLE_N idle TCP connections must fit under the open-files cap of each
+# process (20,000 here): the hub's, Mosquitto's and the generator's.
 if [[ $MODE == quick ]]; then
 	SECRET=1000 CERT=200 SETTLE=0.5s
-	CONNECT_N=1000 TLS_N=200 PUB_DEV=10 PUB_DUR=2s RATE_MSGS=2000 IDLE_N=1000 HOLD=2s CALL_DEV=10 CALL_DUR=2s
+	CONNECT_N=1000 TLS_N=200 PUB_DEV=10 PUB_DUR=2s RATE_MSGS=2000 IDLE_N=1000 IDLE_TLS_N=200 HOLD=2s CALL_DEV=10 CALL_DUR=2s
 else
-	SECRET=15000 CERT=2000 SETTLE=2s
-	CONNECT_N=10000 TLS_N=2000 PUB_DEV=100 PUB_DUR=10s RATE_MSGS=10000 IDLE_N=15000 HOLD=20s CALL_DEV=100 CALL_DUR=10s
+	SECRET=19000 CERT=2000 SETTLE=2s
+	CONNECT_N=10000 TLS_N=2000 PUB_DEV=100 PUB_DUR=10s RATE_MSGS=10000 IDLE_N=19000 IDLE_TLS_N=2000 HOLD=20s CALL_DEV=100 CALL_DUR=10s
 fi
+SRC_IPS=8
+
+# Open files: the brokers and the generator inherit this shell's limit.
+need_files $((IDLE_N + 500))
+# Ephemeral ports: each of the SRC_IPS source addresses has its own range.
+read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
+if ((IDLE_N > (PORT_HI - PORT_LO + 1) * SRC_IPS)); then
+	echo "compare.sh: $IDLE_N connections from $SRC_IPS source addresses exceed the ephemeral ports $PORT_LO-$PORT_HI" >&2
+	exit 1
+fi
+# fdlimit PID: the open-files cap of a running process.
+fdlimit() { awk '/^Max open files/ {print $4}' "/proc/$1/limits"; }
 
 say "build"
 (cd "$ROOT" && go build -o "$W/iothub" ./cmd/iothub && go build -o "$W/iothub-bench" ./cmd/iothub-bench)
 if [[ -n $HUB_BIN ]]; then cp "$HUB_BIN" "$W/iothub"; fi
 B=$W/iothub-bench
 
-say "start iothub"
 HT=$(freeport) HS=$(freeport) HH=$(freeport) HHS=$(freeport)
-if [[ -n $PROFILE ]]; then
-	"$B" hub --cpuprofile "$W/hub.cpu" --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS >"$W/hub.log" 2>&1 &
-else
-	"$W/iothub" serve --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS --log-level warn ${IOTHUB_SERVE_ARGS:-} >"$W/hub.log" 2>&1 &
-fi
-HUB_PID=$!
-PIDS+=("$HUB_PID")
-waitport "$HH" 60 && waitport "$HT" 10 && waitport "$HS" 10
+start_hub() {
+	say "start iothub"
+	if [[ -n $PROFILE ]]; then
+		"$B" hub --cpuprofile "$W/hub.cpu" --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS >>"$W/hub.log" 2>&1 &
+	else
+		"$W/iothub" serve --data "$W/hub" --mqtt 127.0.0.1:$HT --mqtts 127.0.0.1:$HS --http 127.0.0.1:$HH --https 127.0.0.1:$HHS --log-level warn ${IOTHUB_SERVE_ARGS:-} >>"$W/hub.log" 2>&1 &
+	fi
+	HUB_PID=$!
+	waitport "$HH" 60 && waitport "$HT" 10 && waitport "$HS" 10
+	say "iothub may open $(fdlimit "$HUB_PID") files"
+}
+start_hub
 
 say "provision $SECRET secret and $CERT certificate devices through the API"
 "$B" provision --api http://127.0.0.1:$HH --key-file "$W/hub/admin.key" --out "$W/fleet" --secret $SECRET --cert $CERT
@@ -136,13 +145,28 @@ crlfile $W/fleet/crl.pem
 require_certificate true
 use_identity_as_username true
 EOF
-/usr/sbin/mosquitto -c "$M/mosquitto.conf" >"$W/mosquitto.log" 2>&1 &
-MOSQ_PID=$!
-PIDS+=("$MOSQ_PID")
-waitport "$MT" 10 && waitport "$MS" 10 && waitport "$MM" 10
+start_mosquitto() {
+	/usr/sbin/mosquitto -c "$M/mosquitto.conf" >>"$W/mosquitto.log" 2>&1 &
+	MOSQ_PID=$!
+	waitport "$MT" 10 && waitport "$MS" 10 && waitport "$MM" 10
+	say "mosquitto may open $(fdlimit "$MOSQ_PID") files"
+}
+start_mosquitto
 
-HUB_ARGS=(--fleet "$W/fleet/fleet.json" --broker iothub --login enos --tcp 127.0.0.1:$HT --tls 127.0.0.1:$HS --src-ips 8)
-MOSQ_ARGS=(--fleet "$W/fleet/fleet.json" --broker mosquitto --login userpass --tcp 127.0.0.1:$MT --tls 127.0.0.1:$MS --mtls 127.0.0.1:$MM --src-ips 8)
+# restart_brokers: fresh processes for an idle row, because a Go heap
+# keeps (and reuses) the pages a previous row's connections freed, so a
+# second idle row on the same hub process would measure next to nothing.
+restart_brokers() {
+	if [[ -n $ONLY && $ONLY != idle ]]; then return 0; fi
+	say "restart both brokers"
+	stop "$HUB_PID" "$MOSQ_PID"
+	HUB_PID= MOSQ_PID=
+	start_hub
+	start_mosquitto
+}
+
+HUB_ARGS=(--fleet "$W/fleet/fleet.json" --broker iothub --login enos --tcp 127.0.0.1:$HT --tls 127.0.0.1:$HS --src-ips $SRC_IPS)
+MOSQ_ARGS=(--fleet "$W/fleet/fleet.json" --broker mosquitto --login userpass --tcp 127.0.0.1:$MT --tls 127.0.0.1:$MS --mtls 127.0.0.1:$MM --src-ips $SRC_IPS)
 
 # both SCENARIO ARGS...: the scenario against iothub, then against mosquitto.
 both() {
@@ -155,8 +179,14 @@ both() {
 }
 
 T0=$(date +%s)
-# Idle memory first, on brokers that have not yet grown their heaps under load.
-both idle --label "$IDLE_N idle connections" --n $IDLE_N --concurrency 64 --hold $HOLD
+# Idle memory first, on brokers that have not yet grown their heaps under
+# load, each idle row on freshly started brokers. TCP comes last, so that
+# the login rows after it find the same warm hub as before the TLS rows.
+both idle --label "$IDLE_TLS_N idle connections, tls" --transport tls --n $IDLE_TLS_N --concurrency 16 --hold $HOLD
+restart_brokers
+both idle --label "$IDLE_TLS_N idle connections, mutual TLS" --transport mtls --n $IDLE_TLS_N --concurrency 16 --hold $HOLD
+restart_brokers
+both idle --label "$IDLE_N idle connections" --n $IDLE_N --concurrency 64 --hold $HOLD --extrapolate 1000000
 both connect --label "secret login, tcp, $CONNECT_N at 1000/s" --transport tcp --n $CONNECT_N --rate 1000
 both connect --label "secret login, tcp, max rate" --transport tcp --n $CONNECT_N --concurrency 32
 both connect --label "secret login, tls, max rate" --transport tls --n $TLS_N --concurrency 16

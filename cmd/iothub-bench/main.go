@@ -7,7 +7,7 @@
 //	iothub-bench passwd --fleet W/fleet.json > plain && mosquitto_passwd -U plain
 //	iothub-bench connect|idle|publish|store|call --fleet W/fleet.json --broker iothub --login enos --tcp ADDR --tls ADDR --mtls ADDR …
 //	iothub-bench table --a iothub.jsonl --b mosquitto.jsonl
-//	iothub-bench hub --cpuprofile F [serve flags]   (the hub in-process, profiled)
+//	iothub-bench hub --cpuprofile F | --pprof 127.0.0.1:PORT [serve flags]   (the hub in-process, profiled)
 package main
 
 import (
@@ -108,6 +108,8 @@ func cmdScenario(name string, args []string) error {
 	dur := fs.Duration("duration", 5*time.Second, "publish or call phase length")
 	hold := fs.Duration("hold", 10*time.Second, "idle: how long connections are held before reading memory")
 	pid := fs.Int("pid", 0, "idle: broker process id (memory from /proc/PID/status)")
+	ready := fs.String("ready", "", "idle: write this file once every device is connected (SIGTERM then ends the hold early)")
+	extrapolate := fs.Int("extrapolate", 0, "idle: also state the RSS of this many connections, from the measured slope")
 	qos := fs.Int("qos", 0, "publish QoS (0 or 1)")
 	size := fs.Int("size", 64, "publish payload bytes (at least 8)")
 	window := fs.Int("window", 32, "publish QoS 1 messages in flight per device")
@@ -159,7 +161,7 @@ func cmdScenario(name string, args []string) error {
 		if *pid <= 0 {
 			return fmt.Errorf("idle: --pid is required")
 		}
-		err = t.runIdle(r, *transport, *n, *rate, *conc, *hold, *pid)
+		err = t.runIdle(r, *transport, *n, *rate, *conc, idleConfig{hold: *hold, pid: *pid, ready: *ready, extrapolate: *extrapolate})
 	case "publish":
 		err = t.runPublish(r, *transport, *n, *qos, *rate, *dur, *size, *window)
 	case "store":
@@ -212,28 +214,46 @@ func cmdTable(args []string) error {
 	return nil
 }
 
-// cmdHub runs the hub in this process with a CPU profile, so that a
-// benchmark run can be profiled without a profiling endpoint in the hub.
+// cmdHub runs the hub in this process, with a CPU profile and/or a
+// loopback profiling endpoint, so that a benchmark run can be profiled
+// without a profiling endpoint in `iothub serve`.
 func cmdHub(args []string) error {
 	fs := flag.NewFlagSet("hub", flag.ExitOnError)
 	cfg := hubFlags(fs)
-	cpuProfile := fs.String("cpuprofile", "", "write the hub's CPU profile here (required)")
+	cpuProfile := fs.String("cpuprofile", "", "write the hub's CPU profile here")
 	memProfile := fs.String("memprofile", "", "on SIGUSR1, write a heap profile here and memory figures to stderr")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (127.0.0.1:PORT)")
+	memRate := fs.Int("memprofilerate", runtime.MemProfileRate, "sample one allocation per this many bytes in heap and allocs profiles (1: every allocation)")
 	fs.Parse(args)
-	if *cpuProfile == "" {
-		return fmt.Errorf("hub: --cpuprofile is required (otherwise run iothub serve)")
+	if *memRate <= 0 {
+		return fmt.Errorf("hub: --memprofilerate must be positive")
 	}
-	pf, err := os.Create(*cpuProfile)
-	if err != nil {
-		return err
+	runtime.MemProfileRate = *memRate
+	if *cpuProfile == "" && *pprofAddr == "" {
+		return fmt.Errorf("hub: --cpuprofile or --pprof is required (otherwise run iothub serve)")
 	}
-	defer pf.Close()
+	if *pprofAddr != "" {
+		srv, _, err := servePprof(*pprofAddr)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 	h, err := openHub(cfg())
 	if err != nil {
 		return err
 	}
-	if err := pprof.StartCPUProfile(pf); err != nil {
-		return err
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			h.Close()
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			h.Close()
+			return err
+		}
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
@@ -246,7 +266,7 @@ func cmdHub(args []string) error {
 				log.Printf("memory report: %v", err)
 			}
 		case <-stop:
-			pprof.StopCPUProfile()
+			pprof.StopCPUProfile() // a no-op without --cpuprofile
 			return h.Close()
 		}
 	}

@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -124,34 +127,66 @@ func (t *target) runConnect(r *Result, transport string, n int, rate float64, co
 	return nil
 }
 
-// runIdle holds n idle connections for hold and reports the broker's
-// resident memory before and after.
-func (t *target) runIdle(r *Result, transport string, n int, rate float64, concurrency int, hold time.Duration, pid int) error {
+// idleConfig is what the idle scenario does besides connecting.
+type idleConfig struct {
+	hold        time.Duration // how long the connections are held before reading memory
+	pid         int           // broker process whose VmRSS is read
+	ready       string        // when set, a file written once every device is connected
+	extrapolate int           // when > 0, also state the RSS of this many connections
+}
+
+// runIdle holds n idle connections for cfg.hold (or until SIGINT or
+// SIGTERM) and reports the broker's resident memory before and after.
+func (t *target) runIdle(r *Result, transport string, n int, rate float64, concurrency int, cfg idleConfig) error {
 	devs, err := t.fleet.pick(transport, n)
 	if err != nil {
 		return err
 	}
-	before, err := readRSS(pid)
+	before, err := readRSS(cfg.pid)
 	if err != nil {
 		return err
 	}
 	fc := t.connectMany(transport, devs, rate, concurrency, nil)
 	defer fc.close(t.settle)
-	time.Sleep(hold)
-	after, err := readRSS(pid)
+	if cfg.ready != "" {
+		if err := os.WriteFile(cfg.ready, []byte(strconv.Itoa(fc.ok())+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	select {
+	case <-time.After(cfg.hold):
+	case <-stop:
+	}
+	signal.Stop(stop)
+	after, err := readRSS(cfg.pid)
 	if err != nil {
 		return err
 	}
 	ok := fc.ok()
-	r.Params = map[string]any{"transport": transport, "n": n, "hold": hold.String(), "pid": pid}
+	r.Params = map[string]any{"transport": transport, "n": n, "hold": cfg.hold.String(), "pid": cfg.pid}
 	r.Errors = int(fc.errs.Load() + fc.lost.Load())
 	r.add("connected after hold", float64(ok-int(fc.lost.Load())), "conns", true)
 	r.add("RSS before", float64(before)/(1<<20), "MiB", false)
 	r.add("RSS with all connected", float64(after)/(1<<20), "MiB", false)
 	if ok > 0 {
-		r.add("RSS per connection", float64(after-before)/1024/float64(ok), "KiB", false)
+		perConn := float64(after-before) / float64(ok)
+		r.add("RSS per connection", perConn/1024, "KiB", false)
+		if cfg.extrapolate > 0 {
+			projected := float64(before) + perConn*float64(cfg.extrapolate)
+			r.add(fmt.Sprintf("RSS for %s connections (from slope)", countName(cfg.extrapolate)), projected/(1<<30), "GiB", false)
+		}
 	}
 	return nil
+}
+
+// countName writes whole millions as "1M", other counts as digits.
+func countName(n int) string {
+	if n%1_000_000 == 0 {
+		return strconv.Itoa(n/1_000_000) + "M"
+	}
+	return strconv.Itoa(n)
 }
 
 // benchTopic is the topic a device publishes to and subscribes to: its own.
