@@ -43,9 +43,15 @@ func (ss *session) answers() *answerQueue {
 }
 
 // reserve takes the next place in the connection's order; it blocks while
-// maxPendingAnswers are waiting.
-func (q *answerQueue) reserve() *answer {
-	q.room <- struct{}{}
+// maxPendingAnswers are waiting, after writing what the connection's
+// reader has gathered so far.
+func (q *answerQueue) reserve(c *conn) *answer {
+	select {
+	case q.room <- struct{}{}:
+	default:
+		c.flush()
+		q.room <- struct{}{}
+	}
 	a := &answer{}
 	q.mu.Lock()
 	q.pending = append(q.pending, a)
@@ -80,10 +86,12 @@ func (s *Server) complete(ss *session, a *answer) {
 		ready := append([]*answer(nil), q.pending[:n]...)
 		q.pending = q.pending[n:]
 		q.mu.Unlock()
+		ss.cl.hold() // the answers of one commit leave in one write
 		for _, r := range ready {
 			s.write(ss, r)
 			<-q.room
 		}
+		ss.cl.release()
 	}
 }
 

@@ -31,9 +31,7 @@ type savedSession struct {
 // serve handles one packet of c, on c's reader. An error ends the
 // connection; a packets.Code tells an MQTT 5 client why.
 func (s *Server) serve(c *conn, pk packets.Packet, body []byte) error {
-	c.mu.Lock()
-	connected := c.connected
-	c.mu.Unlock()
+	connected := c.connected.Load()
 	if pk.FixedHeader.Type == packets.Connect {
 		if connected {
 			return packets.ErrProtocolViolationSecondConnect
@@ -43,15 +41,17 @@ func (s *Server) serve(c *conn, pk packets.Packet, body []byte) error {
 	if !connected {
 		return packets.ErrProtocolViolationRequireFirstConnect
 	}
-	if ss := s.lookup(c); ss != nil {
-		ss.touch(time.Now())
+	ss := s.lookup(c)
+	if ss == nil {
+		return errConnClosed // the hub ended the session
 	}
+	ss.touch(time.Now())
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
 		if err := pk.PublishDecode(body); err != nil {
 			return err
 		}
-		return s.onPublish(c, pk)
+		return s.onPublish(c, ss, pk)
 	case packets.Puback:
 		if err := pk.PubackDecode(body); err != nil {
 			return err
@@ -61,7 +61,7 @@ func (s *Server) serve(c *conn, pk packets.Packet, body []byte) error {
 		if err := pk.SubscribeDecode(body); err != nil {
 			return err
 		}
-		return s.onSubscribe(c, pk)
+		return s.onSubscribe(c, ss, pk)
 	case packets.Unsubscribe:
 		if err := pk.UnsubscribeDecode(body); err != nil {
 			return err
@@ -84,10 +84,7 @@ func (s *Server) serve(c *conn, pk packets.Packet, body []byte) error {
 // to an MQTT 5 client that is logged in.
 func (c *conn) fail(err error) {
 	var code packets.Code
-	c.mu.Lock()
-	connected := c.connected
-	c.mu.Unlock()
-	if errors.As(err, &code) && connected && c.version == 5 {
+	if errors.As(err, &code) && c.connected.Load() && c.version == 5 {
 		if code.Code < packets.ErrUnspecifiedError.Code {
 			code = packets.ErrUnspecifiedError
 		}
@@ -151,8 +148,9 @@ func (s *Server) onConnect(c *conn, pk packets.Packet, body []byte) error {
 
 	subs, inflight, present := s.takeOver(c)
 	c.mu.Lock()
-	c.subs, c.inflight, c.connected = subs, inflight, true
+	c.subs, c.inflight = subs, inflight
 	c.mu.Unlock()
+	c.connected.Store(true)
 	for _, sub := range subs {
 		s.topics.add(c, sub)
 	}
@@ -234,7 +232,7 @@ func (s *Server) sessionEnded(c *conn) {
 		c.timer.Stop()
 	}
 	c.mu.Lock()
-	connected, subs, inflight := c.connected, c.subs, c.inflight
+	connected, subs, inflight := c.connected.Load(), c.subs, c.inflight
 	c.waiting = nil // all of inflight is sent again on a resumed session
 	keep := !c.takenOver && c.sessionExpiry > 0 && len(c.subs)+len(c.inflight) > 0
 	will := c.will
@@ -282,7 +280,7 @@ func (s *Server) pruneSaved(now time.Time) {
 
 // onPublish serves a PUBLISH: a request the hub answers, or a message
 // routed to its subscribers.
-func (s *Server) onPublish(c *conn, pk packets.Packet) error {
+func (s *Server) onPublish(c *conn, ss *session, pk packets.Packet) error {
 	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
 		return code
 	}
@@ -293,10 +291,6 @@ func (s *Server) onPublish(c *conn, pk packets.Packet) error {
 		return packets.ErrTopicNameInvalid
 	}
 	pk.FixedHeader.Retain = false // nothing is retained
-	ss := s.lookup(c)
-	if ss == nil {
-		return errConnClosed
-	}
 	if !s.allowed(ss, pk.TopicName, true) {
 		switch {
 		case pk.FixedHeader.Qos == 0:
@@ -307,7 +301,7 @@ func (s *Server) onPublish(c *conn, pk packets.Packet) error {
 		return c.writePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback},
 			PacketID: pk.PacketID, ReasonCode: packets.ErrNotAuthorized.Code})
 	}
-	s.met.messages.WithLabelValues("in").Inc()
+	s.met.messagesIn.Inc()
 	if s.handlePublish(ss, pk) {
 		return nil // the hub answers it, in the connection's order
 	}
@@ -349,10 +343,12 @@ func (s *Server) route(from *conn, pk packets.Packet) {
 // deliver writes one routed message; a QoS 1 delivery waits in the
 // connection's inflight set for its PUBACK.
 func (s *Server) deliver(c *conn, sub packets.Subscription, pk packets.Packet) {
-	out := pk.Copy(false)
-	out.Payload = pk.Payload
+	out := pk // shares the payload and properties, which nobody changes
+	out.PacketID = 0
 	out.FixedHeader.Qos = min(pk.FixedHeader.Qos, sub.Qos)
-	out.FixedHeader.Retain = false
+	out.FixedHeader.Retain, out.FixedHeader.Dup = false, false
+	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	out.Properties.SubscriptionIdentifier = nil
 	if sub.Identifier > 0 {
 		out.Properties.SubscriptionIdentifier = []int{sub.Identifier}
 	}
@@ -377,7 +373,7 @@ func (s *Server) deliver(c *conn, sub packets.Subscription, pk packets.Packet) {
 	}
 	switch err := c.writePacket(out); {
 	case err == nil:
-		s.met.messages.WithLabelValues("out").Inc()
+		s.met.messagesOut.Inc()
 	case errors.Is(err, packets.ErrPacketTooLarge) && out.PacketID != 0:
 		c.mu.Lock()
 		delete(c.inflight, out.PacketID) // over the client's maximum: never sent
@@ -408,13 +404,9 @@ func (c *conn) acked(id uint16) error {
 
 // onSubscribe grants the filters the session may read, up to
 // maxSubscriptions, at QoS 1 at most.
-func (s *Server) onSubscribe(c *conn, pk packets.Packet) error {
+func (s *Server) onSubscribe(c *conn, ss *session, pk packets.Packet) error {
 	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
 		return code
-	}
-	ss := s.lookup(c)
-	if ss == nil {
-		return errConnClosed
 	}
 	codes := make([]byte, len(pk.Filters))
 	c.mu.Lock()

@@ -44,10 +44,11 @@ type conn struct {
 
 	frame framer // input not yet a whole packet; its reader's only
 
-	wmu sync.Mutex // one packet written at a time
+	wmu   sync.Mutex    // one write at a time
+	wbuf  *bytes.Buffer // output gathered while held (pooled; nil when none)
+	holds int           // holds under way; output leaves when the last ends
 
 	mu        sync.Mutex
-	connected bool // CONNACK sent: the session is live
 	reading   bool
 	closed    bool
 	finished  bool
@@ -57,6 +58,7 @@ type conn struct {
 	inflight  map[uint16]packets.Packet // QoS 1 deliveries not yet acknowledged
 	waiting   []packets.Packet          // those of them not yet sent: over the client's receive maximum
 	nextID    uint16
+	connected atomic.Bool  // logged in: the session is live
 	lastRead  atomic.Int64 // unix nanoseconds of the last input
 	timer     *time.Timer  // the CONNECT or keepalive deadline
 }
@@ -120,6 +122,39 @@ var (
 	encodeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 )
 
+// readers hands connections with input to reader goroutines that are
+// waiting for work, so that a busy hub reuses goroutines whose stacks have
+// already grown to what serving a packet takes instead of starting (and
+// growing) one per input. There are as many as the input has needed at
+// once lately: a reader waits readerIdle for more work and then ends, so
+// an idle hub keeps none.
+var readers = make(chan *conn)
+
+const readerIdle = 2 * time.Second
+
+// dispatch runs c's reader on a waiting goroutine, or a new one.
+func dispatch(c *conn) {
+	select {
+	case readers <- c:
+	default:
+		go reader(c)
+	}
+}
+
+func reader(c *conn) {
+	idle := time.NewTimer(readerIdle)
+	defer idle.Stop()
+	for {
+		c.readable()
+		idle.Reset(readerIdle)
+		select {
+		case c = <-readers:
+		case <-idle.C:
+			return
+		}
+	}
+}
+
 // readable reads everything the connection has, handles each complete
 // packet in order, and re-arms the connection; the poller runs it on a
 // goroutine of its own.
@@ -154,14 +189,24 @@ func (c *conn) readable() {
 }
 
 // readAll reads until the socket has nothing more; it returns
-// errWouldBlock then, or why the connection must end.
+// errWouldBlock then, or why the connection must end. Over plain TCP a
+// read that did not fill the buffer took everything there was: the
+// poller is level-triggered and reports what arrives later, so the read
+// that would only say "nothing more" is skipped. TLS reads on, since
+// crypto/tls may hold whole records it has not returned yet.
 func (c *conn) readAll(buf []byte) error {
 	for {
 		n, err := c.in.Read(buf)
 		if n > 0 {
 			c.lastRead.Store(time.Now().UnixNano())
-			if perr := c.frame.feed(buf[:n], c.inboundLimit, c.handle); perr != nil {
+			c.hold() // the answers to this read leave together
+			perr := c.frame.feed(buf[:n], c.inboundLimit, c.handle)
+			c.release()
+			if perr != nil {
 				return perr
+			}
+			if c.tls == nil && n < len(buf) && err == nil {
+				return errWouldBlock
 			}
 		}
 		if err != nil {
@@ -234,9 +279,7 @@ const maxConnectPacket = 64 << 10
 
 // inboundLimit is the largest packet the connection may send now.
 func (c *conn) inboundLimit() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.connected {
+	if !c.connected.Load() {
 		return maxConnectPacket
 	}
 	return c.srv.maxPacket
@@ -283,33 +326,94 @@ func (c *conn) handle(b []byte, borrowed bool) error {
 	return c.srv.serve(c, packets.Packet{FixedHeader: fh, ProtocolVersion: c.version}, body)
 }
 
-// writePacket encodes pk and writes it. A write that fails or stalls
-// ends the connection.
+// holdLimit is how much output a hold gathers before it is written anyway.
+const holdLimit = 64 << 10
+
+// writePacket encodes pk and writes it, at once or, while the connection
+// is held, when the last hold is released: the answers to a whole read
+// (PUBACKs, deliveries) or to a whole commit then leave in one write (one
+// TLS record, one system call) instead of one each. Packets leave in the
+// order writePacket was called. A write that fails or stalls ends the
+// connection.
 func (c *conn) writePacket(pk packets.Packet) error {
 	if c.isClosed() {
 		return errConnClosed
 	}
 	pk.ProtocolVersion = c.version
-	buf := encodeBufs.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= 64<<10 {
-			encodeBufs.Put(buf)
-		}
-	}()
-	if err := encode(&pk, buf); err != nil {
+	c.wmu.Lock()
+	if c.wbuf == nil {
+		c.wbuf = encodeBufs.Get().(*bytes.Buffer)
+		c.wbuf.Reset()
+	}
+	start := c.wbuf.Len()
+	err := encode(&pk, c.wbuf)
+	if err == nil && c.maxPacket > 0 && uint32(c.wbuf.Len()-start) > c.maxPacket {
+		err = packets.ErrPacketTooLarge // [MQTT-3.1.2-24]: not sent
+	}
+	if err != nil {
+		c.wbuf.Truncate(start)
+		c.wmu.Unlock()
 		return err
 	}
-	if c.maxPacket > 0 && uint32(buf.Len()) > c.maxPacket {
-		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24]: not sent
+	if c.holds > 0 && c.wbuf.Len() < holdLimit {
+		c.wmu.Unlock()
+		return nil
 	}
-	c.wmu.Lock()
-	_, err := c.out.Write(buf.Bytes())
+	err = c.flushLocked()
 	c.wmu.Unlock()
 	if err != nil {
 		c.close(err)
 	}
 	return err
+}
+
+// flushLocked writes the gathered output and gives its buffer back, so
+// that an idle connection holds none; c.wmu held.
+func (c *conn) flushLocked() error {
+	if c.wbuf == nil {
+		return nil
+	}
+	var err error
+	if c.wbuf.Len() > 0 {
+		_, err = c.out.Write(c.wbuf.Bytes())
+	}
+	if c.wbuf.Cap() <= holdLimit*2 {
+		encodeBufs.Put(c.wbuf)
+	}
+	c.wbuf = nil
+	return err
+}
+
+// hold gathers the connection's output until the matching release.
+func (c *conn) hold() {
+	c.wmu.Lock()
+	c.holds++
+	c.wmu.Unlock()
+}
+
+// release ends a hold; the last one writes what was gathered.
+func (c *conn) release() {
+	c.wmu.Lock()
+	c.holds--
+	var err error
+	if c.holds == 0 {
+		err = c.flushLocked()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(err)
+	}
+}
+
+// flush writes what holds have gathered so far, before the caller waits
+// on something that may take a while.
+func (c *conn) flush() {
+	c.wmu.Lock()
+	err := c.flushLocked()
+	c.wmu.Unlock()
+	if err != nil {
+		c.close(err)
+	}
 }
 
 // encode serialises the packets the hub sends.
@@ -353,6 +457,10 @@ func (c *conn) close(error) {
 	reading := c.reading
 	c.mu.Unlock()
 	c.srv.poll.remove(c)
+	if c.wmu.TryLock() { // a writer under way: the socket's close ends it
+		_ = c.flushLocked() // what was answered before the end (a refused CONNACK, a DISCONNECT) still leaves
+		c.wmu.Unlock()
+	}
 	_ = c.sock.Close()
 	if !reading {
 		c.finish()
@@ -397,9 +505,8 @@ func (c *conn) expire() {
 		c.mu.Unlock()
 		return
 	}
-	connected := c.connected
 	c.mu.Unlock()
-	if !connected {
+	if !c.connected.Load() {
 		c.srv.met.kicks.WithLabelValues("connect_timeout").Inc()
 		c.close(errors.New("mqtt: no CONNECT in time"))
 		return

@@ -7,14 +7,14 @@ type metrics struct {
 	connections       prometheus.Gauge
 	logins            *prometheus.CounterVec
 	messages          *prometheus.CounterVec
+	messagesIn        prometheus.Counter // messages{direction="in"}, resolved once: it counts every PUBLISH
+	messagesOut       prometheus.Counter
 	handshakes        prometheus.Counter
 	handshakeFailures *prometheus.CounterVec
 	legacyHandshakes  prometheus.Counter
 	kicks             *prometheus.CounterVec
 	revokeLatency     prometheus.Histogram
-	overflow          *prometheus.CounterVec
 	notStored         *prometheus.CounterVec
-	qos0Dropped       prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) (*metrics, error) {
@@ -45,23 +45,16 @@ func newMetrics(r prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from hearing a certificate revocation to the end of the session using it.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 5},
 		}),
-		overflow: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "iothub_mqtt_qos1_overflow_total",
-			Help: "QoS 1 deliveries that found the subscriber's queue full, by outcome (written directly, write_failed, no_packet_id).",
-		}, []string{"outcome"}),
 		notStored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "iothub_store_refused_total",
 			Help: "Posts the store could not take (disk full, database down), refused to their device with a retry code, by kind.",
 		}, []string{"kind"}),
-		qos0Dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "iothub_mqtt_qos0_dropped_total",
-			Help: "QoS 0 deliveries dropped because the subscriber's outbound queue was full (a loss MQTT allows).",
-		}),
 	}
+	m.messagesIn, m.messagesOut = m.messages.WithLabelValues("in"), m.messages.WithLabelValues("out")
 	if r == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.legacyHandshakes, m.kicks, m.revokeLatency, m.overflow, m.notStored, m.qos0Dropped} {
+	for _, c := range []prometheus.Collector{m.connections, m.logins, m.messages, m.handshakes, m.handshakeFailures, m.legacyHandshakes, m.kicks, m.revokeLatency, m.notStored} {
 		if err := r.Register(c); err != nil {
 			return nil, err
 		}

@@ -4,7 +4,9 @@ package mqtt
 
 import (
 	"errors"
+	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,9 +16,13 @@ import (
 // connection of the process and starts a reader for a connection only
 // when bytes arrive. Each connection is armed one-shot and re-armed by its
 // reader when it has read everything, so at most one reader runs per
-// connection.
+// connection. The epoll descriptor is itself waited on through Go's
+// network poller (an epoll set is readable while it has events), so the
+// waiting goroutine is woken by the scheduler like any network goroutine,
+// without an OS thread parked in epoll_wait and the hand-offs that costs.
 type poller struct {
 	epfd int
+	ep   syscall.RawConn // epfd, as Go's poller sees it
 
 	mu    sync.Mutex
 	conns []*conn  // by slot
@@ -30,7 +36,14 @@ var thePoller = sync.OnceValues(func() (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &poller{epfd: fd}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, err
+	}
+	ep, err := os.NewFile(uintptr(fd), "epoll").SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	p := &poller{epfd: fd, ep: ep}
 	go p.run()
 	return p, nil
 })
@@ -89,10 +102,12 @@ func (p *poller) ctl(op int, c *conn, events uint32) error {
 func (p *poller) run() {
 	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err != nil {
-			continue // EINTR
-		}
+		var n int
+		_ = p.ep.Read(func(fd uintptr) bool {
+			var err error
+			n, err = unix.EpollWait(int(fd), events, 0)
+			return n > 0 || (err != nil && err != unix.EINTR && err != unix.EAGAIN)
+		})
 		for _, ev := range events[:n] {
 			p.mu.Lock()
 			var c *conn
@@ -101,7 +116,7 @@ func (p *poller) run() {
 			}
 			p.mu.Unlock()
 			if c != nil {
-				go c.readable()
+				dispatch(c)
 			}
 		}
 	}

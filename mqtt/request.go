@@ -211,7 +211,7 @@ func (s *Server) handlePublish(ss *session, pk packets.Packet) bool {
 // acknowledge takes the publish's place in the connection's answer queue,
 // with a PUBACK for QoS 1.
 func (s *Server) acknowledge(ss *session, pk packets.Packet) *answer {
-	a := ss.answers().reserve()
+	a := ss.answers().reserve(ss.cl)
 	a.ack, a.ackID = pk.FixedHeader.Qos > 0, pk.PacketID
 	return a
 }
@@ -350,7 +350,7 @@ func (s *Server) writePublish(cl *conn, topic string, payload []byte) error {
 		Payload:     payload,
 	})
 	if err == nil {
-		s.met.messages.WithLabelValues("out").Inc()
+		s.met.messagesOut.Inc()
 	}
 	return err
 }

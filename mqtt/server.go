@@ -107,14 +107,13 @@ type Server struct {
 	ended   map[iothub.DeviceID]time.Time // last-seen of ended sessions, awaiting flush
 	callSeq atomic.Uint32                 // numbers downstream requests (see nextCallID)
 
-	limits   *limiters
-	qos0Warn rate.Sometimes // rate-limits the warning of QoS 0 drops
-	samples  *groupWriter[iothub.Sample]
-	events   *groupWriter[iothub.DeviceEvent]
-	relay    appRelay       // the change log to applications, while any is connected
-	side     *sideWriter    // login/logout states and audit rows, batched
-	reg      *registryCache // nil without a bus: nothing would invalidate it
-	models   modelCache     // products' thing models
+	limits  *limiters
+	samples *groupWriter[iothub.Sample]
+	events  *groupWriter[iothub.DeviceEvent]
+	relay   appRelay       // the change log to applications, while any is connected
+	side    *sideWriter    // login/logout states and audit rows, batched
+	reg     *registryCache // nil without a bus: nothing would invalidate it
+	models  modelCache     // products' thing models
 
 	instance   string // this run's lease token
 	draining   atomic.Bool
@@ -192,7 +191,6 @@ func New(cfg Config) (*Server, error) {
 		instance:   iothub.RandomString(16),
 		limits:     newLimiters(),
 		touchEvery: 5 * time.Second,
-		qos0Warn:   rate.Sometimes{Interval: time.Second},
 		stop:       make(chan struct{}),
 		abandon:    make(chan struct{}),
 	}
@@ -450,7 +448,7 @@ func (s *Server) attach(nc net.Conn, sock *nbSocket, tc *tls.Conn) {
 		return
 	}
 	if tc != nil {
-		go c.readable()
+		dispatch(c)
 	}
 }
 

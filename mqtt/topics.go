@@ -15,8 +15,52 @@ type topicIndex struct {
 }
 
 type topicNode struct {
-	children map[string]*topicNode
-	subs     map[*conn]packets.Subscription
+	children   map[string]*topicNode // by level, wildcards aside
+	plus, hash *topicNode            // the "+" and "#" children
+	subs       map[*conn]packets.Subscription
+}
+
+// child returns the node for level under n, or nil.
+func (n *topicNode) child(level string) *topicNode {
+	switch level {
+	case "+":
+		return n.plus
+	case "#":
+		return n.hash
+	}
+	return n.children[level]
+}
+
+// grow returns the node for level under n, made if need be.
+func (n *topicNode) grow(level string) *topicNode {
+	if next := n.child(level); next != nil {
+		return next
+	}
+	next := &topicNode{}
+	switch level {
+	case "+":
+		n.plus = next
+	case "#":
+		n.hash = next
+	default:
+		if n.children == nil {
+			n.children = map[string]*topicNode{}
+		}
+		n.children[level] = next
+	}
+	return next
+}
+
+// drop forgets the child for level.
+func (n *topicNode) drop(level string) {
+	switch level {
+	case "+":
+		n.plus = nil
+	case "#":
+		n.hash = nil
+	default:
+		delete(n.children, level)
+	}
 }
 
 // target is one delivery of a published message.
@@ -31,15 +75,7 @@ func (t *topicIndex) add(c *conn, sub packets.Subscription) {
 	defer t.mu.Unlock()
 	n := &t.root
 	for level := range strings.SplitSeq(sub.Filter, "/") {
-		next := n.children[level]
-		if next == nil {
-			if n.children == nil {
-				n.children = map[string]*topicNode{}
-			}
-			next = &topicNode{}
-			n.children[level] = next
-		}
-		n = next
+		n = n.grow(level)
 	}
 	if n.subs == nil {
 		n.subs = map[*conn]packets.Subscription{}
@@ -57,10 +93,10 @@ func (t *topicIndex) remove(c *conn, filter string) {
 func (n *topicNode) remove(c *conn, levels []string) (empty bool) {
 	if len(levels) == 0 {
 		delete(n.subs, c)
-	} else if next := n.children[levels[0]]; next != nil && next.remove(c, levels[1:]) {
-		delete(n.children, levels[0])
+	} else if next := n.child(levels[0]); next != nil && next.remove(c, levels[1:]) {
+		n.drop(levels[0])
 	}
-	return len(n.subs) == 0 && len(n.children) == 0
+	return len(n.subs) == 0 && len(n.children) == 0 && n.plus == nil && n.hash == nil
 }
 
 // match returns the deliveries of a message published to topic: one per
@@ -69,7 +105,7 @@ func (t *topicIndex) match(topic string) []target {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var out []target
-	t.root.match(strings.Split(topic, "/"), true, &out)
+	t.root.match(topic, true, true, &out)
 	if len(out) < 2 {
 		return out
 	}
@@ -88,26 +124,28 @@ func (t *topicIndex) match(topic string) []target {
 	return uniq
 }
 
-// match collects the subscriptions under n that match levels. Wildcards
-// at the first level do not match topics starting with '$' [MQTT-4.7.2-1].
-func (n *topicNode) match(levels []string, first bool, out *[]target) {
-	if len(levels) == 0 {
+// match collects the subscriptions under n that match the levels of
+// rest (none left when more is false), without allocating. Wildcards at
+// the first level do not match topics starting with '$' [MQTT-4.7.2-1].
+func (n *topicNode) match(rest string, more, first bool, out *[]target) {
+	if !more {
 		n.collect(out)
-		if all := n.children["#"]; all != nil {
-			all.collect(out) // "a/#" matches "a" too
+		if n.hash != nil {
+			n.hash.collect(out) // "a/#" matches "a" too
 		}
 		return
 	}
-	if !first || !strings.HasPrefix(levels[0], "$") {
-		if all := n.children["#"]; all != nil {
-			all.collect(out)
+	level, tail, hasTail := strings.Cut(rest, "/")
+	if !first || !strings.HasPrefix(level, "$") {
+		if n.hash != nil {
+			n.hash.collect(out)
 		}
-		if one := n.children["+"]; one != nil {
-			one.match(levels[1:], false, out)
+		if n.plus != nil {
+			n.plus.match(tail, hasTail, false, out)
 		}
 	}
-	if exact := n.children[levels[0]]; exact != nil {
-		exact.match(levels[1:], false, out)
+	if exact := n.children[level]; exact != nil {
+		exact.match(tail, hasTail, false, out)
 	}
 }
 
