@@ -258,12 +258,10 @@ func Open(cfg Config) (h *Hub, err error) {
 		}
 		h.mqttsAddr = a.String()
 	}
-	go func() {
-		if err := h.broker.Serve(); err != nil {
-			h.log.Error("mqtt broker stopped", "err", err)
-			h.listenerStopped("mqtt")
-		}
-	}()
+	if err := h.broker.Serve(); err != nil { // returns at once: the listeners run on their own
+		h.log.Error("mqtt broker stopped", "err", err)
+		h.listenerStopped("mqtt")
+	}
 
 	h.followAuthority(bus)
 

@@ -95,6 +95,7 @@ type Server struct {
 	connWG    sync.WaitGroup // one per accepted connection, until its session ended
 	topics    topicIndex
 	listeners []*listener
+	closing   bool // Close has begun: Serve starts nothing
 
 	mu       sync.RWMutex
 	byClient map[*conn]*session
@@ -273,14 +274,17 @@ func (s *Server) listen(addr string, tc *tls.Config) (net.Addr, error) {
 // Serve starts accepting connections on every listener and the background
 // loops; it returns at once.
 func (s *Server) Serve() error {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.closing {
+		return errors.New("mqtt: Serve after Close")
+	}
 	if s.cfg.Bus != nil {
 		s.unsub = s.cfg.Bus.Subscribe(s.onEvent)
 	}
 	s.wg.Add(2)
 	go s.sweep()
 	go s.lease()
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go s.accept(l)
@@ -293,8 +297,12 @@ func (s *Server) Serve() error {
 // last-seen times to the store.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
-		if s.unsub != nil {
-			s.unsub()
+		s.cmu.Lock()
+		s.closing = true
+		unsub := s.unsub
+		s.cmu.Unlock()
+		if unsub != nil {
+			unsub()
 		}
 		s.closeConnections()
 		close(s.stop)
