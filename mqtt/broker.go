@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"errors"
+	"runtime/debug"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -175,7 +176,8 @@ func (s *Server) onConnect(c *conn, pk packets.Packet, body []byte) error {
 	if err := c.writePacket(ack); err != nil {
 		return err
 	}
-	c.timer.Reset(time.Duration(c.keepalive) * 1500 * time.Millisecond)
+	s.loginBurst.Add(1)
+	s.lastLogin.Store(time.Now().UnixNano())
 	if ss := s.lookup(c); ss != nil {
 		ss.established.Store(true)
 		if ss.activation {
@@ -228,9 +230,6 @@ func (s *Server) takeOver(c *conn) (map[string]packets.Subscription, map[uint16]
 // runs: the will, the subscriptions (kept for a persistent session), and
 // the hub's side of the session.
 func (s *Server) sessionEnded(c *conn) {
-	if c.timer != nil {
-		c.timer.Stop()
-	}
 	c.mu.Lock()
 	connected, subs, inflight := c.connected.Load(), c.subs, c.inflight
 	c.waiting = nil // all of inflight is sent again on a resumed session
@@ -265,6 +264,41 @@ func (s *Server) sessionEnded(c *conn) {
 	delete(s.live, c)
 	s.cmu.Unlock()
 	s.connWG.Done()
+}
+
+// expireOverdue ends the connections past their CONNECT or keepalive
+// deadline. It walks the connections in place and allocates only for
+// those it ends.
+func (s *Server) expireOverdue(now time.Time) {
+	var due []*conn
+	s.cmu.Lock()
+	for c := range s.live {
+		if c.overdue(now) {
+			due = append(due, c)
+		}
+	}
+	s.cmu.Unlock()
+	for _, c := range due {
+		c.expire()
+	}
+}
+
+// trimAfterLogins is the size of a login burst after which the memory it
+// grew is given back to the system once logins pause (a fleet
+// reconnecting after a restart would otherwise leave the hub at its peak
+// for minutes, until Go's scavenger returns it).
+const trimAfterLogins = 1000
+
+// trimAfterBurst returns the heap a burst of logins grew to the system
+// once no login came for 2 s, at most once a minute.
+func (s *Server) trimAfterBurst(now time.Time) {
+	if s.loginBurst.Load() < trimAfterLogins || now.Sub(time.Unix(0, s.lastLogin.Load())) < 2*time.Second ||
+		now.Sub(s.lastTrim) < time.Minute {
+		return
+	}
+	s.loginBurst.Store(0)
+	s.lastTrim = now
+	go debug.FreeOSMemory()
 }
 
 // pruneSaved forgets the persistent sessions past their expiry.

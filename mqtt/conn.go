@@ -59,8 +59,7 @@ type conn struct {
 	waiting   []packets.Packet          // those of them not yet sent: over the client's receive maximum
 	nextID    uint16
 	connected atomic.Bool  // logged in: the session is live
-	lastRead  atomic.Int64 // unix nanoseconds of the last input
-	timer     *time.Timer  // the CONNECT or keepalive deadline
+	lastRead  atomic.Int64 // unix nanoseconds of the last input (of the accept, before any)
 }
 
 // errWouldBlock is a non-blocking read finding no input. It is a
@@ -470,7 +469,7 @@ func (c *conn) close(error) {
 // disconnect ends the connection from the hub's side, telling an MQTT 5
 // client why (a 3.1.1 client has no server DISCONNECT).
 func (c *conn) disconnect(code packets.Code) {
-	if c.version == 5 {
+	if c.connected.Load() && c.version == 5 { // a DISCONNECT only follows a CONNACK
 		_ = c.writePacket(packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
 			ReasonCode:  code.Code,
@@ -491,34 +490,27 @@ func (c *conn) finish() {
 	c.srv.sessionEnded(c)
 }
 
-// watch arms the deadline: the CONNECT within connectTimeout, then input
-// at least every 1.5 keepalives. The timer is re-armed only when it
-// fires, so input costs nothing.
-func (c *conn) watch() {
-	c.lastRead.Store(time.Now().UnixNano())
-	c.timer = time.AfterFunc(connectTimeout, c.expire)
+// overdue reports whether c is past its deadline: the CONNECT within
+// connectTimeout of the accept, then input at least every 1.5 keepalives.
+// The sweep asks it of every connection once a second, so a connection
+// needs no timer of its own and input costs one atomic store.
+func (c *conn) overdue(now time.Time) bool {
+	silent := now.Sub(time.Unix(0, c.lastRead.Load()))
+	if !c.connected.Load() {
+		return silent >= connectTimeout
+	}
+	return silent >= time.Duration(c.keepalive)*1500*time.Millisecond
 }
 
+// expire ends a connection past its deadline.
 func (c *conn) expire() {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return
-	}
-	c.mu.Unlock()
 	if !c.connected.Load() {
 		c.srv.met.kicks.WithLabelValues("connect_timeout").Inc()
 		c.close(errors.New("mqtt: no CONNECT in time"))
 		return
 	}
-	limit := time.Duration(c.keepalive) * 1500 * time.Millisecond
-	silent := time.Since(time.Unix(0, c.lastRead.Load()))
-	if silent >= limit {
-		c.srv.met.kicks.WithLabelValues("keepalive").Inc()
-		c.disconnect(packets.ErrKeepAliveTimeout)
-		return
-	}
-	c.timer.Reset(limit - silent)
+	c.srv.met.kicks.WithLabelValues("keepalive").Inc()
+	c.disconnect(packets.ErrKeepAliveTimeout)
 }
 
 // nextPacketID returns a free packet id for a QoS 1 delivery; c.mu held.

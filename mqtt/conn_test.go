@@ -404,3 +404,24 @@ func TestDeliveriesRespectTheClientsReceiveMaximum(t *testing.T) {
 		t.Fatalf("%d deliveries after one PUBACK, want 3", len(ids))
 	}
 }
+
+// A connection that never sends its CONNECT is closed once connectTimeout
+// has passed (the sweep checks every second); it held no goroutine.
+func TestSilentConnectionIsClosedAfterTheConnectTimeout(t *testing.T) {
+	t.Parallel()
+	h := newTestHub(t)
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(connectTimeout + 5*time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read %v after %v, want the hub to close the connection", err, time.Since(start))
+	}
+	if waited := time.Since(start); waited < connectTimeout {
+		t.Fatalf("closed after %v, before the connect timeout of %v", waited, connectTimeout)
+	}
+	t.Logf("closed %v after the accept", time.Since(start).Round(100*time.Millisecond))
+}

@@ -182,6 +182,8 @@ func (s *Server) sweep() {
 			for _, k := range s.dueKicks(now) {
 				s.kick(k.ss, k.code, k.reason)
 			}
+			s.expireOverdue(now)
+			s.trimAfterBurst(now)
 			if now.Sub(lastTouch) >= s.touchEvery {
 				lastTouch = now
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

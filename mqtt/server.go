@@ -97,6 +97,10 @@ type Server struct {
 	listeners []*listener
 	closing   bool // Close has begun: Serve starts nothing
 
+	loginBurst atomic.Int64 // logins since the memory was last given back
+	lastLogin  atomic.Int64 // unix nanoseconds of the last login
+	lastTrim   time.Time    // the sweep's own
+
 	mu       sync.RWMutex
 	byClient map[*conn]*session
 	byDevice map[iothub.DeviceID]*session // static-login sessions
@@ -447,7 +451,7 @@ func (s *Server) attach(nc net.Conn, sock *nbSocket, tc *tls.Conn) {
 	s.cmu.Lock()
 	s.live[c] = struct{}{}
 	s.cmu.Unlock()
-	c.watch()
+	c.lastRead.Store(time.Now().UnixNano()) // the CONNECT deadline counts from here
 	// The handshake may have read input past its end (the CONNECT sent
 	// with the client's Finished): a TLS connection starts with a read.
 	if err := s.poll.add(c, tc == nil); err != nil {
