@@ -289,10 +289,14 @@ func (s *Server) expireOverdue(now time.Time) {
 // for minutes, until Go's scavenger returns it).
 const trimAfterLogins = 1000
 
+// trimQuiet is how long logins must pause before the memory is given back:
+// long enough not to force a collection between the waves of one storm.
+const trimQuiet = 10 * time.Second
+
 // trimAfterBurst returns the heap a burst of logins grew to the system
-// once no login came for 2 s, at most once a minute.
+// once no login came for trimQuiet, at most once a minute.
 func (s *Server) trimAfterBurst(now time.Time) {
-	if s.loginBurst.Load() < trimAfterLogins || now.Sub(time.Unix(0, s.lastLogin.Load())) < 2*time.Second ||
+	if s.loginBurst.Load() < trimAfterLogins || now.Sub(time.Unix(0, s.lastLogin.Load())) < trimQuiet ||
 		now.Sub(s.lastTrim) < time.Minute {
 		return
 	}
