@@ -1,7 +1,6 @@
 package mqtt
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -13,8 +12,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/sign"
@@ -264,17 +261,7 @@ func rawConnect(tb testing.TB, addr string, tc *tls.Config, cid, user, pass stri
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 120, ClientIdentifier: cid,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := c.Write(buf.Bytes()); err != nil {
+	if _, err := c.Write(rawEncode(tb, connectPacket(4, cid, user, pass, 120))); err != nil {
 		tb.Fatal(err)
 	}
 	ack := make([]byte, 4)

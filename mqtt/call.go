@@ -38,7 +38,7 @@ func (s *Server) Call(ctx context.Context, productKey, deviceKey, topic, method 
 	}
 	dev := iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey}
 	ss := s.deviceSession(dev)
-	if ss == nil || ss.cl.Closed() {
+	if ss == nil || ss.cl.isClosed() {
 		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
 	}
 	id := s.nextCallID()
@@ -160,7 +160,7 @@ func (s *Server) callRaw(ctx context.Context, dev iothub.DeviceID, params json.R
 		return nil, iothub.Errorf(iothub.ETOOLARGE, "raw payload is larger than %d bytes", s.maxPay)
 	}
 	ss := s.deviceSession(dev)
-	if ss == nil || ss.cl.Closed() {
+	if ss == nil || ss.cl.isClosed() {
 		return nil, iothub.Errorf(iothub.EOFFLINE, "device is not online")
 	}
 	return s.send(ctx, ss, dev, rawCallID(dev), downRawTopic, payload)

@@ -284,9 +284,6 @@ func (c *conn) inboundLimit() int {
 	return c.srv.maxPacket
 }
 
-// errPacketTooLarge ends a connection that sends a packet over the cap.
-var errPacketTooLarge = packets.ErrPacketTooLarge
-
 // packetSize reads a fixed header: the whole packet's size and the
 // header's, or ok false while the header is incomplete.
 func packetSize(b []byte, limit int) (size, header int, ok bool, err error) {
@@ -299,7 +296,7 @@ func packetSize(b []byte, limit int) (size, header int, ok bool, err error) {
 		if b[i]&0x80 == 0 {
 			size = 1 + i + remaining
 			if size > limit {
-				return 0, 0, false, errPacketTooLarge
+				return 0, 0, false, packets.ErrPacketTooLarge
 			}
 			return size, i + 1, true, nil
 		}
@@ -436,14 +433,12 @@ func encode(pk *packets.Packet, buf *bytes.Buffer) error {
 	return packets.ErrNoValidPacketAvailable
 }
 
+// isClosed reports whether the connection has ended.
 func (c *conn) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closed
 }
-
-// Closed reports whether the connection has ended.
-func (c *conn) Closed() bool { return c.isClosed() }
 
 // close ends the connection; the session ends once no reader runs.
 func (c *conn) close(error) {

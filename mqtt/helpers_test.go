@@ -1,7 +1,6 @@
 package mqtt
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iothub/iothub"
 	"github.com/iothub/iothub/inmem"
@@ -226,19 +224,7 @@ func dialV5From(t testing.TB, local, addr string, tc *tls.Config, cid, user, pas
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 5,
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: cid,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass),
-		},
-	}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write(buf.Bytes()); err != nil {
+	if _, err := c.Write(rawEncode(t, connectPacket(5, cid, user, pass, 30))); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

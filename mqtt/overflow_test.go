@@ -2,7 +2,6 @@ package mqtt
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -101,29 +100,16 @@ func rawSubscriber(t *testing.T, h *testHub, d *iothub.Device, topic string, qos
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	r := bufio.NewReader(conn)
-	write := func(pk packets.Packet) {
-		var buf bytes.Buffer
-		var err error
-		switch pk.FixedHeader.Type {
-		case packets.Connect:
-			err = pk.ConnectEncode(&buf)
-		case packets.Subscribe:
-			err = pk.SubscribeEncode(&buf)
-		case packets.Publish:
-			err = pk.PublishEncode(&buf)
-		case packets.Puback:
-			err = pk.PubackEncode(&buf)
-		}
+	write := func(pk packets.Packet) { // also called from the tests' writer goroutines: errors do not stop them
+		b, err := clientEncode(pk)
 		if err == nil {
-			_, err = conn.Write(buf.Bytes())
+			_, err = conn.Write(b)
 		}
 		if err != nil {
 			t.Error(err)
 		}
 	}
-	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: cid,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)}})
+	write(connectPacket(4, cid, user, pass, 60))
 	if typ, body := readPacket(t, r); typ != packets.Connack || body[1] != 0 {
 		t.Fatalf("CONNACK: type %d body % x", typ, body)
 	}

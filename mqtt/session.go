@@ -163,5 +163,5 @@ func (s *Server) unregister(ss *session) (current, found bool) {
 // Online reports whether the device has a live session on this node.
 func (s *Server) Online(productKey, deviceKey string) bool {
 	ss := s.deviceSession(iothub.DeviceID{ProductKey: productKey, DeviceKey: deviceKey})
-	return ss != nil && !ss.cl.Closed()
+	return ss != nil && !ss.cl.isClosed()
 }
