@@ -447,19 +447,17 @@ func (s *Server) onSubscribe(c *conn, ss *session, pk packets.Packet) error {
 		return code
 	}
 	codes := make([]byte, len(pk.Filters))
-	c.mu.Lock()
-	held := len(c.subs)
-	c.mu.Unlock()
 	for i, sub := range pk.Filters {
 		c.mu.Lock()
 		_, had := c.subs[sub.Filter]
+		full := len(c.subs) >= maxSubscriptions
 		c.mu.Unlock()
 		switch {
 		case !validFilter(sub.Filter):
 			codes[i] = packets.ErrTopicFilterInvalid.Code
 		case sharedFilter(sub.Filter):
 			codes[i] = packets.ErrSharedSubscriptionsNotSupported.Code
-		case !had && held >= maxSubscriptions:
+		case !had && full:
 			codes[i] = packets.ErrQuotaExceeded.Code
 		case !s.allowed(ss, sub.Filter, false):
 			codes[i] = packets.ErrNotAuthorized.Code
@@ -472,9 +470,6 @@ func (s *Server) onSubscribe(c *conn, ss *session, pk packets.Packet) error {
 			c.subs[sub.Filter] = sub
 			c.mu.Unlock()
 			s.topics.add(c, sub)
-			if !had {
-				held++
-			}
 			codes[i] = sub.Qos
 		}
 		if codes[i] >= packets.ErrUnspecifiedError.Code && c.version < 5 {
